@@ -1,0 +1,283 @@
+//! A lock-free single-producer single-consumer ring of `u64` descriptors.
+//!
+//! The ring knows nothing about processes, frames or files: it is a [`RingHeader`] plus
+//! an array of slots, wherever they live. The engine places them in the shared segment;
+//! the unit, loom and Miri tests place them on the heap ([`HeapRing`]).
+//!
+//! Positions are `u64` counters that only grow (they never wrap in practice: 2^64
+//! items); a slot index is `position & mask`. Both ends keep a private copy of the
+//! other end's position and re-read the shared one only when the copy says
+//! "full"/"empty", so the fast path touches no cache line the peer writes
+//! (rtrb's design).
+//!
+//! The peer may be another process, possibly buggy: every position read from the
+//! header is checked (`0 <= tail - head <= capacity`) before use, and a violation is a
+//! [`Corrupt`] error rather than an out-of-bounds access.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::sync::{AtomicU64, CachePadded, Ordering};
+use crate::wait::{Wake, WaitWord};
+
+/// The shared control block of one ring. All-zero bytes are an empty ring.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RingHeader {
+    /// Next position the consumer reads; written by the consumer only. In `tail - capacity..=tail`.
+    head: CachePadded<AtomicU64>,
+    /// Next position the producer writes; written by the producer only. In `head..=head + capacity`.
+    tail: CachePadded<AtomicU64>,
+    /// Where the consumer parks when the ring is empty.
+    readable: CachePadded<WaitWord>,
+}
+
+/// A position read from shared memory broke the ring's invariant: the peer is buggy,
+/// or the memory was overwritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    /// The local position of the side that noticed.
+    pub local: u64,
+    /// The position it read from the peer.
+    pub remote: u64,
+}
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ring positions are inconsistent (local {}, peer {}): the shared memory was corrupted",
+            self.local, self.remote
+        )
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// Why a push did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// No room: the value is given back.
+    Full(u64),
+    /// The consumer's position is impossible.
+    Corrupt(Corrupt),
+}
+
+/// Raw view of one ring: header and slots, plus whatever keeps their memory alive.
+#[derive(Clone)]
+struct RingRef {
+    header: NonNull<RingHeader>,
+    slots: NonNull<AtomicU64>,
+    mask: u64,
+    _owner: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the pointers target `Sync` atomics kept alive by `_owner`; nothing in a
+// RingRef is tied to the thread that made it.
+unsafe impl Send for RingRef {}
+
+impl RingRef {
+    fn header(&self) -> &RingHeader {
+        // SAFETY: `from_raw`'s contract: valid, aligned and alive as long as `_owner`.
+        unsafe { self.header.as_ref() }
+    }
+
+    fn slot(&self, pos: u64) -> &AtomicU64 {
+        let i = (pos & self.mask) as usize;
+        // SAFETY: `i <= mask < capacity`, and `from_raw`'s contract gives `capacity`
+        // valid, aligned slots alive as long as `_owner`.
+        unsafe { &*self.slots.as_ptr().add(i) }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+}
+
+/// Makes the two ends of a ring whose memory lives elsewhere.
+///
+/// # Safety
+/// - `header` points to a valid, 128-byte aligned [`RingHeader`] and `slots` to
+///   `capacity` valid, aligned `AtomicU64`s, both alive as long as `owner` is;
+/// - `capacity` is a power of two;
+/// - at most one `Producer` and one `Consumer` exist for this ring at any time, in all
+///   processes together (that is what single-producer single-consumer means);
+/// - a fresh ring's header is all zeroes, or it continues from positions the previous
+///   ends left.
+pub unsafe fn from_raw(
+    header: NonNull<RingHeader>,
+    slots: NonNull<AtomicU64>,
+    capacity: u64,
+    owner: Arc<dyn Send + Sync>,
+) -> (Producer, Consumer) {
+    debug_assert!(capacity.is_power_of_two());
+    let ring = RingRef { header, slots, mask: capacity - 1, _owner: owner };
+    let h = ring.header();
+    // Relaxed: the caller's contract says nobody else uses the ring while we make its ends.
+    let head = h.head.load(Ordering::Relaxed);
+    let tail = h.tail.load(Ordering::Relaxed);
+    (
+        Producer { ring: ring.clone(), tail, cached_head: head },
+        Consumer { ring, head, cached_tail: tail },
+    )
+}
+
+/// The writing end. Pushes are private until [`publish`](Producer::publish), so a
+/// batch of descriptors costs one release store and at most one wake-up.
+pub struct Producer {
+    ring: RingRef,
+    /// Next position to write, published or not. In `cached_head..=cached_head + capacity`.
+    tail: u64,
+    /// Last consumer position read; may lag the real one.
+    cached_head: u64,
+}
+
+impl Producer {
+    /// Writes `value` into the next slot without publishing it.
+    ///
+    /// ```
+    /// use ringpipe_engine::ring::HeapRing;
+    /// let (mut tx, mut rx) = HeapRing::new(4).split();
+    /// tx.try_push(7).unwrap();
+    /// assert_eq!(rx.try_pop(), Ok(None), "not published yet");
+    /// tx.publish();
+    /// assert_eq!(rx.try_pop(), Ok(Some(7)));
+    /// ```
+    #[inline]
+    pub fn try_push(&mut self, value: u64) -> Result<(), PushError> {
+        if self.tail - self.cached_head == self.ring.capacity() {
+            // Acquire pairs with the consumer's Release store of head in `try_pop`: the
+            // consumer has finished reading every slot before that position.
+            let head = self.ring.header().head.load(Ordering::Acquire);
+            if head > self.tail || self.tail - head > self.ring.capacity() {
+                return Err(PushError::Corrupt(Corrupt { local: self.tail, remote: head }));
+            }
+            self.cached_head = head;
+            if self.tail - head == self.ring.capacity() {
+                return Err(PushError::Full(value));
+            }
+        }
+        // Relaxed: made visible by the Release store of tail in `publish`.
+        self.ring.slot(self.tail).store(value, Ordering::Relaxed);
+        self.tail += 1;
+        Ok(())
+    }
+
+    /// Makes every pushed value (and every write to memory made before it) visible to
+    /// the consumer, and wakes it if it is parked. No syscall when it is awake.
+    #[inline]
+    pub fn publish(&mut self) {
+        let h = self.ring.header();
+        // Release pairs with the consumer's Acquire load of tail in `try_pop`.
+        h.tail.store(self.tail, Ordering::Release);
+        h.readable.notify();
+    }
+
+    /// Values pushed but not yet published.
+    pub fn unpublished(&self) -> u64 {
+        // Relaxed: we are the only writer of tail.
+        self.tail - self.ring.header().tail.load(Ordering::Relaxed)
+    }
+
+    /// Wakes a parked consumer so that it re-checks conditions other than the ring
+    /// (a shutdown flag stored before this call).
+    pub fn nudge(&self) {
+        self.ring.header().readable.notify();
+    }
+}
+
+/// The reading end.
+pub struct Consumer {
+    ring: RingRef,
+    /// Next position to read. In `cached_tail - capacity..=cached_tail`.
+    head: u64,
+    /// Last producer position read; may lag the real one.
+    cached_tail: u64,
+}
+
+impl Consumer {
+    /// Takes the next published value, if any.
+    #[inline]
+    pub fn try_pop(&mut self) -> Result<Option<u64>, Corrupt> {
+        if self.head == self.cached_tail && !self.refresh()? {
+            return Ok(None);
+        }
+        // Relaxed: the Acquire load of tail in `refresh` already ordered this read
+        // after the producer's write.
+        let value = self.ring.slot(self.head).load(Ordering::Relaxed);
+        self.head += 1;
+        // Release pairs with the producer's Acquire load of head in `try_push`: our read
+        // of the slot happens before the producer may overwrite it.
+        self.ring.header().head.store(self.head, Ordering::Release);
+        Ok(Some(value))
+    }
+
+    /// Re-reads the producer's position; true if something is readable.
+    #[inline]
+    fn refresh(&mut self) -> Result<bool, Corrupt> {
+        // Acquire pairs with the producer's Release store in `publish`.
+        let tail = self.ring.header().tail.load(Ordering::Acquire);
+        if tail < self.head || tail - self.head > self.ring.capacity() {
+            return Err(Corrupt { local: self.head, remote: tail });
+        }
+        self.cached_tail = tail;
+        Ok(tail != self.head)
+    }
+
+    /// True if a value is published and not yet popped.
+    pub fn has_data(&mut self) -> Result<bool, Corrupt> {
+        if self.head != self.cached_tail {
+            return Ok(true);
+        }
+        self.refresh()
+    }
+
+    /// Waits until a value is readable or `stop()` is true, spinning then parking
+    /// (see `wait/README.md`). `stop` must read state that is changed before a
+    /// [`Producer::nudge`]. Returns `TimedOut` after `timeout` so the caller can check
+    /// that its peers are alive.
+    pub fn wait(
+        &mut self,
+        mut stop: impl FnMut() -> bool,
+        timeout: Option<std::time::Duration>,
+    ) -> Wake {
+        let ring = self.ring.clone();
+        ring.header().readable.wait(|| !matches!(self.has_data(), Ok(false)) || stop(), timeout)
+    }
+}
+
+/// A ring on the heap, for tests, loom and Miri, and for in-process use.
+pub struct HeapRing {
+    header: Box<RingHeader>,
+    slots: Box<[AtomicU64]>,
+}
+
+impl HeapRing {
+    /// A ring of `capacity` slots (rounded up to a power of two, at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1).next_power_of_two();
+        Self {
+            header: Box::default(),
+            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Splits the ring into its two ends.
+    pub fn split(self) -> (Producer, Consumer) {
+        let capacity = self.slots.len() as u64;
+        let header = NonNull::from(&*self.header);
+        let slots = NonNull::from(&self.slots[0]);
+        // SAFETY: the boxes are owned by the Arc passed as owner, so they stay at these
+        // addresses as long as either end lives; capacity is a power of two; the ring is
+        // fresh and split exactly once.
+        unsafe { from_raw(header, slots, capacity, Arc::new(self)) }
+    }
+}
+
+// SAFETY (for the Arc<dyn Send + Sync> owner): HeapRing holds only atomics.
+unsafe impl Sync for HeapRing {}
+// SAFETY: as above; no thread-bound state.
+unsafe impl Send for HeapRing {}
+
+#[cfg(test)]
+mod tests;
