@@ -3,6 +3,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod memory;
 pub mod ring;
 mod sync;
 pub mod wait;

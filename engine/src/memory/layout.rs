@@ -1,0 +1,347 @@
+//! Where everything sits in the segment, computed with checked arithmetic.
+//!
+//! ```text
+//! 0        SegmentHeader      (Pod, written once by the parent before any worker starts)
+//! 128      Control            (atomics: pipeline state)
+//! ...      StageRecord × stages  (Pod)
+//! ...      blob               (stage names and parameters, bytes)
+//! ...      ring × rings       (RingHeader + capacity × u64), 128-aligned
+//! ...      slot × slots       (SlotHeader + error text + payload), 128-aligned
+//! ```
+//!
+//! A worker never trusts the offsets it reads: it recomputes the layout from the
+//! counts in the header (themselves range-checked) and requires every field to match.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::ring::RingHeader;
+
+/// The first eight bytes of every ringpipe segment.
+pub const MAGIC: [u8; 8] = *b"RINGPIPE";
+/// Bumped whenever the layout below changes.
+pub const VERSION: u32 = 1;
+/// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits).
+pub const MAX_STAGES: usize = 256;
+/// Most frame slots in one segment.
+pub const MAX_SLOTS: usize = 1 << 20;
+/// Largest payload of one frame: 1 GiB.
+pub const MAX_FRAME_CAPACITY: usize = 1 << 30;
+/// Bytes of error text a stage failure can record on its item.
+pub const ERROR_CAPACITY: usize = 448;
+
+const ALIGN: u64 = 128;
+const CONTROL_OFFSET: u64 = 128;
+const MAX_BLOB: u64 = 1 << 30;
+
+/// The segment's fixed header. Written once by the parent before any worker exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SegmentHeader {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`VERSION`].
+    pub version: u32,
+    /// `size_of::<SegmentHeader>()` of the writer.
+    pub header_size: u32,
+    /// Bytes in the whole segment.
+    pub segment_size: u64,
+    /// Stages, in `1..=MAX_STAGES`.
+    pub stage_count: u32,
+    /// Rings: `stage_count + 1`.
+    pub ring_count: u32,
+    /// Descriptors per ring, a power of two `>= slot_count`.
+    pub ring_capacity: u32,
+    /// Frame slots, in `1..=MAX_SLOTS`.
+    pub slot_count: u32,
+    /// Payload bytes per slot, in `0..=MAX_FRAME_CAPACITY`.
+    pub slot_capacity: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Bytes of stage names and parameters.
+    pub blob_size: u64,
+    /// Offset of the stage table.
+    pub stages_offset: u64,
+    /// Offset of the blob.
+    pub blob_offset: u64,
+    /// Offset of ring 0.
+    pub rings_offset: u64,
+    /// Bytes from one ring to the next.
+    pub ring_stride: u64,
+    /// Offset of slot 0.
+    pub slots_offset: u64,
+    /// Bytes from one slot to the next.
+    pub slot_stride: u64,
+}
+
+/// One stage as the segment describes it to workers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct StageRecord {
+    /// Offset of the stage's registered name within the blob.
+    pub name_offset: u64,
+    /// Offset of the stage's parameters within the blob.
+    pub params_offset: u64,
+    /// Length of the name.
+    pub name_len: u32,
+    /// Length of the parameters.
+    pub params_len: u32,
+    /// The ring the stage reads (its index).
+    pub input_ring: u32,
+    /// The ring the stage writes.
+    pub output_ring: u32,
+    /// The slot the stage owns as its spare for frame replacement.
+    pub spare_slot: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Metadata at the start of every frame slot. Written only by the slot's current
+/// owner; read once into a local and validated by the next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SlotHeader {
+    /// Payload bytes in use, `<= slot_capacity`.
+    pub len: u32,
+    /// 0 = fine so far, 1 = a stage failed.
+    pub status: u32,
+    /// Index of the failed stage when `status == 1`.
+    pub failed_stage: u32,
+    /// Bytes of error text, `<= ERROR_CAPACITY`.
+    pub error_len: u32,
+    /// The parent's ticket for this item.
+    pub ticket: u32,
+    /// Generation of that ticket, so a stale descriptor is recognised.
+    pub generation: u32,
+    /// Bit `i` set: stage `i` ran on this item.
+    pub ran: [u64; MAX_STAGES / 64],
+    /// Reserved, zero.
+    pub reserved: [u32; 2],
+}
+
+/// Status value of a [`SlotHeader`] whose item failed.
+pub const STATUS_FAILED: u32 = 1;
+
+/// Why a layout cannot be built or trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// A count or size is outside its range.
+    OutOfRange {
+        /// Which quantity.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// The sizes add up past what a segment can hold.
+    TooLarge,
+    /// The header does not start with [`MAGIC`]: not a ringpipe segment.
+    BadMagic,
+    /// The segment was written by another layout version.
+    VersionMismatch {
+        /// Ours.
+        expected: u32,
+        /// The segment's.
+        found: u32,
+    },
+    /// A header field disagrees with the layout its counts imply.
+    Inconsistent(&'static str),
+}
+
+impl std::fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OutOfRange { what, value, max } => {
+                write!(f, "{what} is {value}, outside the allowed range (at most {max})")
+            }
+            Self::TooLarge => write!(f, "the segment would exceed the address space"),
+            Self::BadMagic => write!(f, "not a ringpipe segment (bad magic)"),
+            Self::VersionMismatch { expected, found } => write!(
+                f,
+                "segment layout version {found}, this binary speaks {expected}: \
+                 parent and worker must be built from the same ringpipe"
+            ),
+            Self::Inconsistent(field) => {
+                write!(f, "segment header field `{field}` is inconsistent (corrupt segment)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// The validated shape of a segment. Every accessor's bounds come from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    header: SegmentHeader,
+}
+
+fn align_up(x: u64) -> Option<u64> {
+    x.checked_add(ALIGN - 1).map(|v| v & !(ALIGN - 1))
+}
+
+fn check(what: &'static str, value: u64, min: u64, max: u64) -> Result<(), LayoutError> {
+    if value < min || value > max {
+        return Err(LayoutError::OutOfRange { what, value, max });
+    }
+    Ok(())
+}
+
+impl Layout {
+    /// Computes the layout for `stage_count` stages, `slot_count` slots of
+    /// `slot_capacity` payload bytes, and a blob of `blob_size` bytes.
+    pub fn compute(
+        stage_count: usize,
+        slot_count: usize,
+        slot_capacity: usize,
+        blob_size: usize,
+    ) -> Result<Self, LayoutError> {
+        check("stage count", stage_count as u64, 1, MAX_STAGES as u64)?;
+        check("slot count", slot_count as u64, 1, MAX_SLOTS as u64)?;
+        check("frame capacity", slot_capacity as u64, 0, MAX_FRAME_CAPACITY as u64)?;
+        check("stage names and parameters size", blob_size as u64, 0, MAX_BLOB)?;
+        let ring_capacity = (slot_count as u64).next_power_of_two();
+        let ring_count = stage_count as u64 + 1;
+        let header_size = std::mem::size_of::<SegmentHeader>() as u64;
+        let of = |_| LayoutError::TooLarge;
+        let stages_offset = align_up(CONTROL_OFFSET + ALIGN).ok_or(LayoutError::TooLarge)?;
+        let stages_bytes = (stage_count as u64)
+            .checked_mul(std::mem::size_of::<StageRecord>() as u64)
+            .ok_or(LayoutError::TooLarge)?;
+        let blob_offset = stages_offset.checked_add(stages_bytes).ok_or(LayoutError::TooLarge)?;
+        let rings_offset = blob_offset
+            .checked_add(blob_size as u64)
+            .and_then(align_up)
+            .ok_or(LayoutError::TooLarge)?;
+        let ring_stride = ring_capacity
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(std::mem::size_of::<RingHeader>() as u64))
+            .and_then(align_up)
+            .ok_or(LayoutError::TooLarge)?;
+        let slots_offset = ring_stride
+            .checked_mul(ring_count)
+            .and_then(|b| b.checked_add(rings_offset))
+            .ok_or(LayoutError::TooLarge)?;
+        let slot_stride = (std::mem::size_of::<SlotHeader>() as u64 + ERROR_CAPACITY as u64)
+            .checked_add(slot_capacity as u64)
+            .and_then(align_up)
+            .ok_or(LayoutError::TooLarge)?;
+        let segment_size = slot_stride
+            .checked_mul(slot_count as u64)
+            .and_then(|b| b.checked_add(slots_offset))
+            .ok_or(LayoutError::TooLarge)?;
+        isize::try_from(segment_size).map_err(of)?;
+        Ok(Self {
+            header: SegmentHeader {
+                magic: MAGIC,
+                version: VERSION,
+                header_size: header_size as u32,
+                segment_size,
+                stage_count: stage_count as u32,
+                ring_count: ring_count as u32,
+                ring_capacity: ring_capacity as u32,
+                slot_count: slot_count as u32,
+                slot_capacity: slot_capacity as u32,
+                reserved: 0,
+                blob_size: blob_size as u64,
+                stages_offset,
+                blob_offset,
+                rings_offset,
+                ring_stride,
+                slots_offset,
+                slot_stride,
+            },
+        })
+    }
+
+    /// Checks a header read from a segment of `actual_size` bytes: magic, version, and
+    /// every field equal to what its counts imply.
+    pub fn validate(found: &SegmentHeader, actual_size: u64) -> Result<Self, LayoutError> {
+        if found.magic != MAGIC {
+            return Err(LayoutError::BadMagic);
+        }
+        if found.version != VERSION {
+            return Err(LayoutError::VersionMismatch { expected: VERSION, found: found.version });
+        }
+        let layout = Self::compute(
+            found.stage_count as usize,
+            found.slot_count as usize,
+            found.slot_capacity as usize,
+            usize::try_from(found.blob_size).map_err(|_| LayoutError::TooLarge)?,
+        )?;
+        let h = &layout.header;
+        let fields: [(&'static str, u64, u64); 8] = [
+            ("header_size", h.header_size.into(), found.header_size.into()),
+            ("segment_size", h.segment_size, found.segment_size),
+            ("ring_count", h.ring_count.into(), found.ring_count.into()),
+            ("ring_capacity", h.ring_capacity.into(), found.ring_capacity.into()),
+            ("rings_offset", h.rings_offset, found.rings_offset),
+            ("slots_offset", h.slots_offset, found.slots_offset),
+            ("slot_stride", h.slot_stride, found.slot_stride),
+            ("ring_stride", h.ring_stride, found.ring_stride),
+        ];
+        for (name, want, got) in fields {
+            if want != got {
+                return Err(LayoutError::Inconsistent(name));
+            }
+        }
+        if h.stages_offset != found.stages_offset || h.blob_offset != found.blob_offset {
+            return Err(LayoutError::Inconsistent("stages_offset"));
+        }
+        if actual_size != h.segment_size {
+            return Err(LayoutError::Inconsistent("segment_size (file size differs)"));
+        }
+        Ok(layout)
+    }
+
+    /// The header this layout writes.
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
+    }
+    /// Total bytes.
+    pub fn size(&self) -> usize {
+        self.header.segment_size as usize
+    }
+    /// Number of stages.
+    pub fn stage_count(&self) -> usize {
+        self.header.stage_count as usize
+    }
+    /// Number of rings.
+    pub fn ring_count(&self) -> usize {
+        self.header.ring_count as usize
+    }
+    /// Descriptors per ring.
+    pub fn ring_capacity(&self) -> u64 {
+        self.header.ring_capacity.into()
+    }
+    /// Number of slots.
+    pub fn slot_count(&self) -> usize {
+        self.header.slot_count as usize
+    }
+    /// Payload bytes per slot.
+    pub fn slot_capacity(&self) -> usize {
+        self.header.slot_capacity as usize
+    }
+    /// Bytes of the blob.
+    pub fn blob_size(&self) -> usize {
+        self.header.blob_size as usize
+    }
+    pub(crate) fn control_offset(&self) -> usize {
+        CONTROL_OFFSET as usize
+    }
+    pub(crate) fn stage_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.stage_count());
+        self.header.stages_offset as usize + i * std::mem::size_of::<StageRecord>()
+    }
+    pub(crate) fn blob_offset(&self) -> usize {
+        self.header.blob_offset as usize
+    }
+    pub(crate) fn ring_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.ring_count());
+        (self.header.rings_offset + i as u64 * self.header.ring_stride) as usize
+    }
+    pub(crate) fn slot_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.slot_count());
+        (self.header.slots_offset + i as u64 * self.header.slot_stride) as usize
+    }
+}

@@ -1,0 +1,17 @@
+//! The shared segment: one sealed, anonymous memfd per pipeline, and its layout.
+//!
+//! This module (with `ring` and `wait`) is where the engine's `unsafe` lives. Upper
+//! layers get typed pointers from [`Segment`] whose bounds were checked against a
+//! [`Layout`] computed locally, never against numbers read from shared memory.
+
+mod layout;
+mod segment;
+
+pub use layout::{
+    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, MAGIC,
+    MAX_FRAME_CAPACITY, MAX_SLOTS, MAX_STAGES, VERSION,
+};
+pub use segment::{Control, Segment, SegmentError, STATE_BROKEN, STATE_RUNNING, STATE_SHUTDOWN};
+
+#[cfg(test)]
+mod tests;

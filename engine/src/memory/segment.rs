@@ -1,0 +1,323 @@
+//! Creating, sealing, mapping and validating the shared segment.
+//!
+//! # Safety of the shared mapping
+//!
+//! The segment is mapped by the parent and every worker process. Rust's aliasing rules
+//! cannot see other processes, so the engine keeps these rules, and every `unsafe`
+//! block that touches the mapping refers back here:
+//!
+//! 1. **Bounds.** Every pointer is derived from a [`Layout`] that was computed locally
+//!    (parent) or recomputed from range-checked counts and compared field by field
+//!    (worker); indices are checked against it before use.
+//! 2. **Atomics for shared state.** Words two processes touch concurrently (ring
+//!    positions, ring slots, wait words, the pipeline state) are atomics.
+//! 3. **Ownership travels with descriptors.** A frame slot's header and bytes are
+//!    touched only by the process holding its descriptor, which it got from a ring pop
+//!    (Acquire) and gives up with a ring publish (Release). A peer that breaks this is
+//!    buggy; what it can cause is wrong bytes, which readers validate: headers are
+//!    copied out once (`read_volatile`) and checked before use.
+//! 4. **Size.** The memfd is sealed against shrinking and growing before any worker
+//!    maps it, and its pages are allocated up front, so no access can SIGBUS.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+
+use super::layout::{Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord};
+use crate::sync::{AtomicU32, Ordering};
+
+/// The pipeline runs.
+pub const STATE_RUNNING: u32 = 0;
+/// The parent asked everyone to stop after the rings are drained.
+pub const STATE_SHUTDOWN: u32 = 1;
+/// A peer died or memory was corrupted: everyone stops now.
+pub const STATE_BROKEN: u32 = 2;
+
+/// Shared, mutable control words at a fixed offset.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Control {
+    state: AtomicU32,
+}
+
+impl Control {
+    /// One of `STATE_*`.
+    pub fn state(&self) -> u32 {
+        // Acquire pairs with the Release in `set_state`: a worker that sees SHUTDOWN
+        // also sees everything the parent wrote before it.
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Moves to `state` unless the pipeline is already broken (broken is final).
+    pub fn set_state(&self, state: u32) {
+        // Release pairs with the Acquire in `state`.
+        let _ = self.state.fetch_update(Ordering::Release, Ordering::Relaxed, |s| {
+            (s != STATE_BROKEN).then_some(state)
+        });
+    }
+}
+
+/// Why a segment could not be created or opened.
+#[derive(Debug)]
+pub enum SegmentError {
+    /// The memfd could not be created or sized.
+    Create(std::io::Error),
+    /// Not enough memory (or room in the memfd's tmpfs) for the requested size.
+    NoMemory {
+        /// Bytes asked for.
+        requested: u64,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
+    /// The segment could not be mapped.
+    Map(std::io::Error),
+    /// The segment is not one this binary can use.
+    Layout(LayoutError),
+    /// The memfd is missing its seals: another process could shrink it under us.
+    NotSealed,
+}
+
+impl std::fmt::Display for SegmentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Create(e) => write!(f, "cannot create the shared segment: {e}"),
+            Self::NoMemory { requested, source } => write!(
+                f,
+                "cannot allocate a {requested}-byte shared segment ({source}); \
+                 lower max_in_flight or frame_capacity, or free memory"
+            ),
+            Self::Map(e) => write!(f, "cannot map the shared segment: {e}"),
+            Self::Layout(e) => write!(f, "invalid shared segment: {e}"),
+            Self::NotSealed => write!(f, "the shared segment is not sealed against resizing"),
+        }
+    }
+}
+
+impl std::error::Error for SegmentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Create(e) | Self::Map(e) | Self::NoMemory { source: e, .. } => Some(e),
+            Self::Layout(e) => Some(e),
+            Self::NotSealed => None,
+        }
+    }
+}
+
+impl From<LayoutError> for SegmentError {
+    fn from(e: LayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+/// One mapped segment. See the module docs for the rules of the shared mapping.
+#[derive(Debug)]
+pub struct Segment {
+    map: MmapRaw,
+    fd: OwnedFd,
+    layout: Layout,
+}
+
+const SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
+
+impl Segment {
+    /// Creates an anonymous memfd of the layout's size, allocates its pages (so a
+    /// shortage is an error now, not a SIGBUS later), seals it against resizing, maps
+    /// it and writes the header.
+    pub fn create(layout: Layout) -> Result<Self, SegmentError> {
+        let size = layout.size() as u64;
+        let info = rustix::system::sysinfo();
+        let total = (info.totalram as u64)
+            .saturating_add(info.totalswap as u64)
+            .saturating_mul(info.mem_unit.max(1) as u64);
+        if size > total {
+            // fallocate would first eat every free page; refuse at once instead.
+            return Err(SegmentError::NoMemory {
+                requested: size,
+                source: std::io::Error::from_raw_os_error(rustix::io::Errno::NOMEM.raw_os_error()),
+            });
+        }
+        let fd = rustix::fs::memfd_create(
+            "ringpipe",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| SegmentError::Create(e.into()))?;
+        rustix::fs::ftruncate(&fd, size).map_err(|e| SegmentError::Create(e.into()))?;
+        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size)
+            .map_err(|e| SegmentError::NoMemory { requested: size, source: e.into() })?;
+        rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(|e| SegmentError::Create(e.into()))?;
+        let map = MmapOptions::new()
+            .len(layout.size())
+            .map_raw(&File::from(fd.try_clone().map_err(SegmentError::Create)?))
+            .map_err(SegmentError::Map)?;
+        let segment = Self { map, fd, layout };
+        // SAFETY: offset 0 holds a SegmentHeader (layout); the mapping is fresh, so no
+        // other process can see it yet (rule 1).
+        unsafe { segment.ptr::<SegmentHeader>(0).as_ptr().write(*layout.header()) };
+        Ok(segment)
+    }
+
+    /// Maps a segment received from the parent, checking seals, size and header.
+    pub fn open(fd: OwnedFd) -> Result<Self, SegmentError> {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| SegmentError::Map(e.into()))?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(SegmentError::NotSealed);
+        }
+        let size = rustix::fs::fstat(&fd).map_err(|e| SegmentError::Map(e.into()))?.st_size;
+        let size = u64::try_from(size).map_err(|_| LayoutError::TooLarge)?;
+        let header_size = std::mem::size_of::<SegmentHeader>() as u64;
+        if size < header_size {
+            return Err(LayoutError::Inconsistent("segment_size (file smaller than a header)").into());
+        }
+        let len = usize::try_from(size).map_err(|_| LayoutError::TooLarge)?;
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(&File::from(fd.try_clone().map_err(SegmentError::Map)?))
+            .map_err(SegmentError::Map)?;
+        // SAFETY: the mapping is at least a header long (checked above) and page-aligned;
+        // the header is Pod, so any bytes are a valid value; read once (rule 3).
+        let header = unsafe { std::ptr::read_volatile(map.as_ptr().cast::<SegmentHeader>()) };
+        let layout = Layout::validate(&header, size)?;
+        Ok(Self { map, fd, layout })
+    }
+
+    /// The memfd, for handing to workers.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The validated layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// A typed pointer at `offset`.
+    ///
+    /// # Safety
+    /// `offset + size_of::<T>()` is within the layout and `offset` is aligned for `T`.
+    unsafe fn ptr<T>(&self, offset: usize) -> NonNull<T> {
+        debug_assert!(offset + std::mem::size_of::<T>() <= self.layout.size());
+        // SAFETY: caller guarantees the offset is in bounds of the mapping.
+        let p = unsafe { self.map.as_mut_ptr().add(offset) };
+        debug_assert_eq!(p as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: derived from a non-null mapping base.
+        unsafe { NonNull::new_unchecked(p.cast()) }
+    }
+
+    /// The shared control words.
+    pub fn control(&self) -> &Control {
+        // SAFETY: the layout reserves an aligned Control at control_offset; all-zero
+        // bytes are a valid Control; it is only accessed atomically (rule 2).
+        unsafe { self.ptr::<Control>(self.layout.control_offset()).as_ref() }
+    }
+
+    /// Writes stage `i`'s record. Parent only, before any worker starts.
+    pub fn write_stage(&self, i: usize, record: StageRecord) {
+        assert!(i < self.layout.stage_count());
+        // SAFETY: in bounds by the assert and the layout; no worker exists yet (rule 3).
+        unsafe { self.ptr::<StageRecord>(self.layout.stage_offset(i)).as_ptr().write(record) };
+    }
+
+    /// Writes the blob of names and parameters. Parent only, before any worker starts.
+    pub fn write_blob(&self, blob: &[u8]) {
+        assert_eq!(blob.len(), self.layout.blob_size());
+        // SAFETY: the layout reserves blob_size bytes at blob_offset; no worker exists yet.
+        unsafe {
+            let dst = self.ptr::<u8>(self.layout.blob_offset()).as_ptr();
+            std::ptr::copy_nonoverlapping(blob.as_ptr(), dst, blob.len());
+        }
+    }
+
+    /// Stage `i`'s record, copied out and checked against the layout.
+    pub fn stage(&self, i: usize) -> Result<StageRecord, LayoutError> {
+        if i >= self.layout.stage_count() {
+            return Err(LayoutError::OutOfRange {
+                what: "stage index",
+                value: i as u64,
+                max: self.layout.stage_count() as u64 - 1,
+            });
+        }
+        // SAFETY: in bounds (checked above); Pod, so any bytes are valid; read once.
+        let r = unsafe {
+            std::ptr::read_volatile(self.ptr::<StageRecord>(self.layout.stage_offset(i)).as_ptr())
+        };
+        let blob = self.layout.blob_size() as u64;
+        let fits = |off: u64, len: u32| off.checked_add(len.into()).is_some_and(|end| end <= blob);
+        if !fits(r.name_offset, r.name_len) || !fits(r.params_offset, r.params_len) {
+            return Err(LayoutError::Inconsistent("stage name/params range"));
+        }
+        if r.input_ring as usize >= self.layout.ring_count()
+            || r.output_ring as usize >= self.layout.ring_count()
+            || r.input_ring == r.output_ring
+        {
+            return Err(LayoutError::Inconsistent("stage rings"));
+        }
+        if r.spare_slot as usize >= self.layout.slot_count() {
+            return Err(LayoutError::Inconsistent("stage spare slot"));
+        }
+        Ok(r)
+    }
+
+    /// Copies `len` blob bytes at `offset` (a range a validated [`StageRecord`] gave).
+    pub fn blob(&self, offset: u64, len: u32) -> Result<Vec<u8>, LayoutError> {
+        let end = offset.checked_add(len.into()).ok_or(LayoutError::TooLarge)?;
+        if end > self.layout.blob_size() as u64 {
+            return Err(LayoutError::Inconsistent("blob range"));
+        }
+        let mut out = vec![0; len as usize];
+        // SAFETY: range checked against the blob just above; the blob is written once
+        // before workers start and never again.
+        unsafe {
+            let src = self.ptr::<u8>(self.layout.blob_offset() + offset as usize).as_ptr();
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len());
+        }
+        Ok(out)
+    }
+
+    /// The header and slot array of ring `i`.
+    pub(crate) fn ring_parts(
+        &self,
+        i: usize,
+    ) -> (NonNull<crate::ring::RingHeader>, NonNull<crate::sync::AtomicU64>) {
+        assert!(i < self.layout.ring_count());
+        let at = self.layout.ring_offset(i);
+        // SAFETY: the layout reserves a 128-aligned RingHeader followed by ring_capacity
+        // u64 slots at ring_offset(i) (rule 1).
+        unsafe {
+            (
+                self.ptr(at),
+                self.ptr(at + std::mem::size_of::<crate::ring::RingHeader>()),
+            )
+        }
+    }
+
+    /// Slot `i`'s header, payload and error area, if `i` is a slot.
+    pub(crate) fn slot_parts(&self, i: usize) -> Option<SlotParts> {
+        if i >= self.layout.slot_count() {
+            return None;
+        }
+        let at = self.layout.slot_offset(i);
+        let header_len = std::mem::size_of::<SlotHeader>();
+        // SAFETY: the layout reserves header, error area and slot_capacity payload bytes
+        // at slot_offset(i), which is 128-aligned (rule 1).
+        unsafe {
+            Some(SlotParts {
+                header: self.ptr(at),
+                error: self.ptr(at + header_len),
+                payload: self.ptr(at + header_len + super::ERROR_CAPACITY),
+                capacity: self.layout.slot_capacity(),
+            })
+        }
+    }
+}
+
+/// Raw pointers into one slot; what they may be used for is the frame module's business.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotParts {
+    pub header: NonNull<SlotHeader>,
+    pub error: NonNull<u8>,
+    pub payload: NonNull<u8>,
+    pub capacity: usize,
+}
