@@ -1,10 +1,38 @@
-//! The mechanism behind ringpipe. Start at the bottom: [`ring`] and [`wait`].
+//! The mechanism behind [ringpipe](https://docs.rs/ringpipe): a shared segment of
+//! SPSC rings and frames, stages in worker processes or threads, and the pipeline
+//! that ties them together.
+//!
+//! Modules in dependency order, each building only on those before it:
+//! [`memory`] (segment, layout) → [`ring`] (SPSC over any memory) → [`wait`] (spin,
+//! then futex) → `frame` → `stage` → `worker` → `pipeline` (the user API, no
+//! `unsafe`). `ARCHITECTURE.md` at the repository root walks through them.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+mod frame;
 pub mod memory;
+mod pipeline;
 pub mod ring;
+mod stage;
 mod sync;
 pub mod wait;
+mod worker;
+
+pub use frame::{Frame, FrameError};
+pub use pipeline::{
+    BuildError, Builder, Completions, EngineFailure, Map, NewFrame, OnComplete, Output, Pipeline,
+    ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, SubmitError, Ticket,
+    TrySubmitError, WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
+    DROP_DRAIN_TIMEOUT,
+};
+pub use stage::{
+    find_stage, stage_fn, BoxError, FnStage, MakeStage, Stage, StageFactory, STAGES,
+};
 pub use sync::CachePadded;
+pub use worker::{worker_hook, TEST_ENTRY, WORKER_ENV};
+
+#[doc(hidden)]
+pub use linkme as __linkme;
+#[doc(hidden)]
+pub use stage::__box_stage;

@@ -118,9 +118,6 @@ pub struct SlotHeader {
     pub reserved: [u32; 2],
 }
 
-/// Status value of a [`SlotHeader`] whose item failed.
-pub const STATUS_FAILED: u32 = 1;
-
 /// Why a layout cannot be built or trusted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayoutError {

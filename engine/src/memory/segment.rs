@@ -276,6 +276,27 @@ impl Segment {
         Ok(out)
     }
 
+    /// The control block of ring `i` (for waking its consumer).
+    pub(crate) fn ring_header(&self, i: usize) -> &crate::ring::RingHeader {
+        // SAFETY: ring_parts gives an in-bounds, aligned RingHeader; it holds only
+        // atomics, so shared references from any number of processes are fine (rule 2).
+        unsafe { self.ring_parts(i).0.as_ref() }
+    }
+
+    /// The two ends of ring `i`. The engine's roles keep the ring single-producer,
+    /// single-consumer: the parent produces into ring 0 and consumes the last ring,
+    /// stage `i` consumes ring `i` and produces into ring `i + 1`, and the builder
+    /// gives each stage to exactly one thread or process. A caller drops the end its
+    /// role does not own without using it.
+    pub(crate) fn ring(self: &std::sync::Arc<Self>, i: usize) -> (crate::ring::Producer, crate::ring::Consumer) {
+        let (header, slots) = self.ring_parts(i);
+        let capacity = self.layout.ring_capacity();
+        // SAFETY: header and slots are in bounds and aligned (rule 1) and live as long as
+        // the Arc'd segment passed as owner; capacity is a power of two (Layout::compute);
+        // single producer/consumer by the roles above; the memfd starts zeroed.
+        unsafe { crate::ring::from_raw(header, slots, capacity, self.clone()) }
+    }
+
     /// The header and slot array of ring `i`.
     pub(crate) fn ring_parts(
         &self,

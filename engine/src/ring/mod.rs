@@ -32,6 +32,14 @@ pub struct RingHeader {
     readable: CachePadded<WaitWord>,
 }
 
+impl RingHeader {
+    /// Wakes the consumer if it is parked, so it re-checks its stop condition
+    /// (state changed before this call). Anyone may call it.
+    pub fn nudge_consumer(&self) {
+        self.readable.notify();
+    }
+}
+
 /// A position read from shared memory broke the ring's invariant: the peer is buggy,
 /// or the memory was overwritten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,246 @@
+//! The pipeline's error types, one per family of operations.
+
+use std::fmt;
+
+/// Why the whole pipeline stopped working; every item still in it fails with this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineFailure {
+    /// A worker process exited while the pipeline was running.
+    WorkerDied {
+        /// Stage index.
+        stage: usize,
+        /// Stage name.
+        name: String,
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended (exit code or signal), as the OS reports it.
+        status: String,
+    },
+    /// Shared memory held something impossible (a buggy worker, or corruption).
+    Corrupt(String),
+    /// A thread stage stopped unexpectedly.
+    ThreadStage {
+        /// Stage index.
+        stage: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The pipeline was dropped or shut down before the item finished.
+    Aborted,
+}
+
+impl fmt::Display for EngineFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WorkerDied { stage, name, pid, status } => write!(
+                f,
+                "the worker process {pid} of stage {stage} (`{name}`) died ({status})"
+            ),
+            Self::Corrupt(why) => write!(f, "shared memory is corrupt: {why}"),
+            Self::ThreadStage { stage, reason } => write!(f, "thread stage {stage} stopped: {reason}"),
+            Self::Aborted => write!(f, "the pipeline was shut down before the item finished"),
+        }
+    }
+}
+
+impl std::error::Error for EngineFailure {}
+
+/// Why an item could not be submitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The frame is larger than the pipeline's frame capacity.
+    TooLarge {
+        /// Bytes asked for.
+        requested: usize,
+        /// The capacity (`Builder::frame_capacity`).
+        capacity: usize,
+    },
+    /// `shutdown()` has been called.
+    ShutDown,
+    /// The pipeline broke; see the failure.
+    Broken(EngineFailure),
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { requested, capacity } => write!(
+                f,
+                "a {requested}-byte frame exceeds the frame capacity of {capacity} bytes; \
+                 raise it with Builder::frame_capacity"
+            ),
+            Self::ShutDown => write!(f, "the pipeline is shut down; build a new one to submit more"),
+            Self::Broken(e) => write!(f, "the pipeline is broken: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+/// Why `try_submit` did not take the item; the item is given back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySubmitError<T> {
+    /// `max_in_flight` items are in flight: try again later.
+    Full(T),
+    /// Submitting failed for another reason.
+    Failed(SubmitError, T),
+}
+
+impl<T> TrySubmitError<T> {
+    /// The item that was not submitted.
+    pub fn into_inner(self) -> T {
+        match self {
+            Self::Full(t) | Self::Failed(_, t) => t,
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(_) => write!(f, "the pipeline has max_in_flight items in flight"),
+            Self::Failed(e, _) => e.fmt(f),
+        }
+    }
+}
+
+impl<T: fmt::Debug> std::error::Error for TrySubmitError<T> {}
+
+/// Why waiting for an item's result gave no result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// The engine failed the item (a worker died, memory was corrupted, shutdown aborted it).
+    Engine(EngineFailure),
+    /// `wait_timeout` ran out; the item is still in flight.
+    TimedOut,
+    /// The item could not be submitted (returned by [`Map`](crate::Map)).
+    Submit(SubmitError),
+    /// The result was already taken through this handle.
+    AlreadyTaken,
+    /// Every frame is held by results still alive, so nothing more can be submitted:
+    /// drop results before asking for more (returned by [`Map`](crate::Map)).
+    Saturated,
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Engine(e) => e.fmt(f),
+            Self::TimedOut => write!(f, "timed out waiting for the item"),
+            Self::Submit(e) => e.fmt(f),
+            Self::AlreadyTaken => write!(f, "the item's result was already taken"),
+            Self::Saturated => write!(
+                f,
+                "all max_in_flight frames are held by unreleased results; drop some before asking for more"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+/// The error an item carries when a stage failed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageFailure {
+    /// Index of the stage that failed.
+    pub stage: usize,
+    /// Its name.
+    pub name: String,
+    /// Its error's message (or the panic message), at most `ERROR_CAPACITY` bytes.
+    pub message: String,
+}
+
+impl fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stage {} (`{}`) failed: {}", self.stage, self.name, self.message)
+    }
+}
+
+impl std::error::Error for StageFailure {}
+
+/// Why a pipeline could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// A pipeline needs at least one stage.
+    NoStages,
+    /// A size or count is out of range.
+    Config(crate::memory::LayoutError),
+    /// The shared segment could not be created.
+    Segment(crate::memory::SegmentError),
+    /// No stage of that name is registered with `register_stage!`.
+    UnknownStage {
+        /// Stage index.
+        stage: usize,
+        /// The name asked for.
+        name: String,
+    },
+    /// The stage's constructor rejected its parameters (or the worker could not set up).
+    StageInit {
+        /// Stage index.
+        stage: usize,
+        /// Stage name.
+        name: String,
+        /// The reason given.
+        message: String,
+    },
+    /// A worker process ran the program instead of becoming a worker.
+    HookMissing {
+        /// Stage index.
+        stage: usize,
+        /// How the process ended.
+        status: String,
+    },
+    /// A worker did not report ready in time.
+    StartTimeout {
+        /// Stage index.
+        stage: usize,
+    },
+    /// Starting a worker process or thread failed.
+    Spawn(std::io::Error),
+    /// `build()` was called inside a worker process (its hook did not run first).
+    InsideWorker,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoStages => write!(f, "a pipeline needs at least one stage"),
+            Self::Config(e) => write!(f, "invalid pipeline configuration: {e}"),
+            Self::Segment(e) => e.fmt(f),
+            Self::UnknownStage { stage, name } => write!(
+                f,
+                "stage {stage}: no stage named `{name}` is registered; register it with \
+                 ringpipe::register_stage! in this executable"
+            ),
+            Self::StageInit { stage, name, message } => {
+                write!(f, "stage {stage} (`{name}`) could not start: {message}")
+            }
+            Self::HookMissing { stage, status } => write!(
+                f,
+                "the worker process for stage {stage} did not become a worker ({status}): call \
+                 ringpipe::worker_hook() first thing in main, or put ringpipe::worker_test_entry!() \
+                 at the root of the test crate, or start benches from a main that calls the hook"
+            ),
+            Self::StartTimeout { stage } => {
+                write!(f, "the worker process for stage {stage} did not report ready in time")
+            }
+            Self::Spawn(e) => write!(f, "cannot start a worker: {e}"),
+            Self::InsideWorker => write!(
+                f,
+                "build() was called inside a ringpipe worker process: call ringpipe::worker_hook() \
+                 first thing in main"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(e) => Some(e),
+            Self::Segment(e) => Some(e),
+            Self::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! What users hold: a frame being filled, a ticket for a submitted item, a result.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use super::error::{StageFailure, SubmitError, WaitError};
+use super::shared::{Shared, State};
+use crate::frame::{header_of, split_of, FrameError, OwnedSlot, STATUS_FAILED};
+use crate::memory::SlotHeader;
+
+/// A frame reserved in shared memory, filled in place and then submitted.
+///
+/// Made by [`Pipeline::alloc`](crate::Pipeline::alloc). Dropping it unsubmitted
+/// returns the frame.
+///
+/// ```no_run
+/// # fn demo(p: &ringpipe_engine::Pipeline) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut frame = p.alloc(5)?;
+/// frame.copy_from_slice(b"hello");
+/// let out = frame.submit()?.wait()?;
+/// assert_eq!(&out[..], b"HELLO");
+/// # Ok(()) }
+/// ```
+pub struct NewFrame {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) slot: Option<OwnedSlot>,
+    pub(crate) ticket: u32,
+    pub(crate) generation: u32,
+    pub(crate) len: usize,
+}
+
+impl NewFrame {
+    /// Changes the length within the frame capacity.
+    pub fn set_len(&mut self, len: usize) -> Result<(), FrameError> {
+        let capacity = self.shared.seg.layout().slot_capacity();
+        if len > capacity {
+            return Err(FrameError::TooLarge { requested: len, capacity });
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// The leading `H` and the bytes after it.
+    pub fn split<H: Pod>(&mut self) -> Result<(&mut H, &mut [u8]), FrameError> {
+        split_of(&mut self[..])
+    }
+
+    fn header(&self) -> SlotHeader {
+        SlotHeader {
+            len: self.len as u32,
+            ticket: self.ticket,
+            generation: self.generation,
+            ..bytemuck::Zeroable::zeroed()
+        }
+    }
+
+    /// Sends the frame into the pipeline.
+    pub fn submit(mut self) -> Result<Ticket, SubmitError> {
+        self.launch(false)?;
+        Ok(Ticket { shared: self.shared.clone(), ticket: self.ticket, generation: self.generation, taken: false })
+    }
+
+    /// Sends the frame into the pipeline; its result comes from
+    /// [`Pipeline::completions`](crate::Pipeline::completions).
+    pub fn submit_detached(mut self) -> Result<(), SubmitError> {
+        self.launch(true)
+    }
+
+    fn launch(&mut self, detached: bool) -> Result<(), SubmitError> {
+        let header = self.header();
+        let mut slot = self.slot.take().expect("a NewFrame holds its slot until launched");
+        slot.set_header(&self.shared.seg, &header);
+        let mut book = self.shared.book.lock();
+        if let Err(e) = self.shared.check_open(&book) {
+            book.release(slot, self.ticket);
+            self.shared.space.notify_one();
+            return Err(e);
+        }
+        self.shared.launch([(slot, self.ticket, detached)], &mut book);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for NewFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let slot = self.slot.as_ref().expect("held until launched");
+        &slot.payload(&self.shared.seg)[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for NewFrame {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let slot = self.slot.as_mut().expect("held until launched");
+        &mut slot.payload_mut(&self.shared.seg)[..self.len]
+    }
+}
+
+impl Drop for NewFrame {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.shared.book.lock().release(slot, self.ticket);
+            self.shared.space.notify_one();
+        }
+    }
+}
+
+/// A submitted item: wait for it ([`wait`](Ticket::wait)), check it
+/// ([`try_wait`](Ticket::try_wait)), or `.await` it.
+///
+/// Dropping a ticket abandons the result; the engine frees it when the item
+/// comes out.
+pub struct Ticket {
+    shared: Arc<Shared>,
+    ticket: u32,
+    generation: u32,
+    taken: bool,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("ticket", &self.ticket).field("generation", &self.generation).finish()
+    }
+}
+
+impl Ticket {
+    /// Blocks until the item leaves the pipeline.
+    pub fn wait(mut self) -> Result<Output, WaitError> {
+        wait_for(&self.shared, self.ticket, &mut self.taken, None)
+    }
+
+    /// Blocks until the item leaves the pipeline or `timeout` passes.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Output, WaitError> {
+        wait_for(&self.shared, self.ticket, &mut self.taken, Some(Instant::now() + timeout))
+    }
+
+    /// The result if the item has left the pipeline, without blocking.
+    pub fn try_wait(&mut self) -> Option<Result<Output, WaitError>> {
+        if self.taken {
+            return Some(Err(WaitError::AlreadyTaken));
+        }
+        let mut book = self.shared.book.lock();
+        take(&self.shared, &mut book, self.ticket, &mut self.taken)
+    }
+
+    /// True once the item has left the pipeline (its result is ready to take).
+    pub fn is_finished(&self) -> bool {
+        let book = self.shared.book.lock();
+        !matches!(book.entries[self.ticket as usize].state, State::Pending { .. })
+    }
+}
+
+/// Takes a finished item's result out of the book, or `None` if still pending.
+pub(crate) fn take(
+    shared: &Arc<Shared>,
+    book: &mut super::shared::Book,
+    ticket: u32,
+    taken: &mut bool,
+) -> Option<Result<Output, WaitError>> {
+    let entry = &mut book.entries[ticket as usize];
+    match std::mem::replace(&mut entry.state, State::Taken) {
+        State::Pending { waker, detached } => {
+            entry.state = State::Pending { waker, detached };
+            None
+        }
+        State::Done { slot, header } => {
+            *taken = true;
+            Some(Ok(Output { shared: shared.clone(), slot: Some(slot), ticket, header }))
+        }
+        State::Failed(f) => {
+            *taken = true;
+            entry.state = State::Free;
+            book.free_tickets.push(ticket);
+            Some(Err(WaitError::Engine(f)))
+        }
+        other => {
+            entry.state = other;
+            *taken = true;
+            Some(Err(WaitError::AlreadyTaken))
+        }
+    }
+}
+
+/// Waits for `ticket`: spins briefly on the finished-batch counter, then parks on
+/// the `done` condition variable.
+pub(crate) fn wait_for(
+    shared: &Arc<Shared>,
+    ticket: u32,
+    taken: &mut bool,
+    deadline: Option<Instant>,
+) -> Result<Output, WaitError> {
+    if *taken {
+        return Err(WaitError::AlreadyTaken);
+    }
+    let spin_until = Instant::now() + crate::wait::SPIN_BUDGET;
+    loop {
+        let seen = shared.finished_batches.load(Ordering::Acquire);
+        let mut book = shared.book.lock();
+        if let Some(r) = take(shared, &mut book, ticket, taken) {
+            return r;
+        }
+        if Instant::now() < spin_until {
+            drop(book);
+            while shared.finished_batches.load(Ordering::Acquire) == seen && Instant::now() < spin_until {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        match deadline {
+            None => shared.done.wait(&mut book),
+            Some(d) => {
+                if shared.done.wait_until(&mut book, d).timed_out() {
+                    return take(shared, &mut book, ticket, taken).unwrap_or(Err(WaitError::TimedOut));
+                }
+            }
+        }
+        if let Some(r) = take(shared, &mut book, ticket, taken) {
+            return r;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let mut book = self.shared.book.lock();
+        let entry = &mut book.entries[self.ticket as usize];
+        match std::mem::replace(&mut entry.state, State::Free) {
+            State::Pending { .. } => entry.state = State::Abandoned,
+            State::Done { slot, .. } => {
+                book.release(slot, self.ticket);
+                self.shared.space.notify_one();
+            }
+            State::Failed(_) => book.free_tickets.push(self.ticket),
+            other => entry.state = other,
+        }
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<Output, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.taken {
+            return Poll::Ready(Err(WaitError::AlreadyTaken));
+        }
+        let mut book = this.shared.book.lock();
+        if let Some(r) = take(&this.shared, &mut book, this.ticket, &mut this.taken) {
+            return Poll::Ready(r);
+        }
+        if let State::Pending { waker, .. } = &mut book.entries[this.ticket as usize].state {
+            match waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A finished item, read in place in shared memory. Dropping it recycles the frame.
+///
+/// Derefs to the item's bytes. If a stage failed the item,
+/// [`failure`](Output::failure) says which one and why; the bytes are as that stage
+/// left them.
+pub struct Output {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) slot: Option<OwnedSlot>,
+    pub(crate) ticket: u32,
+    pub(crate) header: SlotHeader,
+}
+
+impl Output {
+    /// The failure a stage recorded on the item, if any.
+    pub fn failure(&self) -> Option<StageFailure> {
+        if self.header.status != STATUS_FAILED {
+            return None;
+        }
+        let stage = self.header.failed_stage as usize;
+        let slot = self.slot.as_ref().expect("held until drop");
+        Some(StageFailure {
+            stage,
+            name: self.shared.stages.get(stage).map_or_else(|| "?".into(), |s| s.name.clone()),
+            message: slot.error_text(&self.shared.seg, self.header.error_len),
+        })
+    }
+
+    /// True if no stage failed the item.
+    pub fn is_ok(&self) -> bool {
+        self.header.status != STATUS_FAILED
+    }
+
+    /// `Ok(self)` if no stage failed the item, else the failure.
+    pub fn into_result(self) -> Result<Self, StageFailure> {
+        match self.failure() {
+            None => Ok(self),
+            Some(f) => Err(f),
+        }
+    }
+
+    /// True if stage `stage` processed the item (its determiner wanted it).
+    pub fn stage_ran(&self, stage: usize) -> bool {
+        crate::frame::has_run(&self.header, stage)
+    }
+
+    /// The leading `H` of the item's bytes.
+    pub fn header<H: Pod>(&self) -> Result<&H, FrameError> {
+        header_of(self)
+    }
+}
+
+impl std::ops::Deref for Output {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let slot = self.slot.as_ref().expect("held until drop");
+        &slot.payload(&self.shared.seg)[..self.header.len as usize]
+    }
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output").field("len", &self.len()).field("failure", &self.failure()).finish()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.shared.book.lock().release(slot, self.ticket);
+            self.shared.space.notify_one();
+        }
+    }
+}

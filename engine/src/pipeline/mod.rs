@@ -1,0 +1,680 @@
+//! The user API: build a pipeline of stages, submit frames, take results, shut down.
+//!
+//! This layer has no `unsafe`: it composes the segment, rings, frames and workers
+//! below it.
+
+mod collector;
+mod error;
+mod handles;
+mod shared;
+mod spec;
+mod supervisor;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitError, WaitError};
+pub use handles::{NewFrame, Output, Ticket};
+pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec};
+
+use self::handles::wait_for;
+use self::shared::{Book, Entry, Shared, StageInfo, State};
+use self::spec::Placement;
+use self::supervisor::Supervisor;
+use crate::frame::OwnedSlot;
+use crate::memory::{Layout, Segment, SlotHeader, StageRecord, STATE_SHUTDOWN};
+use crate::stage::{find_stage, Stage};
+use crate::worker::runner::{RunEnd, StageRunner};
+use crate::worker::spawn::{self, Handshake, WorkerProcess};
+
+/// Default bound on items in flight.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Default frame capacity: 64 KiB.
+pub const DEFAULT_FRAME_CAPACITY: usize = 64 * 1024;
+/// How long `Drop` lets in-flight items finish before failing them.
+pub const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker gets to exit after shutdown before it is killed.
+const WORKER_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Configures and builds a [`Pipeline`].
+///
+/// ```no_run
+/// use ringpipe_engine::{Pipeline, StageSpec};
+/// let pipeline = Pipeline::builder()
+///     .stage(StageSpec::process("compress").params(vec![3]))
+///     .stage(StageSpec::thread("encrypt"))
+///     .max_in_flight(128)
+///     .frame_capacity(1 << 20)
+///     .build()?;
+/// # Ok::<(), ringpipe_engine::BuildError>(())
+/// ```
+pub struct Builder {
+    stages: Vec<StageSpec>,
+    max_in_flight: usize,
+    frame_capacity: usize,
+    startup_timeout: Duration,
+}
+
+impl Builder {
+    /// Appends a stage.
+    pub fn stage(mut self, stage: StageSpec) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// Appends stages.
+    pub fn stages(mut self, stages: impl IntoIterator<Item = StageSpec>) -> Self {
+        self.stages.extend(stages);
+        self
+    }
+
+    /// Most items in flight (submitted, or finished but not yet released); `submit`
+    /// blocks and `try_submit` gives the item back beyond it (the seed's
+    /// `max_simultaneous_work_items`). At least 1.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Bytes each frame can hold (default 64 KiB). The segment holds
+    /// `max_in_flight + stages` frames.
+    pub fn frame_capacity(mut self, bytes: usize) -> Self {
+        self.frame_capacity = bytes;
+        self
+    }
+
+    /// How long worker processes get to report ready (default 30 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Creates the segment, starts the workers and threads, and waits until every
+    /// worker has checked the segment and built its stage.
+    pub fn build(self) -> Result<Pipeline, BuildError> {
+        if std::env::var_os(crate::worker::WORKER_ENV).is_some() {
+            return Err(BuildError::InsideWorker);
+        }
+        if self.stages.is_empty() {
+            return Err(BuildError::NoStages);
+        }
+        let n = self.stages.len();
+        if self.max_in_flight == 0 || self.max_in_flight > crate::memory::MAX_SLOTS - n {
+            return Err(BuildError::Config(crate::memory::LayoutError::OutOfRange {
+                what: "max_in_flight",
+                value: self.max_in_flight as u64,
+                max: (crate::memory::MAX_SLOTS - n.min(crate::memory::MAX_SLOTS)) as u64,
+            }));
+        }
+        // Resolve stage code before starting anything.
+        let mut local: Vec<Option<Box<dyn Stage>>> = Vec::with_capacity(n);
+        let mut infos = Vec::with_capacity(n);
+        let mut blob = Vec::new();
+        let mut records = Vec::with_capacity(n);
+        for (i, spec) in self.stages.into_iter().enumerate() {
+            let registered = || {
+                find_stage(&spec.name).ok_or_else(|| BuildError::UnknownStage { stage: i, name: spec.name.clone() })
+            };
+            let instance = match spec.placement {
+                Placement::Process => {
+                    registered()?;
+                    None
+                }
+                Placement::Thread => Some((registered()?.make)(&spec.params).map_err(|e| {
+                    BuildError::StageInit { stage: i, name: spec.name.clone(), message: e.to_string() }
+                })?),
+                Placement::ThreadWith(stage) => Some(stage),
+            };
+            let too_long = |what| BuildError::Config(crate::memory::LayoutError::OutOfRange {
+                what,
+                value: u64::MAX,
+                max: u32::MAX.into(),
+            });
+            let name_offset = blob.len() as u64;
+            blob.extend_from_slice(spec.name.as_bytes());
+            let params_offset = blob.len() as u64;
+            blob.extend_from_slice(&spec.params);
+            records.push(StageRecord {
+                name_offset,
+                params_offset,
+                name_len: u32::try_from(spec.name.len()).map_err(|_| too_long("stage name length"))?,
+                params_len: u32::try_from(spec.params.len()).map_err(|_| too_long("stage parameters length"))?,
+                input_ring: i as u32,
+                output_ring: i as u32 + 1,
+                spare_slot: i as u32,
+                reserved: 0,
+            });
+            local.push(instance);
+            infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete });
+        }
+        let layout = Layout::compute(n, self.max_in_flight + n, self.frame_capacity, blob.len())
+            .map_err(BuildError::Config)?;
+        let seg = Arc::new(Segment::create(layout).map_err(BuildError::Segment)?);
+        seg.write_blob(&blob);
+        for (i, r) in records.into_iter().enumerate() {
+            seg.write_stage(i, r);
+        }
+
+        let slot = |i: usize| OwnedSlot::assigned(&seg, i as u32).expect("within the layout");
+        let book = Book {
+            free_slots: (n..n + self.max_in_flight).rev().map(slot).collect(),
+            free_tickets: (0..self.max_in_flight as u32).rev().collect(),
+            entries: (0..self.max_in_flight).map(|_| Entry { generation: 0, state: State::Free }).collect(),
+            finished: VecDeque::new(),
+            in_flight: 0,
+            failure: None,
+        };
+        let (input, _) = seg.ring(0);
+        let (_, output) = seg.ring(n);
+        let shared = Arc::new(Shared {
+            seg: seg.clone(),
+            stages: infos,
+            book: Mutex::new(book),
+            space: Condvar::new(),
+            done: Condvar::new(),
+            finished_batches: AtomicU64::new(0),
+            input: Mutex::new(input),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
+        let mut pipeline = Pipeline {
+            shared: shared.clone(),
+            workers: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+            collector: None,
+            supervisor: None,
+            report: None,
+        };
+        // From here on, an early return drops `pipeline`, which stops what started.
+        pipeline.start_workers(&local, self.startup_timeout)?;
+        for (i, stage) in local.into_iter().enumerate() {
+            let Some(stage) = stage else { continue };
+            let runner = StageRunner::new(seg.clone(), i, stage)
+                .map_err(|e| BuildError::StageInit { stage: i, name: shared.stages[i].name.clone(), message: e.to_string() })?;
+            let sh = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("ringpipe-stage-{i}"))
+                .spawn(move || {
+                    let end = runner.run();
+                    if let RunEnd::Corrupt(why) = &end {
+                        sh.fail(EngineFailure::Corrupt(why.clone()));
+                    }
+                    end
+                })
+                .map_err(BuildError::Spawn)?;
+            pipeline.threads.push((i, handle));
+        }
+        let sh = shared.clone();
+        pipeline.collector = Some(
+            std::thread::Builder::new()
+                .name("ringpipe-collector".into())
+                .spawn(move || collector::run(sh, output))
+                .map_err(BuildError::Spawn)?,
+        );
+        pipeline.supervisor =
+            Some(Supervisor::start(shared, pipeline.workers.clone()).map_err(BuildError::Spawn)?);
+        Ok(pipeline)
+    }
+}
+
+/// How a pipeline ended; see [`Pipeline::shutdown`].
+#[derive(Debug)]
+pub struct ShutdownReport {
+    /// Every item finished, every stage stopped on request, no worker was killed.
+    pub graceful: bool,
+    /// Why the pipeline broke, if it did.
+    pub failure: Option<EngineFailure>,
+    /// How each worker process ended.
+    pub workers: Vec<WorkerExit>,
+}
+
+impl ShutdownReport {
+    /// The seed's `was_graceful_shutdown`.
+    pub fn was_graceful(&self) -> bool {
+        self.graceful
+    }
+}
+
+/// How one worker process ended.
+#[derive(Debug)]
+pub struct WorkerExit {
+    /// Its stage.
+    pub stage: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// Its exit status, if it could be collected.
+    pub status: Option<std::process::ExitStatus>,
+    /// True if it had to be killed.
+    pub killed: bool,
+}
+
+/// A running pipeline: frames go in, through every stage in order, and come out.
+///
+/// Stages run in worker processes that map the same shared segment, or on threads
+/// of this process; items travel as descriptors through single-producer
+/// single-consumer rings, their bytes never copied between stages.
+///
+/// All methods take `&self`: any number of threads may submit and wait at once.
+///
+/// ```no_run
+/// use ringpipe_engine::{stage_fn, Frame, Pipeline, StageSpec};
+/// let pipeline = Pipeline::builder()
+///     .stage(StageSpec::with_stage("upper", stage_fn(|f: &mut Frame<'_>| {
+///         f.bytes_mut().make_ascii_uppercase();
+///         Ok(())
+///     })))
+///     .build()?;
+/// let out = pipeline.submit(b"hello")?.wait()?;
+/// assert_eq!(&out[..], b"HELLO");
+/// drop(out);
+/// assert!(pipeline.shutdown().was_graceful());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    workers: Arc<Mutex<Vec<WorkerProcess>>>,
+    threads: Vec<(usize, JoinHandle<RunEnd>)>,
+    collector: Option<JoinHandle<()>>,
+    supervisor: Option<Supervisor>,
+    report: Option<ShutdownReport>,
+}
+
+impl Pipeline {
+    /// Starts configuring a pipeline.
+    pub fn builder() -> Builder {
+        Builder {
+            stages: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            frame_capacity: DEFAULT_FRAME_CAPACITY,
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn start_workers(&mut self, local: &[Option<Box<dyn Stage>>], timeout: Duration) -> Result<(), BuildError> {
+        let mut workers = self.workers.lock();
+        let fd = self.shared.seg.fd().try_clone_to_owned().map_err(BuildError::Spawn)?;
+        for (i, _) in local.iter().enumerate().filter(|(_, s)| s.is_none()) {
+            workers.push(spawn::spawn(&fd, i).map_err(BuildError::Spawn)?);
+        }
+        let deadline = Instant::now() + timeout;
+        for w in workers.iter_mut() {
+            let stage = w.stage;
+            let name = || self.shared.stages[stage].name.clone();
+            w.handshake(deadline).map_err(|e| match e {
+                Handshake::Refused(message) => BuildError::StageInit { stage, name: name(), message },
+                Handshake::NoHook(status) => BuildError::HookMissing {
+                    stage,
+                    status: status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
+                },
+                Handshake::TimedOut => BuildError::StartTimeout { stage },
+                Handshake::Io(e) => BuildError::Spawn(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Number of stages.
+    pub fn num_stages(&self) -> usize {
+        self.shared.stages.len()
+    }
+
+    /// Bytes each frame can hold.
+    pub fn frame_capacity(&self) -> usize {
+        self.shared.seg.layout().slot_capacity()
+    }
+
+    /// The bound on items in flight.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.book.lock().entries.len()
+    }
+
+    /// `(stage, pid)` of every worker process.
+    pub fn worker_pids(&self) -> Vec<(usize, u32)> {
+        self.workers.lock().iter().map(|w| (w.stage, w.child.id())).collect()
+    }
+
+    fn reserve(&self, len: usize, block: bool) -> Result<Option<NewFrame>, SubmitError> {
+        let capacity = self.frame_capacity();
+        if len > capacity {
+            return Err(SubmitError::TooLarge { requested: len, capacity });
+        }
+        let mut book = self.shared.book.lock();
+        loop {
+            self.shared.check_open(&book)?;
+            if let Some((slot, ticket, generation)) = book.reserve() {
+                return Ok(Some(NewFrame { shared: self.shared.clone(), slot: Some(slot), ticket, generation, len }));
+            }
+            if !block {
+                return Ok(None);
+            }
+            self.shared.space.wait(&mut book);
+        }
+    }
+
+    /// Reserves a frame of `len` bytes to fill in place, blocking while
+    /// `max_in_flight` items are in flight.
+    pub fn alloc(&self, len: usize) -> Result<NewFrame, SubmitError> {
+        Ok(self.reserve(len, true)?.expect("blocking reserve returns a frame"))
+    }
+
+    /// Reserves a frame without blocking; `Ok(None)` when `max_in_flight` are in flight.
+    pub fn try_alloc(&self, len: usize) -> Result<Option<NewFrame>, SubmitError> {
+        self.reserve(len, false)
+    }
+
+    /// Copies `data` into a frame (the one copy) and submits it, blocking while
+    /// `max_in_flight` items are in flight.
+    pub fn submit(&self, data: &[u8]) -> Result<Ticket, SubmitError> {
+        let mut frame = self.alloc(data.len())?;
+        frame.copy_from_slice(data);
+        frame.submit()
+    }
+
+    /// Like [`submit`](Self::submit) but never blocks: a full pipeline gives `data` back.
+    pub fn try_submit<T: AsRef<[u8]>>(&self, data: T) -> Result<Ticket, TrySubmitError<T>> {
+        let mut frame = match self.reserve(data.as_ref().len(), false) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(TrySubmitError::Full(data)),
+            Err(e) => return Err(TrySubmitError::Failed(e, data)),
+        };
+        frame.copy_from_slice(data.as_ref());
+        frame.submit().map_err(|e| TrySubmitError::Failed(e, data))
+    }
+
+    /// Submits many items with one lock and one ring publish per batch; their results
+    /// come from [`completions`](Self::completions), in completion order. Blocks while
+    /// `max_in_flight` items are in flight (so consume completions on another
+    /// thread, or use [`map`](Self::map), which does both). Returns how many were
+    /// submitted.
+    pub fn submit_batch<I>(&self, items: I) -> Result<usize, SubmitError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let capacity = self.frame_capacity();
+        let mut items = items.into_iter().peekable();
+        let mut count = 0;
+        while items.peek().is_some() {
+            let mut reserved = Vec::new();
+            {
+                let mut book = self.shared.book.lock();
+                self.shared.check_open(&book)?;
+                while book.free_tickets.is_empty() {
+                    self.shared.space.wait(&mut book);
+                    self.shared.check_open(&book)?;
+                }
+                while let Some(r) = book.free_tickets.len().checked_sub(1).and_then(|_| book.reserve()) {
+                    reserved.push(r);
+                    if reserved.len() == 256 {
+                        break;
+                    }
+                }
+            }
+            let mut ready = Vec::with_capacity(reserved.len());
+            let mut error = None;
+            for (mut slot, ticket, generation) in reserved {
+                match items.next() {
+                    Some(data) if error.is_none() && data.as_ref().len() <= capacity => {
+                        fill(&self.shared.seg, &mut slot, ticket, generation, data.as_ref());
+                        ready.push((slot, ticket, true));
+                    }
+                    Some(data) if error.is_none() => {
+                        error = Some(SubmitError::TooLarge { requested: data.as_ref().len(), capacity });
+                        self.shared.book.lock().release(slot, ticket);
+                    }
+                    _ => self.shared.book.lock().release(slot, ticket),
+                }
+            }
+            count += ready.len();
+            let mut book = self.shared.book.lock();
+            self.shared.launch(ready, &mut book);
+            drop(book);
+            if let Some(e) = error {
+                self.shared.space.notify_all();
+                return Err(e);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Results of items submitted with [`submit_batch`](Self::submit_batch) or
+    /// [`NewFrame::submit_detached`], in completion order. Ends when none is in flight.
+    pub fn completions(&self) -> Completions<'_> {
+        Completions { pipeline: self }
+    }
+
+    /// Runs every input through the pipeline and yields the results in input order,
+    /// keeping up to `max_in_flight` items in flight. The fastest way to stream
+    /// items through: submission is batched, and the caller never deadlocks itself.
+    ///
+    /// ```no_run
+    /// # fn demo(p: &ringpipe_engine::Pipeline) -> Result<(), Box<dyn std::error::Error>> {
+    /// for out in p.map((0..1000u32).map(|i| i.to_le_bytes())) {
+    ///     let out = out?;
+    ///     assert!(out.is_ok());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn map<I>(&self, inputs: I) -> Map<'_, I::IntoIter>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        Map { pipeline: self, inputs: inputs.into_iter(), exhausted: false, queue: VecDeque::new(), error: None }
+    }
+
+    /// Finishes every item in flight, stops every stage, and reports whether all went
+    /// as asked (the seed's `was_graceful_shutdown`).
+    pub fn shutdown(mut self) -> ShutdownReport {
+        self.close(None)
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but items still in flight after `timeout`
+    /// fail with [`EngineFailure::Aborted`] (not graceful).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> ShutdownReport {
+        self.close(Some(timeout))
+    }
+
+    fn close(&mut self, timeout: Option<Duration>) -> ShutdownReport {
+        if let Some(r) = self.report.take() {
+            return r;
+        }
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::Release);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut book = shared.book.lock();
+        while book.in_flight > 0 && book.failure.is_none() {
+            match deadline {
+                None => shared.done.wait(&mut book),
+                Some(d) => {
+                    if shared.done.wait_until(&mut book, d).timed_out() {
+                        shared.fail_locked(&mut book, EngineFailure::Aborted);
+                    }
+                }
+            }
+        }
+        let mut failure = book.failure.clone();
+        drop(book);
+        shared.stopping.store(true, Ordering::Release);
+        shared.seg.control().set_state(STATE_SHUTDOWN);
+        shared.nudge_all();
+        let mut graceful = failure.is_none();
+        for (i, t) in self.threads.drain(..) {
+            match t.join() {
+                Ok(RunEnd::Shutdown) => {}
+                Ok(end) => {
+                    graceful = false;
+                    failure.get_or_insert(EngineFailure::ThreadStage { stage: i, reason: format!("{end:?}") });
+                }
+                Err(_) => graceful = false,
+            }
+        }
+        let mut exits = Vec::new();
+        for w in self.workers.lock().iter_mut() {
+            let (status, killed) = w.stop(WORKER_EXIT_TIMEOUT);
+            w.lifeline = None;
+            graceful &= !killed && status.is_some_and(|s| s.success());
+            exits.push(WorkerExit { stage: w.stage, pid: w.child.id(), status, killed });
+        }
+        if let Some(s) = self.supervisor.take() {
+            s.stop();
+        }
+        if let Some(c) = self.collector.take() {
+            graceful &= c.join().is_ok();
+        }
+        ShutdownReport { graceful, failure, workers: exits }
+    }
+}
+
+fn fill(seg: &Segment, slot: &mut OwnedSlot, ticket: u32, generation: u32, data: &[u8]) {
+    slot.payload_mut(seg)[..data.len()].copy_from_slice(data);
+    let header = SlotHeader { len: data.len() as u32, ticket, generation, ..bytemuck::Zeroable::zeroed() };
+    slot.set_header(seg, &header);
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if self.collector.is_some() || !self.threads.is_empty() || !self.workers.lock().is_empty() {
+            let _ = self.close(Some(DROP_DRAIN_TIMEOUT));
+        }
+    }
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("stages", &self.shared.stages.iter().map(|s| &s.name).collect::<Vec<_>>())
+            .field("workers", &self.worker_pids())
+            .finish()
+    }
+}
+
+/// Results of detached submissions; see [`Pipeline::completions`].
+pub struct Completions<'p> {
+    pipeline: &'p Pipeline,
+}
+
+impl Iterator for Completions<'_> {
+    type Item = Result<Output, WaitError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let shared = &self.pipeline.shared;
+        let mut book = shared.book.lock();
+        loop {
+            if let Some(ticket) = book.finished.pop_front() {
+                let mut taken = false;
+                return handles::take(shared, &mut book, ticket, &mut taken);
+            }
+            let detached_pending = book
+                .entries
+                .iter()
+                .any(|e| matches!(e.state, State::Pending { detached: true, .. }));
+            if !detached_pending {
+                return None;
+            }
+            shared.done.wait(&mut book);
+        }
+    }
+}
+
+/// Results of [`Pipeline::map`], in input order.
+pub struct Map<'p, I> {
+    pipeline: &'p Pipeline,
+    inputs: I,
+    exhausted: bool,
+    queue: VecDeque<u32>,
+    error: Option<SubmitError>,
+}
+
+impl<I> Map<'_, I>
+where
+    I: Iterator,
+    I::Item: AsRef<[u8]>,
+{
+    /// Submits inputs into every free frame, in one batch.
+    fn fill(&mut self) {
+        let shared = &self.pipeline.shared;
+        let reserved: Vec<_> = {
+            let mut book = shared.book.lock();
+            if let Err(e) = shared.check_open(&book) {
+                self.error.get_or_insert(e);
+                self.exhausted = true;
+                return;
+            }
+            std::iter::from_fn(|| book.reserve()).collect()
+        };
+        let capacity = shared.seg.layout().slot_capacity();
+        let mut ready = Vec::with_capacity(reserved.len());
+        let mut unused = Vec::new();
+        for (mut slot, ticket, generation) in reserved {
+            if self.exhausted {
+                unused.push((slot, ticket));
+                continue;
+            }
+            match self.inputs.next() {
+                Some(data) if data.as_ref().len() <= capacity => {
+                    fill(&shared.seg, &mut slot, ticket, generation, data.as_ref());
+                    self.queue.push_back(ticket);
+                    ready.push((slot, ticket, false));
+                }
+                Some(data) => {
+                    self.error = Some(SubmitError::TooLarge { requested: data.as_ref().len(), capacity });
+                    self.exhausted = true;
+                    unused.push((slot, ticket));
+                }
+                None => {
+                    self.exhausted = true;
+                    unused.push((slot, ticket));
+                }
+            }
+        }
+        let mut book = shared.book.lock();
+        for (slot, ticket) in unused {
+            book.release(slot, ticket);
+        }
+        if !ready.is_empty() {
+            shared.launch(ready, &mut book);
+        }
+    }
+}
+
+impl<I> Iterator for Map<'_, I>
+where
+    I: Iterator,
+    I::Item: AsRef<[u8]>,
+{
+    type Item = Result<Output, WaitError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let window = self.pipeline.max_in_flight();
+        if !self.exhausted && self.queue.len() <= window / 2 {
+            self.fill();
+        }
+        let Some(ticket) = self.queue.pop_front() else {
+            if let Some(e) = self.error.take() {
+                return Some(Err(WaitError::Submit(e)));
+            }
+            if self.exhausted {
+                return None;
+            }
+            // Nothing of ours is in flight and no frame was free: frames are held by
+            // results still alive (ours, or another submitter's).
+            let mut book = self.pipeline.shared.book.lock();
+            if book.free_tickets.is_empty() && book.in_flight == 0 {
+                return Some(Err(WaitError::Saturated));
+            }
+            while book.free_tickets.is_empty() && book.in_flight > 0 {
+                self.pipeline.shared.space.wait(&mut book);
+            }
+            drop(book);
+            return self.next();
+        };
+        let mut taken = false;
+        Some(wait_for(&self.pipeline.shared, ticket, &mut taken, None))
+    }
+}

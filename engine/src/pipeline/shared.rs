@@ -1,0 +1,165 @@
+//! State shared by the pipeline handle, its tickets and outputs, and its threads.
+//!
+//! One mutex guards the [`Book`]: which slots and tickets are free and what each
+//! ticket's item is doing. Every path takes it once per batch, not once per byte; the
+//! payload never passes through it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::error::{EngineFailure, SubmitError};
+use super::spec::OnComplete;
+use crate::frame::OwnedSlot;
+use crate::memory::{Segment, SlotHeader, STATE_BROKEN};
+use crate::ring::Producer;
+
+/// What a ticket's item is doing.
+#[derive(Debug)]
+pub(crate) enum State {
+    /// Not in use.
+    Free,
+    /// Handed out as a `NewFrame`, not yet submitted.
+    Reserved,
+    /// In the rings.
+    Pending { waker: Option<Waker>, detached: bool },
+    /// Out of the pipeline; the slot holds the result.
+    Done { slot: OwnedSlot, header: SlotHeader },
+    /// Out of the pipeline and handed to its owner as an `Output`.
+    Taken,
+    /// The engine failed it.
+    Failed(EngineFailure),
+    /// Its ticket was dropped while in flight: free it when it comes out.
+    Abandoned,
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub generation: u32,
+    pub state: State,
+}
+
+#[derive(Debug)]
+pub(crate) struct Book {
+    pub free_slots: Vec<OwnedSlot>,
+    pub free_tickets: Vec<u32>,
+    pub entries: Vec<Entry>,
+    /// Finished detached items, in completion order.
+    pub finished: VecDeque<u32>,
+    /// Items in the rings.
+    pub in_flight: usize,
+    /// Set once, when the pipeline breaks.
+    pub failure: Option<EngineFailure>,
+}
+
+impl Book {
+    /// Takes a free slot and ticket, if any.
+    pub fn reserve(&mut self) -> Option<(OwnedSlot, u32, u32)> {
+        let ticket = self.free_tickets.pop()?;
+        let slot = self.free_slots.pop().expect("one free slot per free ticket");
+        let entry = &mut self.entries[ticket as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.state = State::Reserved;
+        Some((slot, ticket, entry.generation))
+    }
+
+    /// Returns a slot and its ticket to the free lists.
+    pub fn release(&mut self, slot: OwnedSlot, ticket: u32) {
+        self.entries[ticket as usize].state = State::Free;
+        self.free_tickets.push(ticket);
+        self.free_slots.push(slot);
+    }
+}
+
+pub(crate) struct StageInfo {
+    pub name: String,
+    pub on_complete: Option<OnComplete>,
+}
+
+pub(crate) struct Shared {
+    pub seg: Arc<Segment>,
+    pub stages: Vec<StageInfo>,
+    pub book: Mutex<Book>,
+    /// Signalled when a slot and ticket become free.
+    pub space: Condvar,
+    /// Signalled when items finish or the pipeline breaks.
+    pub done: Condvar,
+    /// Bumped after each batch of finished items, for waiters that spin before parking.
+    pub finished_batches: AtomicU64,
+    /// The producer end of ring 0.
+    pub input: Mutex<Producer>,
+    /// No more submissions.
+    pub closed: AtomicBool,
+    /// Shutdown has begun: worker exits are expected.
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Refuses submission if closed or broken.
+    pub fn check_open(&self, book: &Book) -> Result<(), SubmitError> {
+        if let Some(f) = &book.failure {
+            return Err(SubmitError::Broken(f.clone()));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Publishes reserved items: marks them pending, then pushes their descriptors
+    /// into ring 0 in one batch. Headers must already be written.
+    pub fn launch(&self, items: impl IntoIterator<Item = (OwnedSlot, u32, bool)>, book: &mut Book) {
+        let mut input = self.input.lock();
+        for (slot, ticket, detached) in items {
+            book.entries[ticket as usize].state = State::Pending { waker: None, detached };
+            book.in_flight += 1;
+            // Ring 0 holds every slot, so it cannot be full; if the worker corrupted
+            // its position, the item is failed by the break below.
+            if input.try_push(slot.into_descriptor()).is_err() {
+                self.fail_locked(book, EngineFailure::Corrupt("input ring position".into()));
+            }
+        }
+        input.publish();
+    }
+
+    /// Marks the pipeline broken: every pending item fails with `failure`, every
+    /// waiter and every stage is woken. The first failure wins.
+    pub fn fail(&self, failure: EngineFailure) {
+        let mut book = self.book.lock();
+        self.fail_locked(&mut book, failure);
+    }
+
+    pub fn fail_locked(&self, book: &mut Book, failure: EngineFailure) {
+        if book.failure.is_none() {
+            book.failure = Some(failure);
+        }
+        let failure = book.failure.clone().expect("set above");
+        for entry in &mut book.entries {
+            match std::mem::replace(&mut entry.state, State::Free) {
+                State::Pending { waker, .. } => {
+                    entry.state = State::Failed(failure.clone());
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }
+                State::Abandoned => entry.state = State::Free, // its slot is lost with the rings
+                other => entry.state = other,
+            }
+        }
+        book.in_flight = 0;
+        self.seg.control().set_state(STATE_BROKEN);
+        self.nudge_all();
+        self.done.notify_all();
+        self.space.notify_all();
+    }
+
+    /// Wakes every ring's consumer so it re-reads the pipeline state.
+    pub fn nudge_all(&self) {
+        for i in 0..self.seg.layout().ring_count() {
+            self.seg.ring_header(i).nudge_consumer();
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Describing a stage: which code, where it runs, its parameters, its callback.
+
+use std::sync::Arc;
+
+use crate::stage::Stage;
+
+/// Where a stage runs.
+pub(crate) enum Placement {
+    /// A worker process running the registered stage.
+    Process,
+    /// A thread of the parent running the registered stage.
+    Thread,
+    /// A thread of the parent running this instance.
+    ThreadWith(Box<dyn Stage>),
+}
+
+/// Called in the parent for each stage of each item, in stage order, when the item
+/// leaves the pipeline and before its ticket resolves (the seed's `stage_complete`).
+pub type OnComplete = Arc<dyn Fn(&StageEvent<'_>) + Send + Sync>;
+
+/// One stage of a pipeline, before it is built.
+///
+/// Switching a registered stage between a worker process and a thread of the parent
+/// is one word: [`process`](StageSpec::process) or [`thread`](StageSpec::thread).
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, StageSpec};
+/// let a = StageSpec::process("compress").params(vec![3]);
+/// let b = StageSpec::thread("compress").params(vec![3]);
+/// let c = StageSpec::with_stage("count", stage_fn(|_f| Ok(())));
+/// assert!(a.is_process() && !b.is_process() && !c.is_process());
+/// ```
+pub struct StageSpec {
+    pub(crate) name: String,
+    pub(crate) params: Vec<u8>,
+    pub(crate) placement: Placement,
+    pub(crate) on_complete: Option<OnComplete>,
+}
+
+impl StageSpec {
+    fn new(name: &str, placement: Placement) -> Self {
+        Self { name: name.to_owned(), params: Vec::new(), placement, on_complete: None }
+    }
+
+    /// The stage registered as `name`, in its own worker process.
+    pub fn process(name: &str) -> Self {
+        Self::new(name, Placement::Process)
+    }
+
+    /// The stage registered as `name`, on a thread of the parent.
+    pub fn thread(name: &str) -> Self {
+        Self::new(name, Placement::Thread)
+    }
+
+    /// Any stage value (closures included, see [`stage_fn`](crate::stage_fn)) on a
+    /// thread of the parent; `name` is used in errors and events. It may use rayon
+    /// inside, on a pool of its own.
+    pub fn with_stage(name: &str, stage: impl Stage + 'static) -> Self {
+        Self::new(name, Placement::ThreadWith(Box::new(stage)))
+    }
+
+    /// Parameter bytes given to the registered stage's constructor.
+    pub fn params(mut self, params: impl Into<Vec<u8>>) -> Self {
+        self.params = params.into();
+        self
+    }
+
+    /// A callback run in the parent for this stage of every item; see [`OnComplete`].
+    pub fn on_complete(mut self, f: impl Fn(&StageEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_complete = Some(Arc::new(f));
+        self
+    }
+
+    /// True if the stage runs in a worker process.
+    pub fn is_process(&self) -> bool {
+        matches!(self.placement, Placement::Process)
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// What one stage did with one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageOutcome<'a> {
+    /// The stage processed the item successfully.
+    Ran,
+    /// The stage's determiner declined the item.
+    Skipped,
+    /// The stage failed the item with this message.
+    Failed(&'a str),
+    /// An earlier stage failed the item, so this one never saw it.
+    NotReached,
+}
+
+/// Passed to an [`OnComplete`] callback.
+#[derive(Debug)]
+pub struct StageEvent<'a> {
+    /// Index of the stage in the pipeline.
+    pub stage: usize,
+    /// Its name.
+    pub name: &'a str,
+    /// What it did with the item.
+    pub outcome: StageOutcome<'a>,
+    /// The item's bytes as they left the pipeline.
+    pub bytes: &'a [u8],
+}

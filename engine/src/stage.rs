@@ -1,0 +1,167 @@
+//! What a stage is, and how a worker process finds a stage's code by name.
+//!
+//! Function pointers do not survive `exec` under ASLR, so process stages are found
+//! by a registered name: [`register_stage!`](crate::register_stage) puts a
+//! [`StageFactory`] into a link-time table ([`linkme`]) that every process running
+//! the same executable sees, with no start-up code to run.
+
+use crate::frame::Frame;
+
+/// Any error a stage returns; its `Display` text is recorded on the failed item.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The code of one pipeline stage.
+///
+/// One instance per worker process or thread; it may keep state between items.
+///
+/// ```
+/// use ringpipe_engine::{BoxError, Frame, Stage};
+/// struct Upper;
+/// impl Stage for Upper {
+///     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+///         frame.bytes_mut().make_ascii_uppercase();
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Stage: Send {
+    /// Whether this stage wants `frame` (the seed's `is_for_stage`). It may read and
+    /// change the frame. An item not wanted moves on untouched by `process`.
+    fn wants(&mut self, frame: &mut Frame<'_>) -> bool {
+        let _ = frame;
+        true
+    }
+
+    /// Does the stage's work on one item. An `Err` (or a panic) fails the item:
+    /// later stages do not run it, and the pipeline goes on with other items.
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError>;
+}
+
+impl<S: Stage + ?Sized> Stage for Box<S> {
+    fn wants(&mut self, frame: &mut Frame<'_>) -> bool {
+        (**self).wants(frame)
+    }
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        (**self).process(frame)
+    }
+}
+
+/// A stage made of closures: see [`stage_fn`].
+pub struct FnStage<W, D> {
+    work: W,
+    determiner: D,
+}
+
+/// A stage from a work closure (every item wanted).
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Frame};
+/// let double = stage_fn(|f: &mut Frame<'_>| {
+///     let v: &mut u64 = f.header_mut()?;
+///     *v *= 2;
+///     Ok(())
+/// })
+/// .with_determiner(|f: &mut Frame<'_>| !f.is_empty());
+/// # let _ = double;
+/// ```
+pub fn stage_fn<W>(work: W) -> FnStage<W, fn(&mut Frame<'_>) -> bool>
+where
+    W: FnMut(&mut Frame<'_>) -> Result<(), BoxError> + Send,
+{
+    FnStage { work, determiner: |_| true }
+}
+
+impl<W, D> FnStage<W, D> {
+    /// Adds a determiner (the seed's `fn_determiner`).
+    pub fn with_determiner<D2>(self, determiner: D2) -> FnStage<W, D2>
+    where
+        D2: FnMut(&mut Frame<'_>) -> bool + Send,
+    {
+        FnStage { work: self.work, determiner }
+    }
+}
+
+impl<W, D> Stage for FnStage<W, D>
+where
+    W: FnMut(&mut Frame<'_>) -> Result<(), BoxError> + Send,
+    D: FnMut(&mut Frame<'_>) -> bool + Send,
+{
+    fn wants(&mut self, frame: &mut Frame<'_>) -> bool {
+        (self.determiner)(frame)
+    }
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        (self.work)(frame)
+    }
+}
+
+/// Makes a stage from its parameters (bytes chosen by the caller of `StageSpec::params`).
+pub type MakeStage = fn(&[u8]) -> Result<Box<dyn Stage>, BoxError>;
+
+/// A stage registered by name; see [`register_stage!`](crate::register_stage).
+#[derive(Debug)]
+pub struct StageFactory {
+    /// The name pipelines refer to.
+    pub name: &'static str,
+    /// Builds an instance from parameter bytes; an `Err` means the parameters are bad.
+    pub make: MakeStage,
+}
+
+/// Every registered stage of this executable.
+#[linkme::distributed_slice]
+pub static STAGES: [StageFactory];
+
+/// The factory registered under `name`, if any.
+///
+/// ```
+/// assert!(ringpipe_engine::find_stage("surely-not-registered").is_none());
+/// ```
+pub fn find_stage(name: &str) -> Option<&'static StageFactory> {
+    STAGES.iter().find(|f| f.name == name)
+}
+
+/// Boxes the result of a stage constructor (used by [`register_stage!`](crate::register_stage)).
+#[doc(hidden)]
+pub fn __box_stage<S, E>(made: Result<S, E>) -> Result<Box<dyn Stage>, BoxError>
+where
+    S: Stage + 'static,
+    E: Into<BoxError>,
+{
+    made.map(|s| Box::new(s) as Box<dyn Stage>).map_err(Into::into)
+}
+
+/// Registers a stage under a name, so worker processes can build it.
+///
+/// The constructor gets the stage's parameter bytes and returns
+/// `Result<impl Stage, impl Into<BoxError>>`; an error there fails `build()` with
+/// [`BuildError::StageInit`](crate::BuildError::StageInit).
+///
+/// ```
+/// use ringpipe_engine::{register_stage, stage_fn, BoxError, Frame};
+/// register_stage!(ADD, "add", |params: &[u8]| {
+///     let k = *params.first().ok_or("`add` needs one parameter byte")?;
+///     Ok::<_, BoxError>(stage_fn(move |f: &mut Frame<'_>| {
+///         f.bytes_mut().iter_mut().for_each(|b| *b = b.wrapping_add(k));
+///         Ok(())
+///     }))
+/// });
+/// assert!(ringpipe_engine::find_stage("add").is_some());
+/// ```
+#[macro_export]
+macro_rules! register_stage {
+    ($id:ident, $name:expr, $make:expr) => {
+        #[$crate::__linkme::distributed_slice($crate::STAGES)]
+        #[linkme(crate = $crate::__linkme)]
+        static $id: $crate::StageFactory = $crate::StageFactory {
+            name: $name,
+            make: {
+                fn make(params: &[u8]) -> ::std::result::Result<
+                    ::std::boxed::Box<dyn $crate::Stage>,
+                    $crate::BoxError,
+                > {
+                    $crate::__box_stage(($make)(params))
+                }
+                make
+            },
+        };
+    };
+}

@@ -1,0 +1,157 @@
+//! The parent's side of a worker process: start it, hand it its descriptors, wait for
+//! it to say ready, and keep the ends that tell when it dies.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::pipe::PipeFlags;
+
+use super::{LIFELINE_FD, SEGMENT_FD, STATUS_FD, TEST_ENTRY, WORKER_ENV};
+
+/// Descriptors are first duplicated at or above this number, so that moving them to
+/// 3, 4 and 5 in the child can never overwrite one another.
+const HIGH_FD: i32 = 10;
+
+/// A started worker process.
+#[derive(Debug)]
+pub(crate) struct WorkerProcess {
+    pub child: Child,
+    /// Read end of the status pipe: readiness, then EOF when the process exits.
+    pub status: File,
+    /// Write end of the lifeline: closing it (or dying) tells the worker to exit.
+    pub lifeline: Option<OwnedFd>,
+    pub stage: usize,
+}
+
+/// How a start-up handshake failed.
+#[derive(Debug)]
+pub(crate) enum Handshake {
+    /// The worker refused, with its reason.
+    Refused(String),
+    /// The process ended without running the worker hook.
+    NoHook(Option<std::process::ExitStatus>),
+    /// No answer in time.
+    TimedOut,
+    Io(std::io::Error),
+}
+
+/// Starts stage `stage`'s worker: the current executable with the segment at fd 3,
+/// the lifeline at fd 4 and the status pipe at fd 5.
+pub(crate) fn spawn(segment: &OwnedFd, stage: usize) -> std::io::Result<WorkerProcess> {
+    let (life_read, life_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let (status_read, status_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let high = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, HIGH_FD);
+    let moves = [
+        (high(segment)?, SEGMENT_FD),
+        (high(&life_read)?, LIFELINE_FD),
+        (high(&status_write)?, STATUS_FD),
+    ];
+    let raw: [(i32, i32); 3] = moves.each_ref().map(|(fd, to)| (fd.as_raw_fd(), *to));
+    let mut cmd = Command::new(std::env::current_exe()?);
+    // Under libtest these arguments select the entry test; a plain binary's hook runs
+    // before it looks at its arguments, so they are ignored there.
+    cmd.args([TEST_ENTRY, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(WORKER_ENV, stage.to_string())
+        .stdin(Stdio::null());
+    // SAFETY: between fork and exec the closure only calls dup2, which is
+    // async-signal-safe and allocates nothing. Sources are >= HIGH_FD and targets are
+    // 3..=5, so no move overwrites a later source; dup2 clears CLOEXEC on the target.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in raw {
+                if libc_dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(moves);
+    drop(life_read);
+    drop(status_write);
+    Ok(WorkerProcess { child, status: File::from(status_read), lifeline: Some(life_write), stage })
+}
+
+/// dup2 without allocation, for use between fork and exec.
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    // SAFETY: plain syscall on integer descriptors; neither is owned by Rust code in
+    // the forked child, which is about to exec.
+    let mut target = std::mem::ManuallyDrop::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to) });
+    // SAFETY: `from` is open in the child (inherited from the parent, which holds it).
+    let src = unsafe { rustix::fd::BorrowedFd::borrow_raw(from) };
+    match rustix::io::dup2(src, &mut target) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
+}
+
+impl WorkerProcess {
+    /// Waits for the worker's `R`, its refusal, or its exit.
+    pub(crate) fn handshake(&mut self, deadline: Instant) -> Result<(), Handshake> {
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Handshake::TimedOut);
+            }
+            if !wait_readable(&self.status, left).map_err(Handshake::Io)? {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            match self.status.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got == b"R" {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Handshake::Io(e)),
+            }
+        }
+        // EOF: the process is exiting.
+        let status = self.child.wait().ok();
+        match got.split_first() {
+            Some((b'E', msg)) => Err(Handshake::Refused(String::from_utf8_lossy(msg).into_owned())),
+            _ => Err(Handshake::NoHook(status)),
+        }
+    }
+
+    /// Asks the worker to exit by closing its lifeline, and waits up to `timeout`;
+    /// then kills it. Returns its exit status and whether it had to be killed.
+    pub(crate) fn stop(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return (Some(status), false),
+                Ok(None) if Instant::now() < deadline => {
+                    let _ = wait_readable(&self.status, Duration::from_millis(10));
+                }
+                _ => break,
+            }
+        }
+        let _ = self.child.kill();
+        (self.child.wait().ok(), true)
+    }
+}
+
+/// Polls `f` for input or hang-up for up to `timeout`.
+pub(crate) fn wait_readable(f: &impl AsFd, timeout: Duration) -> std::io::Result<bool> {
+    let mut fds = [PollFd::new(f, PollFlags::IN)];
+    let ts = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    match rustix::event::poll(&mut fds, Some(&ts)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

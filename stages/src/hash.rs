@@ -1,0 +1,84 @@
+//! BLAKE3 digests: [`Blake3Seal`] appends a frame's 32-byte digest, [`Blake3Verify`]
+//! checks and strips it (its inverse, for restore).
+
+use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
+
+/// Bytes of a BLAKE3 digest.
+pub const DIGEST_LEN: usize = 32;
+
+/// Registered name of [`Blake3Seal`].
+pub const SEAL: &str = "ringpipe.blake3.seal";
+/// Registered name of [`Blake3Verify`].
+pub const VERIFY: &str = "ringpipe.blake3.verify";
+
+/// Appends the BLAKE3 digest of the frame's bytes to the frame.
+///
+/// ```
+/// use ringpipe_stages::hash::{Blake3Seal, Blake3Verify};
+/// # use ringpipe_engine::{Pipeline, StageSpec};
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let p = Pipeline::builder()
+///     .stage(StageSpec::with_stage("seal", Blake3Seal))
+///     .stage(StageSpec::with_stage("verify", Blake3Verify))
+///     .build()?;
+/// let out = p.submit(b"chunk")?.wait()?;
+/// assert!(out.is_ok());
+/// assert_eq!(&out[..], b"chunk");
+/// # Ok(()) }
+/// # demo().unwrap();
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Blake3Seal;
+
+impl Stage for Blake3Seal {
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        let n = frame.len();
+        let digest = blake3::hash(frame.bytes());
+        frame.set_len(n + DIGEST_LEN)?;
+        frame.bytes_mut()[n..].copy_from_slice(digest.as_bytes());
+        Ok(())
+    }
+}
+
+/// A frame whose digest does not match its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The frame is shorter than a digest.
+    Truncated {
+        /// Its length.
+        len: usize,
+    },
+    /// The digest does not match.
+    Mismatch,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Truncated { len } => write!(f, "a {len}-byte frame is too short to carry a BLAKE3 digest"),
+            Self::Mismatch => write!(f, "BLAKE3 digest mismatch: the frame was corrupted"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// Checks and removes the trailing BLAKE3 digest; a mismatch fails the item.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Blake3Verify;
+
+impl Stage for Blake3Verify {
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        let len = frame.len();
+        let body = len.checked_sub(DIGEST_LEN).ok_or(VerifyError::Truncated { len })?;
+        let (data, digest) = frame.bytes().split_at(body);
+        if blake3::hash(data).as_bytes() != digest {
+            return Err(VerifyError::Mismatch.into());
+        }
+        frame.set_len(body)?;
+        Ok(())
+    }
+}
+
+register_stage!(BLAKE3_SEAL, SEAL, |_: &[u8]| Ok::<_, BoxError>(Blake3Seal));
+register_stage!(BLAKE3_VERIFY, VERIFY, |_: &[u8]| Ok::<_, BoxError>(Blake3Verify));
