@@ -1,8 +1,14 @@
-//! Integration tests of the engine with real worker processes.
+//! Integration tests of the engine core with real worker processes (issue 2's points).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use bytemuck::{Pod, Zeroable};
+use ringpipe::{
+    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, Pipeline, StageOutcome,
+    StageSpec, SubmitError, TrySubmitError, WaitError,
+};
 
 ringpipe::worker_test_entry!();
 
@@ -11,13 +17,556 @@ register_stage!(T_UPPER, "t.upper", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &m
     Ok(())
 })));
 
-#[test]
-fn process_stage_round_trip() {
-    let p = Pipeline::builder().stage(StageSpec::process("t.upper")).build().unwrap();
-    let out = p.submit(b"hello").unwrap().wait().unwrap();
-    assert_eq!(&out[..], b"HELLO");
-    drop(out);
+/// Appends the worker's pid (4 bytes) to the frame.
+register_stage!(T_PID, "t.pid", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    let n = f.len();
+    f.set_len(n + 4)?;
+    f.bytes_mut()[n..].copy_from_slice(&std::process::id().to_le_bytes());
+    Ok(())
+})));
+
+/// Adds the parameter byte to every byte; rejects parameters that are not one byte.
+register_stage!(T_ADD, "t.add", |p: &[u8]| {
+    let [k] = *p else { return Err(format!("t.add needs exactly 1 parameter byte, got {}", p.len())) };
+    Ok(stage_fn(move |f: &mut Frame<'_>| {
+        f.bytes_mut().iter_mut().for_each(|b| *b = b.wrapping_add(k));
+        Ok(())
+    }))
+});
+
+/// Fails items starting with `E`, panics on items starting with `P`.
+register_stage!(T_PICKY, "t.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    match f.bytes().first() {
+        Some(b'E') => Err("items starting with E are refused".into()),
+        Some(b'P') => panic!("told to panic"),
+        _ => {
+            f.bytes_mut().reverse();
+            Ok(())
+        }
+    }
+})));
+
+/// Only wants items whose first byte is even; counts the determiner's calls in byte 1.
+register_stage!(T_EVEN, "t.even", |_: &[u8]| Ok::<_, BoxError>(
+    stage_fn(|f: &mut Frame<'_>| {
+        f.bytes_mut()[0] = b'Y'; // odd: the next t.even declines it
+        Ok(())
+    })
+    .with_determiner(|f: &mut Frame<'_>| {
+        let b = f.bytes_mut();
+        b[1] += 1;
+        b[0] % 2 == 0
+    })
+));
+
+/// Replaces the frame by its bytes reversed and doubled (a new frame, no allocation).
+register_stage!(T_DOUBLE, "t.double", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    f.replace(|old, new| {
+        let n = old.len();
+        if 2 * n > new.len() {
+            return Err::<usize, BoxError>("frame too small to double".into());
+        }
+        for (i, b) in old.iter().rev().enumerate() {
+            new[i] = *b;
+            new[n + i] = *b;
+        }
+        Ok(2 * n)
+    })
+})));
+
+/// Sleeps the number of milliseconds in the parameter bytes (u32 LE) per item.
+register_stage!(T_SLEEP, "t.sleep", |p: &[u8]| {
+    let ms = u32::from_le_bytes(p.try_into().map_err(|_| "t.sleep needs 4 parameter bytes")?);
+    Ok::<_, BoxError>(stage_fn(move |_f: &mut Frame<'_>| {
+        std::thread::sleep(Duration::from_millis(ms.into()));
+        Ok(())
+    }))
+});
+
+fn one(stage: StageSpec) -> Pipeline {
+    Pipeline::builder().stage(stage).build().unwrap()
+}
+
+fn graceful(p: Pipeline) {
     let report = p.shutdown();
     assert!(report.was_graceful(), "{report:?}");
-    let _ = Duration::ZERO;
+}
+
+// 2. Shared segment, 6. process stages: the item really visits another process.
+#[test]
+fn process_stage_runs_in_another_process() {
+    let p = one(StageSpec::process("t.pid"));
+    let out = p.submit(b"x").unwrap().wait().unwrap();
+    let pid = u32::from_le_bytes(out[1..5].try_into().unwrap());
+    assert_ne!(pid, std::process::id());
+    assert!(p.worker_pids().iter().any(|&(s, w)| s == 0 && w == pid));
+    drop(out);
+    graceful(p);
+}
+
+// 7. Thread stages: the same registered stage switched to a thread with one word.
+#[test]
+fn same_stage_as_thread_runs_in_the_parent() {
+    let p = one(StageSpec::thread("t.pid"));
+    let out = p.submit(b"x").unwrap().wait().unwrap();
+    assert_eq!(u32::from_le_bytes(out[1..5].try_into().unwrap()), std::process::id());
+    assert!(p.worker_pids().is_empty());
+    drop(out);
+    graceful(p);
+}
+
+// 7. Thread stages may use rayon inside, on their own pool.
+#[test]
+fn thread_stage_uses_its_own_rayon_pool() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let stage = stage_fn(move |f: &mut Frame<'_>| {
+        use rayon::prelude::*;
+        pool.install(|| f.bytes_mut().par_chunks_mut(1024).for_each(|c| c.make_ascii_uppercase()));
+        Ok(())
+    });
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.add").params([1]))
+        .stage(StageSpec::with_stage("rayon-upper", stage))
+        .build()
+        .unwrap();
+    let input: Vec<u8> = (0..50_000).map(|i| b'a' + (i % 25) as u8).collect();
+    let out = p.submit(&input).unwrap().wait().unwrap();
+    let expect: Vec<u8> = input.iter().map(|b| (b + 1).to_ascii_uppercase()).collect();
+    assert_eq!(&out[..], &expect[..]);
+    drop(out);
+    graceful(p);
+}
+
+// 6. Parameters travel to the worker as bytes.
+#[test]
+fn params_reach_process_and_thread_stages() {
+    for spec in [StageSpec::process("t.add").params([3]), StageSpec::thread("t.add").params([3])] {
+        let p = one(spec);
+        let out = p.submit(b"abc").unwrap().wait().unwrap();
+        assert_eq!(&out[..], b"def");
+        drop(out);
+        graceful(p);
+    }
+}
+
+// 5. Frames: fill in place with a typed header, zero-length frames, length changes,
+// replacement by a new frame, and the result read in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+struct Head {
+    id: u64,
+    value: u32,
+    _pad: u32,
+}
+
+#[test]
+fn frames_typed_in_place_zero_length_and_replaced() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.double"))
+        .stage(StageSpec::with_stage("bump", stage_fn(|f: &mut Frame<'_>| {
+            if f.len() >= 16 {
+                f.header_mut::<Head>()?.value += 1;
+            }
+            Ok(())
+        })))
+        .frame_capacity(256)
+        .build()
+        .unwrap();
+    // Filled in place through the guard, with a Pod header at the start.
+    let mut frame = p.alloc(16).unwrap();
+    let (head, _) = frame.split::<Head>().unwrap();
+    *head = Head { id: 7, value: 41, _pad: 0 };
+    let out = frame.submit().unwrap().wait().unwrap();
+    assert_eq!(out.len(), 32, "t.double replaced the frame by one twice as long");
+    drop(out);
+    // Zero-length frames work.
+    let out = p.submit(b"").unwrap().wait().unwrap();
+    assert!(out.is_empty() && out.is_ok());
+    drop(out);
+    // A replacement that does not fit fails the item, and nothing else.
+    let big = vec![1u8; 200];
+    let out = p.submit(&big).unwrap().wait().unwrap();
+    assert_eq!(out.failure().unwrap().message, "frame too small to double");
+    assert_eq!(&out[..], &big[..], "a failed replacement leaves the frame as it was");
+    drop(out);
+    graceful(p);
+}
+
+#[test]
+fn growing_past_capacity_fails_the_item_with_a_typed_message() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::with_stage("grow", stage_fn(|f: &mut Frame<'_>| {
+            let cap = f.capacity();
+            f.set_len(cap + 1)?;
+            Ok(())
+        })))
+        .frame_capacity(64)
+        .build()
+        .unwrap();
+    let out = p.submit(b"abc").unwrap().wait().unwrap();
+    let failure = out.failure().unwrap();
+    assert!(failure.message.contains("does not fit the frame capacity of 64"), "{failure}");
+    drop(out);
+    graceful(p);
+}
+
+// 8. Determiner: may read and change the frame; unwanted items move on untouched.
+#[test]
+fn determiner_skips_and_may_change_the_frame() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.even"))
+        .stage(StageSpec::thread("t.even"))
+        .build()
+        .unwrap();
+    let wanted = p.submit(&[2, 0, 9]).unwrap();
+    let skipped = p.submit(&[3, 0, 9]).unwrap();
+    let w = wanted.wait().unwrap();
+    // Stage 0 wanted it and wrote 'Y' (odd), so stage 1 declined it; both counted.
+    assert_eq!(&w[..], &[b'Y', 2, 9]);
+    assert!(w.stage_ran(0) && !w.stage_ran(1));
+    let s = skipped.wait().unwrap();
+    assert_eq!(&s[..], &[3, 2, 9]);
+    assert!(!s.stage_ran(0) && !s.stage_ran(1));
+    drop((w, s));
+    graceful(p);
+}
+
+// 10. Errors: recorded with stage index, name and message; later stages skip the
+// item; panics are caught; the worker keeps serving; callbacks see it all.
+#[test]
+fn errors_and_panics_fail_only_their_item() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.picky"))
+        .stage(StageSpec::process("t.pid").on_complete(move |e| {
+            let outcome = match e.outcome {
+                StageOutcome::Ran => "ran".to_string(),
+                StageOutcome::Skipped => "skipped".into(),
+                StageOutcome::Failed(m) => format!("failed: {m}"),
+                StageOutcome::NotReached => "not reached".into(),
+            };
+            ev.lock().unwrap().push((e.stage, e.name.to_string(), outcome));
+        }))
+        .build()
+        .unwrap();
+    let before = p.worker_pids();
+    let e = p.submit(b"Eabc").unwrap().wait().unwrap();
+    let f = e.failure().expect("E items fail");
+    assert_eq!((f.stage, f.name.as_str()), (0, "t.picky"));
+    assert_eq!(f.message, "items starting with E are refused");
+    assert!(e.stage_ran(0) && !e.stage_ran(1), "later stages do not run a failed item");
+    assert_eq!(&e[..], b"Eabc");
+    assert!(e.into_result().is_err());
+
+    let pn = p.submit(b"Pxyz").unwrap().wait().unwrap();
+    let f = pn.failure().expect("P items panic");
+    assert_eq!(f.stage, 0);
+    assert!(f.message.contains("told to panic"), "{f}");
+    assert!(f.to_string().starts_with("stage 0 (`t.picky`) failed:"));
+    drop(pn);
+
+    let ok = p.submit(b"abc").unwrap().wait().unwrap();
+    assert!(ok.is_ok());
+    assert_eq!(&ok[..3], b"cba");
+    drop(ok);
+    assert_eq!(p.worker_pids(), before, "the worker survived the panic and kept serving");
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(
+        ev,
+        vec![
+            (1, "t.pid".to_string(), "not reached".to_string()),
+            (1, "t.pid".to_string(), "not reached".to_string()),
+            (1, "t.pid".to_string(), "ran".to_string()),
+        ]
+    );
+    graceful(p);
+}
+
+// 9. Submit and results: wait, try_wait, is_finished, Future, batch, completions, map.
+#[test]
+fn ticket_try_wait_and_future() {
+    let p = one(StageSpec::process("t.upper"));
+    let mut t = p.submit(b"abc").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        if let Some(r) = t.try_wait() {
+            break r.unwrap();
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    };
+    assert_eq!(&out[..], b"ABC");
+    assert!(matches!(t.try_wait(), Some(Err(WaitError::AlreadyTaken))));
+    drop(out);
+
+    let t = p.submit(b"fut").unwrap();
+    let out = block_on(t).unwrap();
+    assert_eq!(&out[..], b"FUT");
+    drop(out);
+
+    let t = p.submit(b"done").unwrap();
+    while !t.is_finished() {
+        std::thread::yield_now();
+    }
+    assert_eq!(&t.wait().unwrap()[..], b"DONE");
+    graceful(p);
+}
+
+#[test]
+fn batch_submit_and_completions_return_every_item_once() {
+    let p = Pipeline::builder().stage(StageSpec::process("t.add").params([1])).max_in_flight(64).build().unwrap();
+    let items: Vec<[u8; 4]> = (0u32..50).map(|i| i.to_le_bytes()).collect();
+    assert_eq!(p.submit_batch(&items).unwrap(), 50);
+    let mut seen: Vec<u32> = p
+        .completions()
+        .map(|o| {
+            let o = o.unwrap();
+            let b: [u8; 4] = o[..].try_into().unwrap();
+            u32::from_le_bytes(b.map(|x| x.wrapping_sub(1)))
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..50).collect::<Vec<_>>());
+    graceful(p);
+}
+
+#[test]
+fn map_streams_many_more_items_than_in_flight_in_order() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.add").params([1]))
+        .stage(StageSpec::thread("t.add").params([1]))
+        .max_in_flight(8)
+        .build()
+        .unwrap();
+    let n = 20_000u32;
+    let mut next = 0u32;
+    for out in p.map((0..n).map(|i| i.to_le_bytes())) {
+        let out = out.unwrap();
+        let b: [u8; 4] = out[..].try_into().unwrap();
+        assert_eq!(u32::from_le_bytes(b.map(|x| x.wrapping_sub(2))), next);
+        next += 1;
+    }
+    assert_eq!(next, n);
+    graceful(p);
+}
+
+#[test]
+fn map_reports_saturation_instead_of_hanging() {
+    let p = Pipeline::builder().stage(StageSpec::thread("t.upper")).max_in_flight(2).build().unwrap();
+    let mut held = Vec::new();
+    let mut saw = None;
+    for out in p.map((0..5u8).map(|i| [i])) {
+        match out {
+            Ok(o) => held.push(o),
+            Err(e) => {
+                saw = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(held.len(), 2);
+    assert_eq!(saw, Some(WaitError::Saturated));
+    drop(held);
+    graceful(p);
+}
+
+// 9. Bound on items in flight: try_submit gives the item back; submit blocks.
+#[test]
+fn in_flight_bound_try_submit_gives_back_and_submit_blocks() {
+    let p = Arc::new(Pipeline::builder().stage(StageSpec::process("t.upper")).max_in_flight(2).build().unwrap());
+    let a = p.submit(b"a").unwrap().wait().unwrap();
+    let b = p.submit(b"b").unwrap().wait().unwrap();
+    match p.try_submit(b"c".to_vec()) {
+        Err(TrySubmitError::Full(v)) => assert_eq!(v, b"c"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert!(p.try_alloc(1).unwrap().is_none());
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let (p2, s2) = (p.clone(), submitted.clone());
+    let blocker = std::thread::spawn(move || {
+        let t = p2.submit(b"d").unwrap();
+        s2.store(1, Ordering::SeqCst);
+        assert_eq!(&t.wait().unwrap()[..], b"D");
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(submitted.load(Ordering::SeqCst), 0, "submit must block while full");
+    drop(a);
+    blocker.join().unwrap();
+    assert_eq!(submitted.load(Ordering::SeqCst), 1);
+    drop(b);
+    graceful(Arc::try_unwrap(p).unwrap());
+}
+
+// 11. Shutdown and close; submit after close is a typed error.
+#[test]
+fn close_refuses_submissions_and_shutdown_finishes_in_flight_items() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.sleep").params(5u32.to_le_bytes()))
+        .max_in_flight(16)
+        .build()
+        .unwrap();
+    let tickets: Vec<_> = (0..10u8).map(|i| p.submit(&[i]).unwrap()).collect();
+    p.close();
+    assert_eq!(p.submit(b"late").unwrap_err(), SubmitError::ShutDown);
+    assert!(matches!(p.try_submit(b"late"), Err(TrySubmitError::Failed(SubmitError::ShutDown, _))));
+    let report = p.shutdown();
+    assert!(report.was_graceful(), "{report:?}");
+    assert_eq!(report.workers.len(), 1);
+    for (i, t) in tickets.into_iter().enumerate() {
+        assert_eq!(&t.wait().unwrap()[..], &[i as u8], "every in-flight item finished");
+    }
+}
+
+#[test]
+fn drop_stops_workers() {
+    let p = one(StageSpec::process("t.upper"));
+    let pids = p.worker_pids();
+    let t = p.submit(b"x").unwrap();
+    drop(p);
+    assert_eq!(&t.wait().unwrap()[..], b"X", "results outlive the pipeline");
+    for (_, pid) in pids {
+        assert!(!alive(pid), "worker {pid} still running after drop");
+    }
+}
+
+// Bad input: each gets a typed error that says what to do.
+#[test]
+fn bad_input_gets_typed_errors() {
+    let err = Pipeline::builder().stage(StageSpec::process("no.such.stage")).build().unwrap_err();
+    assert!(matches!(&err, BuildError::UnknownStage { stage: 0, name } if name == "no.such.stage"), "{err}");
+    assert!(err.to_string().contains("register_stage!"));
+    let err = Pipeline::builder().stage(StageSpec::thread("no.such.stage")).build().unwrap_err();
+    assert!(matches!(err, BuildError::UnknownStage { .. }));
+
+    for spec in [StageSpec::process("t.add").params([1, 2]), StageSpec::thread("t.add")] {
+        let err = Pipeline::builder().stage(spec).build().unwrap_err();
+        match &err {
+            BuildError::StageInit { stage: 0, name, message } => {
+                assert_eq!(name, "t.add");
+                assert!(message.contains("needs exactly 1 parameter byte"), "{message}");
+            }
+            other => panic!("expected StageInit, got {other:?}"),
+        }
+    }
+    assert!(matches!(Pipeline::builder().build().unwrap_err(), BuildError::NoStages));
+    let err = Pipeline::builder().stage(StageSpec::thread("t.upper")).max_in_flight(0).build().unwrap_err();
+    assert!(matches!(err, BuildError::Config(_)), "{err}");
+    let err = Pipeline::builder()
+        .stage(StageSpec::thread("t.upper"))
+        .frame_capacity(ringpipe::memory::MAX_FRAME_CAPACITY + 1)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Config(_)), "{err}");
+    let too_many = (0..ringpipe::memory::MAX_STAGES + 1).map(|_| StageSpec::thread("t.upper"));
+    assert!(matches!(Pipeline::builder().stages(too_many).build().unwrap_err(), BuildError::Config(_)));
+
+    let p = Pipeline::builder().stage(StageSpec::process("t.upper")).frame_capacity(100).build().unwrap();
+    let big = vec![0u8; 101];
+    assert_eq!(p.submit(&big).unwrap_err(), SubmitError::TooLarge { requested: 101, capacity: 100 });
+    assert!(p.alloc(101).is_err());
+    assert!(matches!(p.try_submit(&big[..]), Err(TrySubmitError::Failed(SubmitError::TooLarge { .. }, _))));
+    let mut results = p.map([vec![1u8; 10], big.clone()]);
+    assert!(results.next().unwrap().is_ok());
+    assert!(matches!(results.next(), Some(Err(WaitError::Submit(SubmitError::TooLarge { .. })))));
+    drop(results);
+    // Nothing was lost: the pipeline still works.
+    assert_eq!(&p.submit(&[b'a'; 100]).unwrap().wait().unwrap()[..], &[b'A'; 100][..]);
+    graceful(p);
+}
+
+// A dead worker is an error for its items, never a hang (recovery is issue 5's).
+#[test]
+fn killed_worker_fails_items_instead_of_hanging() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.sleep").params(200u32.to_le_bytes()))
+        .max_in_flight(4)
+        .build()
+        .unwrap();
+    let (_, pid) = p.worker_pids()[0];
+    let tickets: Vec<_> = (0..3u8).map(|i| p.submit(&[i]).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    kill9(pid);
+    let start = Instant::now();
+    for t in tickets {
+        match t.wait() {
+            Err(WaitError::Engine(EngineFailure::WorkerDied { stage: 0, name, pid: dead, status })) => {
+                assert_eq!((name.as_str(), dead), ("t.sleep", pid));
+                assert!(status.contains("SIGKILL") || status.contains('9'), "{status}");
+            }
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(matches!(p.submit(b"x"), Err(SubmitError::Broken(_))));
+    let report = p.shutdown();
+    assert!(!report.was_graceful());
+}
+
+// 4. An idle pipeline burns no CPU: its worker and its threads sleep on futexes.
+#[test]
+fn idle_pipeline_burns_no_cpu() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("t.upper"))
+        .stage(StageSpec::thread("t.upper"))
+        .build()
+        .unwrap();
+    drop(p.submit(b"warm").unwrap().wait().unwrap());
+    std::thread::sleep(Duration::from_millis(100)); // past every spin budget
+    let (_, pid) = p.worker_pids()[0];
+    let before = cpu_ticks(&format!("/proc/{pid}/stat")) + ringpipe_threads_ticks();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = cpu_ticks(&format!("/proc/{pid}/stat")) + ringpipe_threads_ticks();
+    // Clock ticks are 10 ms; a spinning thread would use ~150 of them.
+    assert!(after - before <= 3, "idle pipeline used {} ticks of CPU", after - before);
+    graceful(p);
+}
+
+fn cpu_ticks(stat: &str) -> u64 {
+    let s = std::fs::read_to_string(stat).unwrap_or_default();
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn ringpipe_threads_ticks() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ringpipe-"))
+        })
+        .map(|t| cpu_ticks(t.path().join("stat").to_str().unwrap()))
+        .sum()
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn kill9(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+}
+
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
 }

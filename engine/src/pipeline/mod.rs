@@ -188,7 +188,7 @@ impl Builder {
             threads: Vec::new(),
             collector: None,
             supervisor: None,
-            report: None,
+            finished: false,
         };
         // From here on, an early return drops `pipeline`, which stops what started.
         pipeline.start_workers(&local, self.startup_timeout)?;
@@ -281,7 +281,8 @@ pub struct Pipeline {
     threads: Vec<(usize, JoinHandle<RunEnd>)>,
     collector: Option<JoinHandle<()>>,
     supervisor: Option<Supervisor>,
-    report: Option<ShutdownReport>,
+    /// Set once `finish` ran (by `shutdown` or `Drop`).
+    finished: bool,
 }
 
 impl Pipeline {
@@ -468,22 +469,30 @@ impl Pipeline {
         Map { pipeline: self, inputs: inputs.into_iter(), exhausted: false, queue: VecDeque::new(), error: None }
     }
 
+    /// Stops accepting submissions: from now on every submit fails with
+    /// [`SubmitError::ShutDown`]. Items in flight still finish. Useful when several
+    /// threads submit and one decides the work is over; call
+    /// [`shutdown`](Self::shutdown) afterwards.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.space.notify_all();
+    }
+
     /// Finishes every item in flight, stops every stage, and reports whether all went
     /// as asked (the seed's `was_graceful_shutdown`).
     pub fn shutdown(mut self) -> ShutdownReport {
-        self.close(None)
+        self.finish(None)
     }
 
     /// Like [`shutdown`](Self::shutdown), but items still in flight after `timeout`
     /// fail with [`EngineFailure::Aborted`] (not graceful).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> ShutdownReport {
-        self.close(Some(timeout))
+        self.finish(Some(timeout))
     }
 
-    fn close(&mut self, timeout: Option<Duration>) -> ShutdownReport {
-        if let Some(r) = self.report.take() {
-            return r;
-        }
+    fn finish(&mut self, timeout: Option<Duration>) -> ShutdownReport {
+        debug_assert!(!self.finished, "finish runs once: shutdown consumes, Drop checks");
+        self.finished = true;
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -539,8 +548,8 @@ fn fill(seg: &Segment, slot: &mut OwnedSlot, ticket: u32, generation: u32, data:
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        if self.collector.is_some() || !self.threads.is_empty() || !self.workers.lock().is_empty() {
-            let _ = self.close(Some(DROP_DRAIN_TIMEOUT));
+        if !self.finished {
+            let _ = self.finish(Some(DROP_DRAIN_TIMEOUT));
         }
     }
 }
