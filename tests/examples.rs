@@ -1,0 +1,58 @@
+//! The seed's examples are the first acceptance tests: run each example binary and
+//! compare what it prints with the seed's "Output" blocks (pids aside).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    assert!(path.exists(), "{} not built; run `cargo test` (it builds examples)", path.display());
+    path
+}
+
+fn run(name: &str) -> Vec<String> {
+    let out = Command::new(example(name)).output().unwrap();
+    assert!(out.status.success(), "{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn without_pid(lines: &[String]) -> Vec<String> {
+    lines.iter().map(|l| if l.contains(".pid=") { l.split('=').next().unwrap().to_owned() + "=<pid>" } else { l.clone() }).collect()
+}
+
+#[test]
+fn basic_prints_what_the_seed_prints() {
+    assert_eq!(
+        run("basic"),
+        [
+            "Work item completed successfully:",
+            "  wi.user_obj[0]=400",
+            "  wi.user_obj[1]=stage1",
+            "  wi.user_obj[2]=stage2: got this from parent: This is from parent",
+        ]
+    );
+}
+
+#[test]
+fn large_prints_what_the_seed_prints() {
+    assert_eq!(
+        without_pid(&run("large")),
+        [
+            "Pipeline has 100 stages.",
+            "Work item completed successfully:",
+            "  r_wi.is_ok=True",
+            "  r_wi.pid=<pid>",
+            "  r_wi.num=50",
+        ]
+    );
+}
+
+#[test]
+fn mixed_prints_what_the_seed_prints() {
+    assert_eq!(
+        without_pid(&run("mixed")),
+        ["Pipeline has 20 stages.", "Work item completed successfully:", "  r_wi.num=20", "  r_wi.pid=<pid>"]
+    );
+}
