@@ -255,34 +255,49 @@ impl Consumer {
 }
 
 /// A ring on the heap, for tests, loom and Miri, and for in-process use.
+///
+/// It owns its allocations through raw pointers (not `Box`es) because the ends keep
+/// pointers into them while the owner moves into an `Arc`: moving a `Box` would
+/// assert unique access and invalidate those pointers (Miri's Stacked Borrows).
 pub struct HeapRing {
-    header: Box<RingHeader>,
-    slots: Box<[AtomicU64]>,
+    header: NonNull<RingHeader>,
+    slots: NonNull<[AtomicU64]>,
 }
 
 impl HeapRing {
     /// A ring of `capacity` slots (rounded up to a power of two, at least 1).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1).next_power_of_two();
+        let slots: Box<[AtomicU64]> = (0..capacity).map(|_| AtomicU64::new(0)).collect();
         Self {
-            header: Box::default(),
-            slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            header: NonNull::from(Box::leak(Box::<RingHeader>::default())),
+            slots: NonNull::from(Box::leak(slots)),
         }
     }
 
     /// Splits the ring into its two ends.
     pub fn split(self) -> (Producer, Consumer) {
         let capacity = self.slots.len() as u64;
-        let header = NonNull::from(&*self.header);
-        let slots = NonNull::from(&self.slots[0]);
-        // SAFETY: the boxes are owned by the Arc passed as owner, so they stay at these
-        // addresses as long as either end lives; capacity is a power of two; the ring is
-        // fresh and split exactly once.
+        let header = self.header;
+        let slots = self.slots.cast::<AtomicU64>();
+        // SAFETY: the allocations are freed only when the last end drops the Arc that
+        // owns `self`; capacity is a power of two; the ring is fresh and split once.
         unsafe { from_raw(header, slots, capacity, Arc::new(self)) }
     }
 }
 
-// SAFETY (for the Arc<dyn Send + Sync> owner): HeapRing holds only atomics.
+impl Drop for HeapRing {
+    fn drop(&mut self) {
+        // SAFETY: both pointers came from `Box::leak` in `new` and are freed once, here;
+        // the ends that used them are gone (they held the Arc that owned us).
+        unsafe {
+            drop(Box::from_raw(self.header.as_ptr()));
+            drop(Box::from_raw(self.slots.as_ptr()));
+        }
+    }
+}
+
+// SAFETY: HeapRing owns only atomics; it can be sent and shared across threads.
 unsafe impl Sync for HeapRing {}
 // SAFETY: as above; no thread-bound state.
 unsafe impl Send for HeapRing {}
