@@ -567,7 +567,7 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
         }
-        std::thread::park_timeout(Duration::from_millis(100));
+        std::thread::park(); // no timeout: only a real wake-up gets us further
     }
 }
 

@@ -1,5 +1,9 @@
-//! The parent thread that takes finished items off the last ring, runs the
-//! completion callbacks and resolves tickets, a batch per lock.
+//! Taking finished items off the last ring: validate each descriptor and header,
+//! run the completion callbacks, and resolve tickets, one book lock per batch.
+//!
+//! Any thread that waits for results collects ([`Shared::wait_until`]); the async
+//! driver thread ([`drive_async`]) does it only while futures are waiting and no
+//! caller is.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,21 +12,26 @@ use super::error::EngineFailure;
 use super::shared::{Shared, State};
 use super::spec::{StageEvent, StageOutcome};
 use crate::frame::{has_run, OwnedSlot, STATUS_FAILED};
-use crate::memory::{SlotHeader, STATE_BROKEN, STATE_RUNNING};
+use crate::memory::SlotHeader;
 use crate::ring::Consumer;
-use crate::worker::runner::PARK_TIMEOUT;
 
 const BATCH: usize = 256;
 
-pub(crate) fn run(shared: Arc<Shared>, mut output: Consumer) {
-    let mut batch: Vec<(OwnedSlot, SlotHeader)> = Vec::with_capacity(BATCH);
+/// Drains what is in the output ring now; returns how many items it resolved.
+/// A corrupt descriptor or header breaks the pipeline (typed failure, no panic).
+pub(crate) fn drain(shared: &Shared, output: &mut Consumer) -> usize {
     let has_callbacks = shared.stages.iter().any(|s| s.on_complete.is_some());
+    let mut total = 0;
+    let mut batch: Vec<(OwnedSlot, SlotHeader)> = Vec::new();
     loop {
         while batch.len() < BATCH {
             let desc = match output.try_pop() {
                 Ok(Some(desc)) => desc,
                 Ok(None) => break,
-                Err(e) => return shared.fail(EngineFailure::Corrupt(format!("output ring: {e}"))),
+                Err(e) => {
+                    shared.fail(EngineFailure::Corrupt(format!("output ring: {e}")));
+                    return total;
+                }
             };
             match OwnedSlot::from_descriptor(&shared.seg, desc) {
                 Ok(slot) => {
@@ -30,26 +39,19 @@ pub(crate) fn run(shared: Arc<Shared>, mut output: Consumer) {
                     batch.push((slot, header));
                 }
                 Err(bad) => {
-                    return shared.fail(EngineFailure::Corrupt(format!("descriptor {} names no slot", bad.0)))
+                    shared.fail(EngineFailure::Corrupt(format!("descriptor {} names no slot", bad.0)));
+                    return total;
                 }
             }
         }
-        if !batch.is_empty() {
-            if let Err(f) = resolve(&shared, &mut batch, has_callbacks) {
-                return shared.fail(f);
-            }
-            continue;
+        if batch.is_empty() {
+            return total;
         }
-        let control = shared.seg.control();
-        match control.state() {
-            STATE_RUNNING => {}
-            STATE_BROKEN => {
-                return shared.fail(EngineFailure::Corrupt("a stage stopped the pipeline".into()))
-            }
-            _ if matches!(output.has_data(), Ok(false)) => return,
-            _ => continue,
+        total += batch.len();
+        if let Err(f) = resolve(shared, &mut batch, has_callbacks) {
+            shared.fail(f);
+            return total;
         }
-        output.wait(|| control.state() != STATE_RUNNING, Some(PARK_TIMEOUT));
     }
 }
 
@@ -74,7 +76,6 @@ fn resolve(
         }
     }
     let mut book = shared.book.lock();
-    let mut freed = false;
     for (slot, header) in batch.drain(..) {
         let ticket = header.ticket;
         let entry = &mut book.entries[ticket as usize];
@@ -89,13 +90,13 @@ fn resolve(
                     book.finished.push_back(ticket);
                 }
                 if let Some(w) = waker {
+                    book.wakers -= 1;
                     w.wake();
                 }
             }
             State::Abandoned => {
                 book.in_flight -= 1;
                 book.release(slot, ticket);
-                freed = true;
             }
             other => {
                 entry.state = other;
@@ -106,12 +107,9 @@ fn resolve(
         }
     }
     drop(book);
-    // Release pairs with the Acquire in `wait_for`'s spin.
+    // Release pairs with the Acquire in the spinning waiters of `wait_for`.
     shared.finished_batches.fetch_add(1, Ordering::Release);
     shared.done.notify_all();
-    if freed {
-        shared.space.notify_all();
-    }
     Ok(())
 }
 
@@ -128,7 +126,26 @@ fn run_callbacks(shared: &Shared, slot: &OwnedSlot, h: &SlotHeader) {
             _ => StageOutcome::Skipped,
         };
         let event = StageEvent { stage: i, name: &stage.name, outcome, bytes };
-        // A panicking callback must not take the collector (and every ticket) down.
+        // A panicking callback must not take the collecting thread down.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&event)));
+    }
+}
+
+/// The async driver: sleeps until a future registers a waker, then collects until
+/// none is left. Blocking callers never need it.
+pub(crate) fn drive_async(shared: Arc<Shared>) {
+    loop {
+        {
+            let mut book = shared.book.lock();
+            while book.wakers == 0 && !shared.stopping.load(Ordering::Acquire) {
+                shared.async_waiting.wait(&mut book);
+            }
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        shared.wait_until(None, |book| {
+            (book.wakers == 0 || book.failure.is_some() || shared.stopping.load(Ordering::Acquire)).then_some(())
+        });
     }
 }

@@ -2,10 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
 
 use bytemuck::Pod;
 
@@ -79,7 +79,7 @@ impl NewFrame {
         let mut book = self.shared.book.lock();
         if let Err(e) = self.shared.check_open(&book) {
             book.release(slot, self.ticket);
-            self.shared.space.notify_one();
+            self.shared.done.notify_all();
             return Err(e);
         }
         self.shared.launch([(slot, self.ticket, detached)], &mut book);
@@ -106,7 +106,7 @@ impl Drop for NewFrame {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             self.shared.book.lock().release(slot, self.ticket);
-            self.shared.space.notify_one();
+            self.shared.done.notify_all();
         }
     }
 }
@@ -145,12 +145,14 @@ impl Ticket {
         if self.taken {
             return Some(Err(WaitError::AlreadyTaken));
         }
+        self.shared.collect_now();
         let mut book = self.shared.book.lock();
         take(&self.shared, &mut book, self.ticket, &mut self.taken)
     }
 
     /// True once the item has left the pipeline (its result is ready to take).
     pub fn is_finished(&self) -> bool {
+        self.shared.collect_now();
         let book = self.shared.book.lock();
         !matches!(book.entries[self.ticket as usize].state, State::Pending { .. })
     }
@@ -187,8 +189,7 @@ pub(crate) fn take(
     }
 }
 
-/// Waits for `ticket`: spins briefly on the finished-batch counter, then parks on
-/// the `done` condition variable.
+/// Waits for `ticket`, collecting results meanwhile (see `Shared::wait_until`).
 pub(crate) fn wait_for(
     shared: &Arc<Shared>,
     ticket: u32,
@@ -198,32 +199,9 @@ pub(crate) fn wait_for(
     if *taken {
         return Err(WaitError::AlreadyTaken);
     }
-    let spin_until = Instant::now() + crate::wait::SPIN_BUDGET;
-    loop {
-        let seen = shared.finished_batches.load(Ordering::Acquire);
-        let mut book = shared.book.lock();
-        if let Some(r) = take(shared, &mut book, ticket, taken) {
-            return r;
-        }
-        if Instant::now() < spin_until {
-            drop(book);
-            while shared.finished_batches.load(Ordering::Acquire) == seen && Instant::now() < spin_until {
-                std::hint::spin_loop();
-            }
-            continue;
-        }
-        match deadline {
-            None => shared.done.wait(&mut book),
-            Some(d) => {
-                if shared.done.wait_until(&mut book, d).timed_out() {
-                    return take(shared, &mut book, ticket, taken).unwrap_or(Err(WaitError::TimedOut));
-                }
-            }
-        }
-        if let Some(r) = take(shared, &mut book, ticket, taken) {
-            return r;
-        }
-    }
+    shared
+        .wait_until(deadline, |book| take(shared, book, ticket, taken))
+        .unwrap_or(Err(WaitError::TimedOut))
 }
 
 impl Drop for Ticket {
@@ -234,10 +212,15 @@ impl Drop for Ticket {
         let mut book = self.shared.book.lock();
         let entry = &mut book.entries[self.ticket as usize];
         match std::mem::replace(&mut entry.state, State::Free) {
-            State::Pending { .. } => entry.state = State::Abandoned,
+            State::Pending { waker, .. } => {
+                entry.state = State::Abandoned;
+                if waker.is_some() {
+                    book.wakers -= 1;
+                }
+            }
             State::Done { slot, .. } => {
                 book.release(slot, self.ticket);
-                self.shared.space.notify_one();
+                self.shared.done.notify_all();
             }
             State::Failed(_) => book.free_tickets.push(self.ticket),
             other => entry.state = other,
@@ -253,15 +236,27 @@ impl Future for Ticket {
         if this.taken {
             return Poll::Ready(Err(WaitError::AlreadyTaken));
         }
+        // Collect whatever is ready, if no one else is collecting.
+        this.shared.collect_now();
         let mut book = this.shared.book.lock();
         if let Some(r) = take(&this.shared, &mut book, this.ticket, &mut this.taken) {
             return Poll::Ready(r);
         }
+        let mut first = false;
         if let State::Pending { waker, .. } = &mut book.entries[this.ticket as usize].state {
             match waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
-                _ => *waker = Some(cx.waker().clone()),
+                Some(w) => *w = cx.waker().clone(),
+                None => {
+                    *waker = Some(cx.waker().clone());
+                    first = true;
+                }
             }
+        }
+        if first {
+            book.wakers += 1;
+            // The async driver collects while futures wait and no caller does.
+            this.shared.async_waiting.notify_one();
         }
         Poll::Pending
     }
@@ -336,7 +331,7 @@ impl Drop for Output {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             self.shared.book.lock().release(slot, self.ticket);
-            self.shared.space.notify_one();
+            self.shared.done.notify_all();
         }
     }
 }

@@ -168,6 +168,7 @@ impl Builder {
             finished: VecDeque::new(),
             in_flight: 0,
             failure: None,
+            wakers: 0,
         };
         let (input, _) = seg.ring(0);
         let (_, output) = seg.ring(n);
@@ -175,10 +176,11 @@ impl Builder {
             seg: seg.clone(),
             stages: infos,
             book: Mutex::new(book),
-            space: Condvar::new(),
             done: Condvar::new(),
             finished_batches: AtomicU64::new(0),
             input: Mutex::new(input),
+            output: Mutex::new(output),
+            async_waiting: Condvar::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
@@ -212,8 +214,8 @@ impl Builder {
         let sh = shared.clone();
         pipeline.collector = Some(
             std::thread::Builder::new()
-                .name("ringpipe-collector".into())
-                .spawn(move || collector::run(sh, output))
+                .name("ringpipe-async".into())
+                .spawn(move || collector::drive_async(sh))
                 .map_err(BuildError::Spawn)?,
         );
         pipeline.supervisor =
@@ -344,17 +346,29 @@ impl Pipeline {
         if len > capacity {
             return Err(SubmitError::TooLarge { requested: len, capacity });
         }
-        let mut book = self.shared.book.lock();
         loop {
-            self.shared.check_open(&book)?;
-            if let Some((slot, ticket, generation)) = book.reserve() {
-                return Ok(Some(NewFrame { shared: self.shared.clone(), slot: Some(slot), ticket, generation, len }));
+            {
+                let mut book = self.shared.book.lock();
+                self.shared.check_open(&book)?;
+                if let Some((slot, ticket, generation)) = book.reserve() {
+                    return Ok(Some(NewFrame { shared: self.shared.clone(), slot: Some(slot), ticket, generation, len }));
+                }
             }
             if !block {
                 return Ok(None);
             }
-            self.shared.space.wait(&mut book);
+            self.wait_for_space();
         }
+    }
+
+    /// Blocks (collecting results meanwhile) until a frame is free or submitting
+    /// cannot succeed.
+    fn wait_for_space(&self) {
+        let closed = &self.shared.closed;
+        self.shared.wait_until(None, |book| {
+            (!book.free_tickets.is_empty() || book.failure.is_some() || closed.load(Ordering::Acquire))
+                .then_some(())
+        });
     }
 
     /// Reserves a frame of `len` bytes to fill in place, blocking while
@@ -403,12 +417,11 @@ impl Pipeline {
         while items.peek().is_some() {
             let mut reserved = Vec::new();
             {
+                if self.shared.book.lock().free_tickets.is_empty() {
+                    self.wait_for_space();
+                }
                 let mut book = self.shared.book.lock();
                 self.shared.check_open(&book)?;
-                while book.free_tickets.is_empty() {
-                    self.shared.space.wait(&mut book);
-                    self.shared.check_open(&book)?;
-                }
                 while let Some(r) = book.free_tickets.len().checked_sub(1).and_then(|_| book.reserve()) {
                     reserved.push(r);
                     if reserved.len() == 256 {
@@ -436,7 +449,7 @@ impl Pipeline {
             self.shared.launch(ready, &mut book);
             drop(book);
             if let Some(e) = error {
-                self.shared.space.notify_all();
+                self.shared.done.notify_all();
                 return Err(e);
             }
         }
@@ -475,7 +488,8 @@ impl Pipeline {
     /// [`shutdown`](Self::shutdown) afterwards.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.space.notify_all();
+        let _book = self.shared.book.lock();
+        self.shared.done.notify_all();
     }
 
     /// Finishes every item in flight, stops every stage, and reports whether all went
@@ -496,22 +510,18 @@ impl Pipeline {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut book = shared.book.lock();
-        while book.in_flight > 0 && book.failure.is_none() {
-            match deadline {
-                None => shared.done.wait(&mut book),
-                Some(d) => {
-                    if shared.done.wait_until(&mut book, d).timed_out() {
-                        shared.fail_locked(&mut book, EngineFailure::Aborted);
-                    }
-                }
-            }
+        let drained = shared.wait_until(deadline, |book| (book.in_flight == 0 || book.failure.is_some()).then_some(()));
+        if drained.is_none() {
+            shared.fail(EngineFailure::Aborted);
         }
-        let mut failure = book.failure.clone();
-        drop(book);
+        let mut failure = shared.book.lock().failure.clone();
         shared.stopping.store(true, Ordering::Release);
         shared.seg.control().set_state(STATE_SHUTDOWN);
         shared.nudge_all();
+        {
+            let _book = shared.book.lock();
+            shared.async_waiting.notify_all();
+        }
         let mut graceful = failure.is_none();
         for (i, t) in self.threads.drain(..) {
             match t.join() {
@@ -536,6 +546,8 @@ impl Pipeline {
         if let Some(c) = self.collector.take() {
             graceful &= c.join().is_ok();
         }
+        // Items that came out after the last waiter left (abandoned tickets) are freed.
+        shared.collect_now();
         ShutdownReport { graceful, failure, workers: exits }
     }
 }
@@ -573,21 +585,17 @@ impl Iterator for Completions<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let shared = &self.pipeline.shared;
-        let mut book = shared.book.lock();
-        loop {
-            if let Some(ticket) = book.finished.pop_front() {
-                let mut taken = false;
-                return handles::take(shared, &mut book, ticket, &mut taken);
-            }
-            let detached_pending = book
-                .entries
-                .iter()
-                .any(|e| matches!(e.state, State::Pending { detached: true, .. }));
-            if !detached_pending {
-                return None;
-            }
-            shared.done.wait(&mut book);
-        }
+        shared
+            .wait_until(None, |book| {
+                if let Some(ticket) = book.finished.pop_front() {
+                    let mut taken = false;
+                    return Some(handles::take(shared, book, ticket, &mut taken));
+                }
+                let detached_pending =
+                    book.entries.iter().any(|e| matches!(e.state, State::Pending { detached: true, .. }));
+                (!detached_pending).then_some(None)
+            })
+            .flatten()
     }
 }
 
@@ -673,14 +681,13 @@ where
             }
             // Nothing of ours is in flight and no frame was free: frames are held by
             // results still alive (ours, or another submitter's).
-            let mut book = self.pipeline.shared.book.lock();
-            if book.free_tickets.is_empty() && book.in_flight == 0 {
-                return Some(Err(WaitError::Saturated));
+            {
+                let book = self.pipeline.shared.book.lock();
+                if book.free_tickets.is_empty() && book.in_flight == 0 {
+                    return Some(Err(WaitError::Saturated));
+                }
             }
-            while book.free_tickets.is_empty() && book.in_flight > 0 {
-                self.pipeline.shared.space.wait(&mut book);
-            }
-            drop(book);
+            self.pipeline.wait_for_space();
             return self.next();
         };
         let mut taken = false;

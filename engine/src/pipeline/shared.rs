@@ -8,14 +8,17 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::collector;
 use super::error::{EngineFailure, SubmitError};
 use super::spec::OnComplete;
 use crate::frame::OwnedSlot;
-use crate::memory::{Segment, SlotHeader, STATE_BROKEN};
-use crate::ring::Producer;
+use crate::memory::{Segment, SlotHeader, STATE_BROKEN, STATE_RUNNING};
+use crate::worker::runner::PARK_TIMEOUT;
+use crate::ring::{Consumer, Producer};
 
 /// What a ticket's item is doing.
 #[derive(Debug)]
@@ -53,6 +56,8 @@ pub(crate) struct Book {
     pub in_flight: usize,
     /// Set once, when the pipeline breaks.
     pub failure: Option<EngineFailure>,
+    /// Pending entries with a registered waker (futures being polled).
+    pub wakers: usize,
 }
 
 impl Book {
@@ -66,7 +71,7 @@ impl Book {
         Some((slot, ticket, entry.generation))
     }
 
-    /// Returns a slot and its ticket to the free lists.
+    /// Returns a slot and its ticket to the free lists (callers notify `done`).
     pub fn release(&mut self, slot: OwnedSlot, ticket: u32) {
         self.entries[ticket as usize].state = State::Free;
         self.free_tickets.push(ticket);
@@ -83,14 +88,19 @@ pub(crate) struct Shared {
     pub seg: Arc<Segment>,
     pub stages: Vec<StageInfo>,
     pub book: Mutex<Book>,
-    /// Signalled when a slot and ticket become free.
-    pub space: Condvar,
-    /// Signalled when items finish or the pipeline breaks.
+    /// Signalled whenever the book changes in a way a waiter may care about: items
+    /// finished, frames released, submissions started, the pipeline broke, or the
+    /// output ring changed hands.
     pub done: Condvar,
     /// Bumped after each batch of finished items, for waiters that spin before parking.
     pub finished_batches: AtomicU64,
     /// The producer end of ring 0.
     pub input: Mutex<Producer>,
+    /// The consumer end of the last ring. Whoever waits for results takes it and
+    /// drains it (see [`Shared::wait_until`]); no extra thread sits in the path.
+    pub output: Mutex<Consumer>,
+    /// Signalled when futures start waiting, for the async driver thread.
+    pub async_waiting: Condvar,
     /// No more submissions.
     pub closed: AtomicBool,
     /// Shutdown has begun: worker exits are expected.
@@ -112,6 +122,7 @@ impl Shared {
     /// Publishes reserved items: marks them pending, then pushes their descriptors
     /// into ring 0 in one batch. Headers must already be written.
     pub fn launch(&self, items: impl IntoIterator<Item = (OwnedSlot, u32, bool)>, book: &mut Book) {
+        let was_idle = book.in_flight == 0;
         let mut input = self.input.lock();
         for (slot, ticket, detached) in items {
             book.entries[ticket as usize].state = State::Pending { waker: None, detached };
@@ -123,6 +134,10 @@ impl Shared {
             }
         }
         input.publish();
+        if was_idle {
+            // A waiter may be asleep on `done` because nothing was in flight to collect.
+            self.done.notify_all();
+        }
     }
 
     /// Marks the pipeline broken: every pending item fails with `failure`, every
@@ -142,6 +157,7 @@ impl Shared {
                 State::Pending { waker, .. } => {
                     entry.state = State::Failed(failure.clone());
                     if let Some(w) = waker {
+                        book.wakers -= 1;
                         w.wake();
                     }
                 }
@@ -153,7 +169,77 @@ impl Shared {
         self.seg.control().set_state(STATE_BROKEN);
         self.nudge_all();
         self.done.notify_all();
-        self.space.notify_all();
+    }
+
+    /// Collects finished items now, without blocking, unless another thread is.
+    pub fn collect_now(&self) {
+        if let Some(mut out) = self.output.try_lock() {
+            collector::drain(self, &mut out);
+        }
+    }
+
+    /// Blocks until `check` finds what it waits for in the book (`Some`), or until
+    /// `deadline` (`None`).
+    ///
+    /// The waiting thread does the collecting itself: if nobody else holds the output
+    /// ring, it takes it, drains finished items into the book (running callbacks),
+    /// and parks on the ring's futex when it is empty, so a result reaches its waiter
+    /// with no thread in between. Other waiters sleep on `done` and take over the
+    /// ring when its holder leaves.
+    pub fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut Book) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let in_flight = {
+                let mut book = self.book.lock();
+                if let Some(t) = check(&mut book) {
+                    return Some(t);
+                }
+                book.in_flight
+            };
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return None,
+                },
+                None => None,
+            };
+            let park = left.map_or(PARK_TIMEOUT, |l| l.min(PARK_TIMEOUT));
+            // With nothing in flight, only another thread (releasing a frame,
+            // submitting) can change the book: sleep on `done` instead of the ring.
+            let collecting = if in_flight > 0 { self.output.try_lock() } else { None };
+            if let Some(mut out) = collecting {
+                let drained = collector::drain(self, &mut out);
+                if drained == 0 && self.book.lock().failure.is_none() {
+                    let control = self.seg.control();
+                    if control.state() == STATE_BROKEN {
+                        self.fail(EngineFailure::Corrupt("a stage stopped the pipeline".into()));
+                    } else if control.state() == STATE_RUNNING {
+                        out.wait(|| control.state() != STATE_RUNNING, Some(park));
+                    } else if !matches!(out.has_data(), Ok(true)) {
+                        // Shut down and drained: nothing more will come.
+                        drop(out);
+                        return check(&mut self.book.lock());
+                    }
+                }
+                drop(out);
+                // Hand the ring over: a waiter that saw it taken may be asleep on `done`.
+                let _book = self.book.lock();
+                self.done.notify_all();
+            } else {
+                let mut book = self.book.lock();
+                if let Some(t) = check(&mut book) {
+                    return Some(t);
+                }
+                // Re-checked under the book lock: a holder that leaves takes the book
+                // lock before notifying, so this wait cannot miss its hand-over.
+                if book.in_flight == 0 || self.output.is_locked() {
+                    let _ = self.done.wait_for(&mut book, park);
+                }
+            }
+        }
     }
 
     /// Wakes every ring's consumer so it re-reads the pipeline state.
