@@ -82,7 +82,8 @@ fn hop(c: &mut Criterion, group: &str, size: usize, n: usize) {
         ("ringpipe_process", StageSpec::process("bench.noop")),
         ("ringpipe_thread", StageSpec::thread("bench.noop")),
     ] {
-        let p = Pipeline::builder().stage(spec).max_in_flight(WINDOW).frame_capacity(capacity).build().unwrap();
+        let p =
+            Pipeline::builder().stage(spec).max_in_flight(WINDOW).frame_capacity(capacity).build().unwrap();
         g.bench_function(BenchmarkId::from_parameter(id), |b| {
             b.iter(|| {
                 let mut sum = 0u64;
@@ -234,7 +235,8 @@ fn ipc_echo_child(name: &str) {
 
 fn socket_echo_child() {
     let mut stdin = std::io::stdin().lock();
-    let mut stdout_sock = std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned().unwrap());
+    let mut stdout_sock =
+        std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned().unwrap());
     let mut buf = [0u8; 64];
     while stdin.read_exact(&mut buf).is_ok() {
         if stdout_sock.write_all(&buf).is_err() {

@@ -29,10 +29,7 @@ fn get(src: &[u8]) -> &str {
 }
 
 /// Builds a stage that checks it is not running in the parent (`params` = its pid).
-fn in_worker(
-    params: &[u8],
-    work: fn(&mut BasicItem),
-) -> Result<impl ringpipe::Stage, BoxError> {
+fn in_worker(params: &[u8], work: fn(&mut BasicItem)) -> Result<impl ringpipe::Stage, BoxError> {
     let parent_pid = u32::from_le_bytes(params.try_into().map_err(|_| "expected the parent pid as 4 bytes")?);
     Ok(stage_fn(move |f: &mut Frame<'_>| {
         if std::process::id() == parent_pid {

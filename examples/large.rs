@@ -32,7 +32,11 @@ register_stage!(LARGE_STAGE, "large_stage", |_: &[u8]| {
 });
 
 fn py_bool(b: u32) -> &'static str {
-    if b != 0 { "True" } else { "False" }
+    if b != 0 {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

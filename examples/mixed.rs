@@ -41,12 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = Pipeline::builder().max_in_flight(cpus.min(15));
     for _ in 0..10 {
-        builder = builder
-            .stage(StageSpec::process("mixed_subprocess"))
-            .stage(StageSpec::with_stage(
-                "thread_stage",
-                stage_fn(perform_thread_stage_work).with_determiner(|_: &mut Frame<'_>| true),
-            ));
+        builder = builder.stage(StageSpec::process("mixed_subprocess")).stage(StageSpec::with_stage(
+            "thread_stage",
+            stage_fn(perform_thread_stage_work).with_determiner(|_: &mut Frame<'_>| true),
+        ));
     }
     let mpp = builder.build()?;
     println!("Pipeline has {} stages.", mpp.num_stages());

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, Pipeline, StageOutcome,
-    StageSpec, SubmitError, TrySubmitError, WaitError,
+    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, Pipeline, StageOutcome, StageSpec,
+    SubmitError, TrySubmitError, WaitError,
 };
 
 ringpipe::worker_test_entry!();
@@ -17,7 +17,7 @@ register_stage!(T_UPPER, "t.upper", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &m
     Ok(())
 })));
 
-/// Appends the worker's pid (4 bytes) to the frame.
+// Appends the worker's pid (4 bytes) to the frame.
 register_stage!(T_PID, "t.pid", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
     let n = f.len();
     f.set_len(n + 4)?;
@@ -25,7 +25,7 @@ register_stage!(T_PID, "t.pid", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut F
     Ok(())
 })));
 
-/// Adds the parameter byte to every byte; rejects parameters that are not one byte.
+// Adds the parameter byte to every byte; rejects parameters that are not one byte.
 register_stage!(T_ADD, "t.add", |p: &[u8]| {
     let [k] = *p else { return Err(format!("t.add needs exactly 1 parameter byte, got {}", p.len())) };
     Ok(stage_fn(move |f: &mut Frame<'_>| {
@@ -34,7 +34,7 @@ register_stage!(T_ADD, "t.add", |p: &[u8]| {
     }))
 });
 
-/// Fails items starting with `E`, panics on items starting with `P`.
+// Fails items starting with `E`, panics on items starting with `P`.
 register_stage!(T_PICKY, "t.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
     match f.bytes().first() {
         Some(b'E') => Err("items starting with E are refused".into()),
@@ -46,7 +46,7 @@ register_stage!(T_PICKY, "t.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &m
     }
 })));
 
-/// Only wants items whose first byte is even; counts the determiner's calls in byte 1.
+// Only wants items whose first byte is even; counts the determiner's calls in byte 1.
 register_stage!(T_EVEN, "t.even", |_: &[u8]| Ok::<_, BoxError>(
     stage_fn(|f: &mut Frame<'_>| {
         f.bytes_mut()[0] = b'Y'; // odd: the next t.even declines it
@@ -59,7 +59,7 @@ register_stage!(T_EVEN, "t.even", |_: &[u8]| Ok::<_, BoxError>(
     })
 ));
 
-/// Replaces the frame by its bytes reversed and doubled (a new frame, no allocation).
+// Replaces the frame by its bytes reversed and doubled (a new frame, no allocation).
 register_stage!(T_DOUBLE, "t.double", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
     f.replace(|old, new| {
         let n = old.len();
@@ -74,7 +74,7 @@ register_stage!(T_DOUBLE, "t.double", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: 
     })
 })));
 
-/// Sleeps the number of milliseconds in the parameter bytes (u32 LE) per item.
+// Sleeps the number of milliseconds in the parameter bytes (u32 LE) per item.
 register_stage!(T_SLEEP, "t.sleep", |p: &[u8]| {
     let ms = u32::from_le_bytes(p.try_into().map_err(|_| "t.sleep needs 4 parameter bytes")?);
     Ok::<_, BoxError>(stage_fn(move |_f: &mut Frame<'_>| {
@@ -163,12 +163,15 @@ struct Head {
 fn frames_typed_in_place_zero_length_and_replaced() {
     let p = Pipeline::builder()
         .stage(StageSpec::process("t.double"))
-        .stage(StageSpec::with_stage("bump", stage_fn(|f: &mut Frame<'_>| {
-            if f.len() >= 16 {
-                f.header_mut::<Head>()?.value += 1;
-            }
-            Ok(())
-        })))
+        .stage(StageSpec::with_stage(
+            "bump",
+            stage_fn(|f: &mut Frame<'_>| {
+                if f.len() >= 16 {
+                    f.header_mut::<Head>()?.value += 1;
+                }
+                Ok(())
+            }),
+        ))
         .frame_capacity(256)
         .build()
         .unwrap();
@@ -195,11 +198,14 @@ fn frames_typed_in_place_zero_length_and_replaced() {
 #[test]
 fn growing_past_capacity_fails_the_item_with_a_typed_message() {
     let p = Pipeline::builder()
-        .stage(StageSpec::with_stage("grow", stage_fn(|f: &mut Frame<'_>| {
-            let cap = f.capacity();
-            f.set_len(cap + 1)?;
-            Ok(())
-        })))
+        .stage(StageSpec::with_stage(
+            "grow",
+            stage_fn(|f: &mut Frame<'_>| {
+                let cap = f.capacity();
+                f.set_len(cap + 1)?;
+                Ok(())
+            }),
+        ))
         .frame_capacity(64)
         .build()
         .unwrap();
@@ -315,7 +321,8 @@ fn ticket_try_wait_and_future() {
 
 #[test]
 fn batch_submit_and_completions_return_every_item_once() {
-    let p = Pipeline::builder().stage(StageSpec::process("t.add").params([1])).max_in_flight(64).build().unwrap();
+    let p =
+        Pipeline::builder().stage(StageSpec::process("t.add").params([1])).max_in_flight(64).build().unwrap();
     let items: Vec<[u8; 4]> = (0u32..50).map(|i| i.to_le_bytes()).collect();
     assert_eq!(p.submit_batch(&items).unwrap(), 50);
     let mut seen: Vec<u32> = p
@@ -374,7 +381,8 @@ fn map_reports_saturation_instead_of_hanging() {
 // 9. Bound on items in flight: try_submit gives the item back; submit blocks.
 #[test]
 fn in_flight_bound_try_submit_gives_back_and_submit_blocks() {
-    let p = Arc::new(Pipeline::builder().stage(StageSpec::process("t.upper")).max_in_flight(2).build().unwrap());
+    let p =
+        Arc::new(Pipeline::builder().stage(StageSpec::process("t.upper")).max_in_flight(2).build().unwrap());
     let a = p.submit(b"a").unwrap().wait().unwrap();
     let b = p.submit(b"b").unwrap().wait().unwrap();
     match p.try_submit(b"c".to_vec()) {
@@ -534,9 +542,7 @@ fn ringpipe_threads_ticks() -> u64 {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| t.ok())
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ringpipe-"))
-        })
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ringpipe-")))
         .map(|t| cpu_ticks(t.path().join("stat").to_str().unwrap()))
         .sum()
 }
@@ -613,7 +619,9 @@ fn workers_exit_when_the_parent_is_killed() {
 }
 
 fn dir_entries(dir: &str) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<_> = std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }

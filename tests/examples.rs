@@ -19,7 +19,18 @@ fn run(name: &str) -> Vec<String> {
 }
 
 fn without_pid(lines: &[String]) -> Vec<String> {
-    lines.iter().map(|l| if l.contains(".pid=") { l.split('=').next().unwrap().to_owned() + "=<pid>" } else { l.clone() }).collect()
+    lines
+        .iter()
+        .map(
+            |l| {
+                if l.contains(".pid=") {
+                    l.split('=').next().unwrap().to_owned() + "=<pid>"
+                } else {
+                    l.clone()
+                }
+            },
+        )
+        .collect()
 }
 
 #[test]

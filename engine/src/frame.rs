@@ -257,10 +257,7 @@ impl<'a> Frame<'a> {
     ///     })
     /// });
     /// ```
-    pub fn replace<E>(
-        &mut self,
-        write: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, E>,
-    ) -> Result<(), E>
+    pub fn replace<E>(&mut self, write: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, E>) -> Result<(), E>
     where
         E: From<FrameError>,
     {

@@ -22,13 +22,10 @@ mod worker;
 pub use frame::{Frame, FrameError};
 pub use pipeline::{
     BuildError, Builder, Completions, EngineFailure, Map, NewFrame, OnComplete, Output, Pipeline,
-    ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, SubmitError, Ticket,
-    TrySubmitError, WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
-    DROP_DRAIN_TIMEOUT,
+    ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, SubmitError, Ticket, TrySubmitError,
+    WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DROP_DRAIN_TIMEOUT,
 };
-pub use stage::{
-    find_stage, stage_fn, BoxError, FnStage, MakeStage, Stage, StageFactory, STAGES,
-};
+pub use stage::{find_stage, stage_fn, BoxError, FnStage, MakeStage, Stage, StageFactory, STAGES};
 pub use sync::CachePadded;
 pub use worker::{worker_hook, TEST_ENTRY, WORKER_ENV};
 

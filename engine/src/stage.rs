@@ -154,10 +154,9 @@ macro_rules! register_stage {
         static $id: $crate::StageFactory = $crate::StageFactory {
             name: $name,
             make: {
-                fn make(params: &[u8]) -> ::std::result::Result<
-                    ::std::boxed::Box<dyn $crate::Stage>,
-                    $crate::BoxError,
-                > {
+                fn make(
+                    params: &[u8],
+                ) -> ::std::result::Result<::std::boxed::Box<dyn $crate::Stage>, $crate::BoxError> {
                     $crate::__box_stage(($make)(params))
                 }
                 make

@@ -206,10 +206,8 @@ impl Layout {
             .checked_mul(std::mem::size_of::<StageRecord>() as u64)
             .ok_or(LayoutError::TooLarge)?;
         let blob_offset = stages_offset.checked_add(stages_bytes).ok_or(LayoutError::TooLarge)?;
-        let rings_offset = blob_offset
-            .checked_add(blob_size as u64)
-            .and_then(align_up)
-            .ok_or(LayoutError::TooLarge)?;
+        let rings_offset =
+            blob_offset.checked_add(blob_size as u64).and_then(align_up).ok_or(LayoutError::TooLarge)?;
         let ring_stride = ring_capacity
             .checked_mul(8)
             .and_then(|b| b.checked_add(std::mem::size_of::<RingHeader>() as u64))

@@ -8,8 +8,8 @@ mod layout;
 mod segment;
 
 pub use layout::{
-    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, MAGIC,
-    MAX_FRAME_CAPACITY, MAX_SLOTS, MAX_STAGES, VERSION,
+    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, MAGIC, MAX_FRAME_CAPACITY,
+    MAX_SLOTS, MAX_STAGES, VERSION,
 };
 pub(crate) use segment::SlotParts;
 pub use segment::{Control, Segment, SegmentError, STATE_BROKEN, STATE_RUNNING, STATE_SHUTDOWN};

@@ -54,9 +54,9 @@ impl Control {
     /// Moves to `state` unless the pipeline is already broken (broken is final).
     pub fn set_state(&self, state: u32) {
         // Release pairs with the Acquire in `state`.
-        let _ = self.state.fetch_update(Ordering::Release, Ordering::Relaxed, |s| {
-            (s != STATE_BROKEN).then_some(state)
-        });
+        let _ = self
+            .state
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |s| (s != STATE_BROKEN).then_some(state));
     }
 }
 
@@ -139,11 +139,8 @@ impl Segment {
                 source: std::io::Error::from_raw_os_error(rustix::io::Errno::NOMEM.raw_os_error()),
             });
         }
-        let fd = rustix::fs::memfd_create(
-            "ringpipe",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(|e| SegmentError::Create(e.into()))?;
+        let fd = rustix::fs::memfd_create("ringpipe", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| SegmentError::Create(e.into()))?;
         rustix::fs::ftruncate(&fd, size).map_err(|e| SegmentError::Create(e.into()))?;
         rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size)
             .map_err(|e| SegmentError::NoMemory { requested: size, source: e.into() })?;
@@ -240,9 +237,8 @@ impl Segment {
             });
         }
         // SAFETY: in bounds (checked above); Pod, so any bytes are valid; read once.
-        let r = unsafe {
-            std::ptr::read_volatile(self.ptr::<StageRecord>(self.layout.stage_offset(i)).as_ptr())
-        };
+        let r =
+            unsafe { std::ptr::read_volatile(self.ptr::<StageRecord>(self.layout.stage_offset(i)).as_ptr()) };
         let blob = self.layout.blob_size() as u64;
         let fits = |off: u64, len: u32| off.checked_add(len.into()).is_some_and(|end| end <= blob);
         if !fits(r.name_offset, r.name_len) || !fits(r.params_offset, r.params_len) {
@@ -288,7 +284,10 @@ impl Segment {
     /// stage `i` consumes ring `i` and produces into ring `i + 1`, and the builder
     /// gives each stage to exactly one thread or process. A caller drops the end its
     /// role does not own without using it.
-    pub(crate) fn ring(self: &std::sync::Arc<Self>, i: usize) -> (crate::ring::Producer, crate::ring::Consumer) {
+    pub(crate) fn ring(
+        self: &std::sync::Arc<Self>,
+        i: usize,
+    ) -> (crate::ring::Producer, crate::ring::Consumer) {
         let (header, slots) = self.ring_parts(i);
         let capacity = self.layout.ring_capacity();
         // SAFETY: header and slots are in bounds and aligned (rule 1) and live as long as
@@ -306,12 +305,7 @@ impl Segment {
         let at = self.layout.ring_offset(i);
         // SAFETY: the layout reserves a 128-aligned RingHeader followed by ring_capacity
         // u64 slots at ring_offset(i) (rule 1).
-        unsafe {
-            (
-                self.ptr(at),
-                self.ptr(at + std::mem::size_of::<crate::ring::RingHeader>()),
-            )
-        }
+        unsafe { (self.ptr(at), self.ptr(at + std::mem::size_of::<crate::ring::RingHeader>())) }
     }
 
     /// Slot `i`'s header, payload and error area, if `i` is a slot.

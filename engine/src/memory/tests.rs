@@ -15,19 +15,10 @@ fn layout_validates_its_own_header() {
 #[test]
 fn layout_rejects_out_of_range_counts() {
     assert!(matches!(Layout::compute(0, 8, 64, 0), Err(LayoutError::OutOfRange { .. })));
-    assert!(matches!(
-        Layout::compute(MAX_STAGES + 1, 8, 64, 0),
-        Err(LayoutError::OutOfRange { .. })
-    ));
+    assert!(matches!(Layout::compute(MAX_STAGES + 1, 8, 64, 0), Err(LayoutError::OutOfRange { .. })));
     assert!(matches!(Layout::compute(1, 0, 64, 0), Err(LayoutError::OutOfRange { .. })));
-    assert!(matches!(
-        Layout::compute(1, MAX_SLOTS + 1, 64, 0),
-        Err(LayoutError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        Layout::compute(1, 1, MAX_FRAME_CAPACITY + 1, 0),
-        Err(LayoutError::OutOfRange { .. })
-    ));
+    assert!(matches!(Layout::compute(1, MAX_SLOTS + 1, 64, 0), Err(LayoutError::OutOfRange { .. })));
+    assert!(matches!(Layout::compute(1, 1, MAX_FRAME_CAPACITY + 1, 0), Err(LayoutError::OutOfRange { .. })));
     assert!(Layout::compute(MAX_STAGES, MAX_SLOTS, 0, 0).is_ok());
 }
 
@@ -113,7 +104,13 @@ mod segment {
         seg.write_blob(&[0; 16]);
         seg.write_stage(
             0,
-            StageRecord { name_offset: 10, name_len: 10, input_ring: 0, output_ring: 1, ..Default::default() },
+            StageRecord {
+                name_offset: 10,
+                name_len: 10,
+                input_ring: 0,
+                output_ring: 1,
+                ..Default::default()
+            },
         );
         assert!(seg.stage(0).is_err(), "name runs past the blob");
         seg.write_stage(1, StageRecord { name_len: 4, input_ring: 1, output_ring: 9, ..Default::default() });

@@ -145,7 +145,8 @@ pub(crate) fn drive_async(shared: Arc<Shared>) {
             return;
         }
         shared.wait_until(None, |book| {
-            (book.wakers == 0 || book.failure.is_some() || shared.stopping.load(Ordering::Acquire)).then_some(())
+            (book.wakers == 0 || book.failure.is_some() || shared.stopping.load(Ordering::Acquire))
+                .then_some(())
         });
     }
 }

@@ -32,10 +32,9 @@ pub enum EngineFailure {
 impl fmt::Display for EngineFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::WorkerDied { stage, name, pid, status } => write!(
-                f,
-                "the worker process {pid} of stage {stage} (`{name}`) died ({status})"
-            ),
+            Self::WorkerDied { stage, name, pid, status } => {
+                write!(f, "the worker process {pid} of stage {stage} (`{name}`) died ({status})")
+            }
             Self::Corrupt(why) => write!(f, "shared memory is corrupt: {why}"),
             Self::ThreadStage { stage, reason } => write!(f, "thread stage {stage} stopped: {reason}"),
             Self::Aborted => write!(f, "the pipeline was shut down before the item finished"),

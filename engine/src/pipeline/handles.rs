@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-
 use bytemuck::Pod;
 
 use super::error::{StageFailure, SubmitError, WaitError};
@@ -63,7 +62,12 @@ impl NewFrame {
     /// Sends the frame into the pipeline.
     pub fn submit(mut self) -> Result<Ticket, SubmitError> {
         self.launch(false)?;
-        Ok(Ticket { shared: self.shared.clone(), ticket: self.ticket, generation: self.generation, taken: false })
+        Ok(Ticket {
+            shared: self.shared.clone(),
+            ticket: self.ticket,
+            generation: self.generation,
+            taken: false,
+        })
     }
 
     /// Sends the frame into the pipeline; its result comes from
@@ -199,9 +203,7 @@ pub(crate) fn wait_for(
     if *taken {
         return Err(WaitError::AlreadyTaken);
     }
-    shared
-        .wait_until(deadline, |book| take(shared, book, ticket, taken))
-        .unwrap_or(Err(WaitError::TimedOut))
+    shared.wait_until(deadline, |book| take(shared, book, ticket, taken)).unwrap_or(Err(WaitError::TimedOut))
 }
 
 impl Drop for Ticket {

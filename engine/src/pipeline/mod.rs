@@ -118,7 +118,8 @@ impl Builder {
         let mut records = Vec::with_capacity(n);
         for (i, spec) in self.stages.into_iter().enumerate() {
             let registered = || {
-                find_stage(&spec.name).ok_or_else(|| BuildError::UnknownStage { stage: i, name: spec.name.clone() })
+                find_stage(&spec.name)
+                    .ok_or_else(|| BuildError::UnknownStage { stage: i, name: spec.name.clone() })
             };
             let instance = match spec.placement {
                 Placement::Process => {
@@ -130,11 +131,13 @@ impl Builder {
                 })?),
                 Placement::ThreadWith(stage) => Some(stage),
             };
-            let too_long = |what| BuildError::Config(crate::memory::LayoutError::OutOfRange {
-                what,
-                value: u64::MAX,
-                max: u32::MAX.into(),
-            });
+            let too_long = |what| {
+                BuildError::Config(crate::memory::LayoutError::OutOfRange {
+                    what,
+                    value: u64::MAX,
+                    max: u32::MAX.into(),
+                })
+            };
             let name_offset = blob.len() as u64;
             blob.extend_from_slice(spec.name.as_bytes());
             let params_offset = blob.len() as u64;
@@ -143,7 +146,8 @@ impl Builder {
                 name_offset,
                 params_offset,
                 name_len: u32::try_from(spec.name.len()).map_err(|_| too_long("stage name length"))?,
-                params_len: u32::try_from(spec.params.len()).map_err(|_| too_long("stage parameters length"))?,
+                params_len: u32::try_from(spec.params.len())
+                    .map_err(|_| too_long("stage parameters length"))?,
                 input_ring: i as u32,
                 output_ring: i as u32 + 1,
                 spare_slot: i as u32,
@@ -196,8 +200,11 @@ impl Builder {
         pipeline.start_workers(&local, self.startup_timeout)?;
         for (i, stage) in local.into_iter().enumerate() {
             let Some(stage) = stage else { continue };
-            let runner = StageRunner::new(seg.clone(), i, stage)
-                .map_err(|e| BuildError::StageInit { stage: i, name: shared.stages[i].name.clone(), message: e.to_string() })?;
+            let runner = StageRunner::new(seg.clone(), i, stage).map_err(|e| BuildError::StageInit {
+                stage: i,
+                name: shared.stages[i].name.clone(),
+                message: e.to_string(),
+            })?;
             let sh = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ringpipe-stage-{i}"))
@@ -298,7 +305,11 @@ impl Pipeline {
         }
     }
 
-    fn start_workers(&mut self, local: &[Option<Box<dyn Stage>>], timeout: Duration) -> Result<(), BuildError> {
+    fn start_workers(
+        &mut self,
+        local: &[Option<Box<dyn Stage>>],
+        timeout: Duration,
+    ) -> Result<(), BuildError> {
         let mut workers = self.workers.lock();
         let fd = self.shared.seg.fd().try_clone_to_owned().map_err(BuildError::Spawn)?;
         for (i, _) in local.iter().enumerate().filter(|(_, s)| s.is_none()) {
@@ -351,7 +362,13 @@ impl Pipeline {
                 let mut book = self.shared.book.lock();
                 self.shared.check_open(&book)?;
                 if let Some((slot, ticket, generation)) = book.reserve() {
-                    return Ok(Some(NewFrame { shared: self.shared.clone(), slot: Some(slot), ticket, generation, len }));
+                    return Ok(Some(NewFrame {
+                        shared: self.shared.clone(),
+                        slot: Some(slot),
+                        ticket,
+                        generation,
+                        len,
+                    }));
                 }
             }
             if !block {
@@ -479,7 +496,13 @@ impl Pipeline {
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
-        Map { pipeline: self, inputs: inputs.into_iter(), exhausted: false, queue: VecDeque::new(), error: None }
+        Map {
+            pipeline: self,
+            inputs: inputs.into_iter(),
+            exhausted: false,
+            queue: VecDeque::new(),
+            error: None,
+        }
     }
 
     /// Stops accepting submissions: from now on every submit fails with
@@ -510,7 +533,8 @@ impl Pipeline {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let drained = shared.wait_until(deadline, |book| (book.in_flight == 0 || book.failure.is_some()).then_some(()));
+        let drained =
+            shared.wait_until(deadline, |book| (book.in_flight == 0 || book.failure.is_some()).then_some(()));
         if drained.is_none() {
             shared.fail(EngineFailure::Aborted);
         }
@@ -528,7 +552,8 @@ impl Pipeline {
                 Ok(RunEnd::Shutdown) => {}
                 Ok(end) => {
                     graceful = false;
-                    failure.get_or_insert(EngineFailure::ThreadStage { stage: i, reason: format!("{end:?}") });
+                    failure
+                        .get_or_insert(EngineFailure::ThreadStage { stage: i, reason: format!("{end:?}") });
                 }
                 Err(_) => graceful = false,
             }

@@ -17,8 +17,8 @@ use super::error::{EngineFailure, SubmitError};
 use super::spec::OnComplete;
 use crate::frame::OwnedSlot;
 use crate::memory::{Segment, SlotHeader, STATE_BROKEN, STATE_RUNNING};
-use crate::worker::runner::PARK_TIMEOUT;
 use crate::ring::{Consumer, Producer};
+use crate::worker::runner::PARK_TIMEOUT;
 
 /// What a ticket's item is doing.
 #[derive(Debug)]

@@ -18,7 +18,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::sync::{AtomicU64, CachePadded, Ordering};
-use crate::wait::{Wake, WaitWord};
+use crate::wait::{WaitWord, Wake};
 
 /// The shared control block of one ring. All-zero bytes are an empty ring.
 #[repr(C)]
@@ -124,10 +124,7 @@ pub unsafe fn from_raw(
     // Relaxed: the caller's contract says nobody else uses the ring while we make its ends.
     let head = h.head.load(Ordering::Relaxed);
     let tail = h.tail.load(Ordering::Relaxed);
-    (
-        Producer { ring: ring.clone(), tail, cached_head: head },
-        Consumer { ring, head, cached_tail: tail },
-    )
+    (Producer { ring: ring.clone(), tail, cached_head: head }, Consumer { ring, head, cached_tail: tail })
 }
 
 /// The writing end. Pushes are private until [`publish`](Producer::publish), so a
@@ -244,11 +241,7 @@ impl Consumer {
     /// (see `wait/README.md`). `stop` must read state that is changed before a
     /// [`Producer::nudge`]. Returns `TimedOut` after `timeout` so the caller can check
     /// that its peers are alive.
-    pub fn wait(
-        &mut self,
-        mut stop: impl FnMut() -> bool,
-        timeout: Option<std::time::Duration>,
-    ) -> Wake {
+    pub fn wait(&mut self, mut stop: impl FnMut() -> bool, timeout: Option<std::time::Duration>) -> Wake {
         let ring = self.ring.clone();
         ring.header().readable.wait(|| !matches!(self.has_data(), Ok(false)) || stop(), timeout)
     }

@@ -26,9 +26,7 @@ mod unit {
         let w = Arc::new(WaitWord::new());
         let flag = Arc::new(AtomicBool::new(false));
         let (w2, f2) = (w.clone(), flag.clone());
-        let t = std::thread::spawn(move || {
-            w2.wait(|| f2.load(std::sync::atomic::Ordering::Acquire), None)
-        });
+        let t = std::thread::spawn(move || w2.wait(|| f2.load(std::sync::atomic::Ordering::Acquire), None));
         std::thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 20 }));
         flag.store(true, std::sync::atomic::Ordering::Release);
         w.notify();
@@ -57,9 +55,7 @@ mod model {
             let w = Arc::new(WaitWord::new());
             let flag = Arc::new(AtomicBool::new(false));
             let (w2, f2) = (w.clone(), flag.clone());
-            let t = loom::thread::spawn(move || {
-                w2.wait(|| f2.load(Ordering::Acquire), None)
-            });
+            let t = loom::thread::spawn(move || w2.wait(|| f2.load(Ordering::Acquire), None));
             flag.store(true, Ordering::Release);
             w.notify();
             assert_eq!(t.join().unwrap(), Wake::Ready);

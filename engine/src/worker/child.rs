@@ -50,7 +50,9 @@ fn adopt(fd: i32) -> Option<OwnedFd> {
 
 fn run(spec: &str) -> Result<RunEnd, ()> {
     let Some(status) = adopt(STATUS_FD) else {
-        eprintln!("ringpipe worker: started without a status pipe; {WORKER_ENV} must only be set by ringpipe");
+        eprintln!(
+            "ringpipe worker: started without a status pipe; {WORKER_ENV} must only be set by ringpipe"
+        );
         return Err(());
     };
     let mut status = File::from(status);
@@ -74,10 +76,9 @@ fn run(spec: &str) -> Result<RunEnd, ()> {
         Ok(r) => r,
         Err(e) => return refuse(e.to_string()),
     };
-    let (Ok(name), Ok(params)) = (
-        seg.blob(record.name_offset, record.name_len),
-        seg.blob(record.params_offset, record.params_len),
-    ) else {
+    let (Ok(name), Ok(params)) =
+        (seg.blob(record.name_offset, record.name_len), seg.blob(record.params_offset, record.params_len))
+    else {
         return refuse("stage name or parameters out of bounds".into());
     };
     let name = String::from_utf8_lossy(&name).into_owned();

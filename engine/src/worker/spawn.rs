@@ -46,11 +46,8 @@ pub(crate) fn spawn(segment: &OwnedFd, stage: usize) -> std::io::Result<WorkerPr
     let (life_read, life_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let (status_read, status_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let high = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, HIGH_FD);
-    let moves = [
-        (high(segment)?, SEGMENT_FD),
-        (high(&life_read)?, LIFELINE_FD),
-        (high(&status_write)?, STATUS_FD),
-    ];
+    let moves =
+        [(high(segment)?, SEGMENT_FD), (high(&life_read)?, LIFELINE_FD), (high(&status_write)?, STATUS_FD)];
     let raw: [(i32, i32); 3] = moves.each_ref().map(|(fd, to)| (fd.as_raw_fd(), *to));
     let mut cmd = Command::new(std::env::current_exe()?);
     // Under libtest these arguments select the entry test; a plain binary's hook runs
@@ -82,7 +79,8 @@ pub(crate) fn spawn(segment: &OwnedFd, stage: usize) -> std::io::Result<WorkerPr
 fn libc_dup2(from: i32, to: i32) -> i32 {
     // SAFETY: plain syscall on integer descriptors; neither is owned by Rust code in
     // the forked child, which is about to exec.
-    let mut target = std::mem::ManuallyDrop::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to) });
+    let mut target =
+        std::mem::ManuallyDrop::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to) });
     // SAFETY: `from` is open in the child (inherited from the parent, which holds it).
     let src = unsafe { rustix::fd::BorrowedFd::borrow_raw(from) };
     match rustix::io::dup2(src, &mut target) {
@@ -145,10 +143,8 @@ impl WorkerProcess {
 /// Polls `f` for input or hang-up for up to `timeout`.
 pub(crate) fn wait_readable(f: &impl AsFd, timeout: Duration) -> std::io::Result<bool> {
     let mut fds = [PollFd::new(f, PollFlags::IN)];
-    let ts = rustix::event::Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: timeout.subsec_nanos().into(),
-    };
+    let ts =
+        rustix::event::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos().into() };
     match rustix::event::poll(&mut fds, Some(&ts)) {
         Ok(n) => Ok(n > 0),
         Err(rustix::io::Errno::INTR) => Ok(false),
