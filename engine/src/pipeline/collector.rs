@@ -107,8 +107,6 @@ fn resolve(
         }
     }
     drop(book);
-    // Release pairs with the Acquire in the spinning waiters of `wait_for`.
-    shared.finished_batches.fetch_add(1, Ordering::Release);
     shared.done.notify_all();
     Ok(())
 }

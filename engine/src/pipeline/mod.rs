@@ -11,7 +11,7 @@ mod spec;
 mod supervisor;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -181,7 +181,6 @@ impl Builder {
             stages: infos,
             book: Mutex::new(book),
             done: Condvar::new(),
-            finished_batches: AtomicU64::new(0),
             input: Mutex::new(input),
             output: Mutex::new(output),
             async_waiting: Condvar::new(),

@@ -5,7 +5,7 @@
 //! payload never passes through it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -92,8 +92,6 @@ pub(crate) struct Shared {
     /// finished, frames released, submissions started, the pipeline broke, or the
     /// output ring changed hands.
     pub done: Condvar,
-    /// Bumped after each batch of finished items, for waiters that spin before parking.
-    pub finished_batches: AtomicU64,
     /// The producer end of ring 0.
     pub input: Mutex<Producer>,
     /// The consumer end of the last ring. Whoever waits for results takes it and
