@@ -17,12 +17,25 @@ use crate::ring::Consumer;
 
 const BATCH: usize = 256;
 
+/// The consumer end of the last ring, with the buffer it drains into (kept, so that
+/// draining allocates nothing).
+pub(crate) struct Collector {
+    pub ring: Consumer,
+    batch: Vec<(OwnedSlot, SlotHeader)>,
+}
+
+impl Collector {
+    pub(crate) fn new(ring: Consumer) -> Self {
+        Self { ring, batch: Vec::with_capacity(BATCH) }
+    }
+}
+
 /// Drains what is in the output ring now; returns how many items it resolved.
 /// A corrupt descriptor or header breaks the pipeline (typed failure, no panic).
-pub(crate) fn drain(shared: &Shared, output: &mut Consumer) -> usize {
+pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
     let has_callbacks = shared.stages.iter().any(|s| s.on_complete.is_some());
     let mut total = 0;
-    let mut batch: Vec<(OwnedSlot, SlotHeader)> = Vec::new();
+    let Collector { ring: output, batch } = collector;
     loop {
         while batch.len() < BATCH {
             let desc = match output.try_pop() {
@@ -48,7 +61,7 @@ pub(crate) fn drain(shared: &Shared, output: &mut Consumer) -> usize {
             return total;
         }
         total += batch.len();
-        if let Err(f) = resolve(shared, &mut batch, has_callbacks) {
+        if let Err(f) = resolve(shared, batch, has_callbacks) {
             shared.fail(f);
             return total;
         }
@@ -61,7 +74,7 @@ fn resolve(
     has_callbacks: bool,
 ) -> Result<(), EngineFailure> {
     let capacity = shared.seg.layout().slot_capacity();
-    let tickets = shared.book.lock().entries.len();
+    let tickets = shared.tickets;
     for (slot, h) in batch.iter() {
         if h.len as usize > capacity || h.ticket as usize >= tickets {
             return Err(EngineFailure::Corrupt(format!(

@@ -22,7 +22,6 @@ pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitE
 pub use handles::{NewFrame, Output, Ticket};
 pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec};
 
-use self::handles::wait_for;
 use self::shared::{Book, Entry, Shared, StageInfo, State};
 use self::spec::Placement;
 use self::supervisor::Supervisor;
@@ -179,10 +178,11 @@ impl Builder {
         let shared = Arc::new(Shared {
             seg: seg.clone(),
             stages: infos,
+            tickets: self.max_in_flight,
             book: Mutex::new(book),
             done: Condvar::new(),
             input: Mutex::new(input),
-            output: Mutex::new(output),
+            output: Mutex::new(collector::Collector::new(output)),
             async_waiting: Condvar::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -343,7 +343,7 @@ impl Pipeline {
 
     /// The bound on items in flight.
     pub fn max_in_flight(&self) -> usize {
-        self.shared.book.lock().entries.len()
+        self.shared.tickets
     }
 
     /// `(stage, pid)` of every worker process.
@@ -500,7 +500,9 @@ impl Pipeline {
             inputs: inputs.into_iter(),
             exhausted: false,
             queue: VecDeque::new(),
+            ready: VecDeque::new(),
             error: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -628,8 +630,12 @@ pub struct Map<'p, I> {
     pipeline: &'p Pipeline,
     inputs: I,
     exhausted: bool,
+    /// Tickets submitted and not yet taken, in input order.
     queue: VecDeque<u32>,
+    /// Results taken from the book, in input order, not yet yielded.
+    ready: VecDeque<Result<Output, WaitError>>,
     error: Option<SubmitError>,
+    scratch: Scratch,
 }
 
 impl<I> Map<'_, I>
@@ -640,19 +646,18 @@ where
     /// Submits inputs into every free frame, in one batch.
     fn fill(&mut self) {
         let shared = &self.pipeline.shared;
-        let reserved: Vec<_> = {
+        let Scratch { reserved, launch, unused } = &mut self.scratch;
+        {
             let mut book = shared.book.lock();
             if let Err(e) = shared.check_open(&book) {
                 self.error.get_or_insert(e);
                 self.exhausted = true;
                 return;
             }
-            std::iter::from_fn(|| book.reserve()).collect()
-        };
+            reserved.extend(std::iter::from_fn(|| book.reserve()));
+        }
         let capacity = shared.seg.layout().slot_capacity();
-        let mut ready = Vec::with_capacity(reserved.len());
-        let mut unused = Vec::new();
-        for (mut slot, ticket, generation) in reserved {
+        for (mut slot, ticket, generation) in reserved.drain(..) {
             if self.exhausted {
                 unused.push((slot, ticket));
                 continue;
@@ -661,7 +666,7 @@ where
                 Some(data) if data.as_ref().len() <= capacity => {
                     fill(&shared.seg, &mut slot, ticket, generation, data.as_ref());
                     self.queue.push_back(ticket);
-                    ready.push((slot, ticket, false));
+                    launch.push((slot, ticket, false));
                 }
                 Some(data) => {
                     self.error = Some(SubmitError::TooLarge { requested: data.as_ref().len(), capacity });
@@ -675,13 +680,21 @@ where
             }
         }
         let mut book = shared.book.lock();
-        for (slot, ticket) in unused {
+        for (slot, ticket) in unused.drain(..) {
             book.release(slot, ticket);
         }
-        if !ready.is_empty() {
-            shared.launch(ready, &mut book);
+        if !launch.is_empty() {
+            shared.launch(launch.drain(..), &mut book);
         }
     }
+}
+
+/// Buffers `Map::fill` reuses, so streaming allocates nothing per batch.
+#[derive(Default)]
+struct Scratch {
+    reserved: Vec<(OwnedSlot, u32, u32)>,
+    launch: Vec<(OwnedSlot, u32, bool)>,
+    unused: Vec<(OwnedSlot, u32)>,
 }
 
 impl<I> Iterator for Map<'_, I>
@@ -692,11 +705,14 @@ where
     type Item = Result<Output, WaitError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(r) = self.ready.pop_front() {
+            return Some(r);
+        }
         let window = self.pipeline.max_in_flight();
         if !self.exhausted && self.queue.len() <= window / 2 {
             self.fill();
         }
-        let Some(ticket) = self.queue.pop_front() else {
+        let Some(&ticket) = self.queue.front() else {
             if let Some(e) = self.error.take() {
                 return Some(Err(WaitError::Submit(e)));
             }
@@ -714,7 +730,26 @@ where
             self.pipeline.wait_for_space();
             return self.next();
         };
-        let mut taken = false;
-        Some(wait_for(&self.pipeline.shared, ticket, &mut taken, None))
+        // Wait for the oldest item, then take every finished one behind it too: one
+        // lock of the book for the whole run of results.
+        let shared = &self.pipeline.shared;
+        let (queue, ready) = (&mut self.queue, &mut self.ready);
+        shared.wait_until(None, |book| {
+            let mut taken = false;
+            let first = handles::take(shared, book, ticket, &mut taken)?;
+            queue.pop_front();
+            ready.push_back(first);
+            while let Some(&t) = queue.front() {
+                match handles::take(shared, book, t, &mut taken) {
+                    Some(r) => {
+                        queue.pop_front();
+                        ready.push_back(r);
+                    }
+                    None => break,
+                }
+            }
+            Some(())
+        });
+        self.ready.pop_front()
     }
 }

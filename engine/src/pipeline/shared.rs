@@ -17,7 +17,7 @@ use super::error::{EngineFailure, SubmitError};
 use super::spec::OnComplete;
 use crate::frame::OwnedSlot;
 use crate::memory::{Segment, SlotHeader, STATE_BROKEN, STATE_RUNNING};
-use crate::ring::{Consumer, Producer};
+use crate::ring::Producer;
 use crate::worker::runner::PARK_TIMEOUT;
 
 /// What a ticket's item is doing.
@@ -87,6 +87,8 @@ pub(crate) struct StageInfo {
 pub(crate) struct Shared {
     pub seg: Arc<Segment>,
     pub stages: Vec<StageInfo>,
+    /// Number of tickets (`max_in_flight`); fixed at build.
+    pub tickets: usize,
     pub book: Mutex<Book>,
     /// Signalled whenever the book changes in a way a waiter may care about: items
     /// finished, frames released, submissions started, the pipeline broke, or the
@@ -96,7 +98,7 @@ pub(crate) struct Shared {
     pub input: Mutex<Producer>,
     /// The consumer end of the last ring. Whoever waits for results takes it and
     /// drains it (see [`Shared::wait_until`]); no extra thread sits in the path.
-    pub output: Mutex<Consumer>,
+    pub output: Mutex<collector::Collector>,
     /// Signalled when futures start waiting, for the async driver thread.
     pub async_waiting: Condvar,
     /// No more submissions.
@@ -215,8 +217,8 @@ impl Shared {
                     if control.state() == STATE_BROKEN {
                         self.fail(EngineFailure::Corrupt("a stage stopped the pipeline".into()));
                     } else if control.state() == STATE_RUNNING {
-                        out.wait(|| control.state() != STATE_RUNNING, Some(park));
-                    } else if !matches!(out.has_data(), Ok(true)) {
+                        out.ring.wait(|| control.state() != STATE_RUNNING, Some(park));
+                    } else if !matches!(out.ring.has_data(), Ok(true)) {
                         // Shut down and drained: nothing more will come.
                         drop(out);
                         return check(&mut self.book.lock());

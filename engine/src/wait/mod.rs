@@ -12,9 +12,12 @@ use crate::sync::{fence, AtomicU32, Ordering};
 /// a spinning hand-off ~50 ns, so spinning for about one wake's cost is the balance.
 pub const SPIN_BUDGET: Duration = Duration::from_micros(40);
 
-/// Spins with `spin_loop` for this many rounds before yielding the core between checks,
-/// so that more runnable workers than cores still make progress.
-const HOT_SPINS: u32 = 64;
+/// Spin rounds between two looks at the clock.
+const ROUNDS_PER_CHECK: u32 = 64;
+
+/// For this long the waiter spins on the core without a syscall; after it, it yields
+/// the core between checks, so that more runnable workers than cores still progress.
+const YIELD_AFTER: Duration = Duration::from_micros(5);
 
 /// A process-shared event count: waiters park on `seq`, notifiers bump it only when
 /// `sleepers` says somebody is parked.
@@ -107,7 +110,9 @@ impl WaitWord {
     }
 }
 
-/// The bounded spin phase: `spin_loop` first, then `yield_now`, for at most `SPIN_BUDGET`.
+/// The bounded spin phase: `spin_loop` for [`YIELD_AFTER`], then `yield_now` between
+/// checks, for at most [`SPIN_BUDGET`] in all. The clock is read once per
+/// [`ROUNDS_PER_CHECK`] rounds.
 fn spin(ready: &mut impl FnMut() -> bool, start: Instant) -> bool {
     if cfg!(loom) {
         return ready();
@@ -117,15 +122,18 @@ fn spin(ready: &mut impl FnMut() -> bool, start: Instant) -> bool {
         if ready() {
             return true;
         }
-        if round < HOT_SPINS {
-            crate::sync::spin_hint();
-            round += 1;
-        } else {
-            if start.elapsed() >= SPIN_BUDGET {
+        round = round.wrapping_add(1);
+        if round % ROUNDS_PER_CHECK == 0 {
+            let spent = start.elapsed();
+            if spent >= SPIN_BUDGET {
                 return false;
             }
-            std::thread::yield_now();
+            if spent >= YIELD_AFTER {
+                std::thread::yield_now();
+                continue;
+            }
         }
+        crate::sync::spin_hint();
     }
 }
 
