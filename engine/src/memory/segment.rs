@@ -115,9 +115,35 @@ impl From<LayoutError> for SegmentError {
 /// One mapped segment. See the module docs for the rules of the shared mapping.
 #[derive(Debug)]
 pub struct Segment {
-    map: MmapRaw,
-    fd: OwnedFd,
+    backing: Backing,
     layout: Layout,
+}
+
+/// The memory behind a segment.
+#[derive(Debug)]
+enum Backing {
+    /// A sealed memfd, mapped shared: what pipelines use.
+    Memfd { map: MmapRaw, fd: OwnedFd },
+    /// Zeroed, page-aligned heap memory: lets the code above run under Miri, which
+    /// cannot map files.
+    #[cfg(test)]
+    Heap { base: NonNull<u8>, alloc: std::alloc::Layout },
+}
+
+// SAFETY: the heap backing is a plain allocation owned by the segment, accessed under
+// the same rules as the mapping (module docs); MmapRaw and OwnedFd are Send + Sync.
+unsafe impl Send for Backing {}
+// SAFETY: as above.
+unsafe impl Sync for Backing {}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if let Backing::Heap { base, alloc } = self {
+            // SAFETY: allocated in `Segment::on_heap` with exactly this layout, freed once.
+            unsafe { std::alloc::dealloc(base.as_ptr(), *alloc) };
+        }
+    }
 }
 
 const SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
@@ -149,7 +175,7 @@ impl Segment {
             .len(layout.size())
             .map_raw(&File::from(fd.try_clone().map_err(SegmentError::Create)?))
             .map_err(SegmentError::Map)?;
-        let segment = Self { map, fd, layout };
+        let segment = Self { backing: Backing::Memfd { map, fd }, layout };
         // SAFETY: offset 0 holds a SegmentHeader (layout); the mapping is fresh, so no
         // other process can see it yet (rule 1).
         unsafe { segment.ptr::<SegmentHeader>(0).as_ptr().write(*layout.header()) };
@@ -177,12 +203,37 @@ impl Segment {
         // the header is Pod, so any bytes are a valid value; read once (rule 3).
         let header = unsafe { std::ptr::read_volatile(map.as_ptr().cast::<SegmentHeader>()) };
         let layout = Layout::validate(&header, size)?;
-        Ok(Self { map, fd, layout })
+        Ok(Self { backing: Backing::Memfd { map, fd }, layout })
+    }
+
+    /// A segment on zeroed heap memory with the header written, for unit tests (and
+    /// so Miri can check the code that uses segments).
+    #[cfg(test)]
+    pub(crate) fn on_heap(layout: Layout) -> Self {
+        let alloc = std::alloc::Layout::from_size_align(layout.size(), 4096).expect("layout size fits");
+        // SAFETY: the size is non-zero (a header at least).
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(alloc) }).expect("allocation succeeded");
+        let segment = Self { backing: Backing::Heap { base, alloc }, layout };
+        // SAFETY: offset 0 holds a SegmentHeader; the memory is fresh and ours.
+        unsafe { segment.ptr::<SegmentHeader>(0).as_ptr().write(*layout.header()) };
+        segment
+    }
+
+    fn base(&self) -> *mut u8 {
+        match &self.backing {
+            Backing::Memfd { map, .. } => map.as_mut_ptr(),
+            #[cfg(test)]
+            Backing::Heap { base, .. } => base.as_ptr(),
+        }
     }
 
     /// The memfd, for handing to workers.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        match &self.backing {
+            Backing::Memfd { fd, .. } => fd.as_fd(),
+            #[cfg(test)]
+            Backing::Heap { .. } => panic!("a heap segment (unit tests only) has no file descriptor"),
+        }
     }
 
     /// The validated layout.
@@ -197,7 +248,7 @@ impl Segment {
     unsafe fn ptr<T>(&self, offset: usize) -> NonNull<T> {
         debug_assert!(offset + std::mem::size_of::<T>() <= self.layout.size());
         // SAFETY: caller guarantees the offset is in bounds of the mapping.
-        let p = unsafe { self.map.as_mut_ptr().add(offset) };
+        let p = unsafe { self.base().add(offset) };
         debug_assert_eq!(p as usize % std::mem::align_of::<T>(), 0);
         // SAFETY: derived from a non-null mapping base.
         unsafe { NonNull::new_unchecked(p.cast()) }

@@ -57,3 +57,6 @@ macro_rules! worker_test_entry {
         }
     };
 }
+
+#[cfg(test)]
+mod tests;

@@ -283,3 +283,6 @@ pub(crate) fn mark_ran(header: &mut SlotHeader, stage: usize) {
 pub(crate) fn has_run(header: &SlotHeader, stage: usize) -> bool {
     stage < MAX_STAGES && header.ran[stage / 64] & (1 << (stage % 64)) != 0
 }
+
+#[cfg(test)]
+mod tests;

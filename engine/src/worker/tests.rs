@@ -1,0 +1,119 @@
+//! The stage loop on a heap segment, driven by the test as the parent would: Miri
+//! checks the loop, the frame hand-over and the rings together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytemuck::Zeroable;
+
+use super::runner::{RunEnd, StageRunner};
+use crate::frame::{OwnedSlot, STATUS_FAILED};
+use crate::memory::{Layout, Segment, SlotHeader, StageRecord, STATE_SHUTDOWN};
+use crate::stage::{stage_fn, BoxError};
+use crate::Frame;
+
+fn segment() -> Arc<Segment> {
+    let seg = Segment::on_heap(Layout::compute(1, 5, 64, 0).unwrap());
+    seg.write_stage(0, StageRecord { input_ring: 0, output_ring: 1, spare_slot: 0, ..Default::default() });
+    Arc::new(seg)
+}
+
+fn picky() -> Box<dyn crate::Stage> {
+    Box::new(
+        stage_fn(|f: &mut Frame<'_>| match f.bytes().first() {
+            Some(b'E') => Err::<(), BoxError>("refused".into()),
+            Some(b'P') => panic!("told to panic"),
+            _ => {
+                f.bytes_mut().make_ascii_uppercase();
+                Ok(())
+            }
+        })
+        .with_determiner(|f: &mut Frame<'_>| f.bytes().first() != Some(&b'S')),
+    )
+}
+
+fn submit(seg: &Segment, tx: &mut crate::ring::Producer, slot: u32, data: &[u8]) {
+    let mut s = OwnedSlot::assigned(seg, slot).unwrap();
+    s.payload_mut(seg)[..data.len()].copy_from_slice(data);
+    s.set_header(seg, &SlotHeader { len: data.len() as u32, ticket: slot, ..SlotHeader::zeroed() });
+    tx.try_push(s.into_descriptor()).unwrap();
+}
+
+#[test]
+fn runner_processes_skips_fails_and_survives_panics() {
+    let seg = segment();
+    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
+    let worker = std::thread::spawn(move || runner.run());
+    let (mut tx, _) = seg.ring(0);
+    let (_, mut rx) = seg.ring(1);
+    submit(&seg, &mut tx, 1, b"abc");
+    submit(&seg, &mut tx, 2, b"Exy");
+    submit(&seg, &mut tx, 3, b"Pxy");
+    submit(&seg, &mut tx, 4, b"Sxy");
+    tx.publish();
+    let mut out = Vec::new();
+    while out.len() < 4 {
+        match rx.try_pop().unwrap() {
+            Some(d) => out.push(OwnedSlot::from_descriptor(&seg, d).unwrap()),
+            None => {
+                rx.wait(|| false, Some(Duration::from_millis(100)));
+            }
+        }
+    }
+    let by_ticket = |t: u32| out.iter().find(|s| s.header(&seg).ticket == t).unwrap();
+    let ok = by_ticket(1);
+    assert_eq!(&ok.payload(&seg)[..3], b"ABC");
+    assert!(crate::frame::has_run(&ok.header(&seg), 0));
+    let failed = by_ticket(2).header(&seg);
+    assert_eq!((failed.status, failed.failed_stage), (STATUS_FAILED, 0));
+    assert_eq!(by_ticket(2).error_text(&seg, failed.error_len), "refused");
+    let panicked = by_ticket(3).header(&seg);
+    assert_eq!(panicked.status, STATUS_FAILED);
+    assert!(by_ticket(3).error_text(&seg, panicked.error_len).contains("told to panic"));
+    let skipped = by_ticket(4).header(&seg);
+    assert_eq!(skipped.status, 0);
+    assert!(!crate::frame::has_run(&skipped, 0));
+    assert_eq!(&by_ticket(4).payload(&seg)[..3], b"Sxy");
+
+    seg.control().set_state(STATE_SHUTDOWN);
+    seg.ring_header(0).nudge_consumer();
+    assert_eq!(worker.join().unwrap(), RunEnd::Shutdown);
+}
+
+#[test]
+fn runner_stops_on_a_forged_descriptor() {
+    let seg = segment();
+    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
+    let worker = std::thread::spawn(move || runner.run());
+    let (mut tx, _) = seg.ring(0);
+    tx.try_push(1_000).unwrap();
+    tx.publish();
+    assert!(matches!(worker.join().unwrap(), RunEnd::Corrupt(_)));
+    assert_eq!(seg.control().state(), crate::memory::STATE_BROKEN);
+}
+
+#[test]
+fn runner_fails_an_item_whose_length_is_corrupt() {
+    let seg = segment();
+    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
+    let worker = std::thread::spawn(move || runner.run());
+    let (mut tx, _) = seg.ring(0);
+    let (_, mut rx) = seg.ring(1);
+    let mut s = OwnedSlot::assigned(&seg, 1).unwrap();
+    s.set_header(&seg, &SlotHeader { len: 1_000_000, ..SlotHeader::zeroed() });
+    tx.try_push(s.into_descriptor()).unwrap();
+    tx.publish();
+    let d = loop {
+        if let Some(d) = rx.try_pop().unwrap() {
+            break d;
+        }
+        rx.wait(|| false, Some(Duration::from_millis(100)));
+    };
+    let slot = OwnedSlot::from_descriptor(&seg, d).unwrap();
+    let h = slot.header(&seg);
+    assert_eq!(h.status, STATUS_FAILED);
+    assert!(slot.error_text(&seg, h.error_len).contains("exceeds capacity"));
+    seg.control().set_state(STATE_SHUTDOWN);
+    seg.ring_header(0).nudge_consumer();
+    assert_eq!(worker.join().unwrap(), RunEnd::Shutdown);
+}
