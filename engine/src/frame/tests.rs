@@ -80,6 +80,5 @@ fn frame_length_headers_and_replacement() {
     .unwrap();
     assert_eq!(f.len(), 24);
     assert_eq!(&f.bytes()[12..16], &[1, 0, 0, 0]);
-    let _ = f; // the frame borrows the two slots until here
     assert_eq!((slot.index(), spare.index()), (0, 1), "the stage's spare is now the old slot");
 }
