@@ -39,6 +39,16 @@ fn submit(seg: &Segment, tx: &mut crate::ring::Producer, slot: u32, data: &[u8])
     tx.try_push(s.into_descriptor()).unwrap();
 }
 
+/// The next descriptor, waiting for it as the parent would.
+fn pop(rx: &mut crate::ring::Consumer) -> u64 {
+    loop {
+        if let Some(d) = rx.try_pop().unwrap() {
+            return d;
+        }
+        rx.wait(|| false, Some(Duration::from_millis(100)));
+    }
+}
+
 #[test]
 fn runner_processes_skips_fails_and_survives_panics() {
     let seg = segment();
@@ -51,15 +61,7 @@ fn runner_processes_skips_fails_and_survives_panics() {
     submit(&seg, &mut tx, 3, b"Pxy");
     submit(&seg, &mut tx, 4, b"Sxy");
     tx.publish();
-    let mut out = Vec::new();
-    while out.len() < 4 {
-        match rx.try_pop().unwrap() {
-            Some(d) => out.push(OwnedSlot::from_descriptor(&seg, d).unwrap()),
-            None => {
-                rx.wait(|| false, Some(Duration::from_millis(100)));
-            }
-        }
-    }
+    let out: Vec<_> = (0..4).map(|_| OwnedSlot::from_descriptor(&seg, pop(&mut rx)).unwrap()).collect();
     let by_ticket = |t: u32| out.iter().find(|s| s.header(&seg).ticket == t).unwrap();
     let ok = by_ticket(1);
     assert_eq!(&ok.payload(&seg)[..3], b"ABC");
@@ -103,13 +105,7 @@ fn runner_fails_an_item_whose_length_is_corrupt() {
     s.set_header(&seg, &SlotHeader { len: 1_000_000, ..SlotHeader::zeroed() });
     tx.try_push(s.into_descriptor()).unwrap();
     tx.publish();
-    let d = loop {
-        if let Some(d) = rx.try_pop().unwrap() {
-            break d;
-        }
-        rx.wait(|| false, Some(Duration::from_millis(100)));
-    };
-    let slot = OwnedSlot::from_descriptor(&seg, d).unwrap();
+    let slot = OwnedSlot::from_descriptor(&seg, pop(&mut rx)).unwrap();
     let h = slot.header(&seg);
     assert_eq!(h.status, STATUS_FAILED);
     assert!(slot.error_text(&seg, h.error_len).contains("exceeds capacity"));
