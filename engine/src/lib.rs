@@ -15,6 +15,7 @@ pub mod memory;
 mod pipeline;
 pub mod ring;
 mod stage;
+pub mod stream;
 mod sync;
 pub mod wait;
 mod worker;
