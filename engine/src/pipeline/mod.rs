@@ -438,12 +438,7 @@ impl Pipeline {
                 }
                 let mut book = self.shared.book.lock();
                 self.shared.check_open(&book)?;
-                while let Some(r) = book.free_tickets.len().checked_sub(1).and_then(|_| book.reserve()) {
-                    reserved.push(r);
-                    if reserved.len() == 256 {
-                        break;
-                    }
-                }
+                reserved.extend(std::iter::from_fn(|| book.reserve()).take(256));
             }
             let mut ready = Vec::with_capacity(reserved.len());
             let mut error = None;
