@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod frame;
+mod heap;
 pub mod memory;
 mod pipeline;
 pub mod ring;

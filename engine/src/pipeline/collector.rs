@@ -33,7 +33,6 @@ impl Collector {
 /// Drains what is in the output ring now; returns how many items it resolved.
 /// A corrupt descriptor or header breaks the pipeline (typed failure, no panic).
 pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
-    let has_callbacks = shared.stages.iter().any(|s| s.on_complete.is_some());
     let mut total = 0;
     let Collector { ring: output, batch } = collector;
     loop {
@@ -61,18 +60,14 @@ pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
             return total;
         }
         total += batch.len();
-        if let Err(f) = resolve(shared, batch, has_callbacks) {
+        if let Err(f) = resolve(shared, batch) {
             shared.fail(f);
             return total;
         }
     }
 }
 
-fn resolve(
-    shared: &Shared,
-    batch: &mut Vec<(OwnedSlot, SlotHeader)>,
-    has_callbacks: bool,
-) -> Result<(), EngineFailure> {
+fn resolve(shared: &Shared, batch: &mut Vec<(OwnedSlot, SlotHeader)>) -> Result<(), EngineFailure> {
     let capacity = shared.seg.layout().slot_capacity();
     let tickets = shared.tickets;
     for (slot, h) in batch.iter() {
@@ -84,7 +79,7 @@ fn resolve(
                 h.ticket
             )));
         }
-        if has_callbacks {
+        if shared.has_callbacks {
             run_callbacks(shared, slot, h);
         }
     }

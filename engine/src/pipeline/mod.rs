@@ -177,6 +177,7 @@ impl Builder {
         let (_, output) = seg.ring(n);
         let shared = Arc::new(Shared {
             seg: seg.clone(),
+            has_callbacks: infos.iter().any(|s| s.on_complete.is_some()),
             stages: infos,
             tickets: self.max_in_flight,
             book: Mutex::new(book),

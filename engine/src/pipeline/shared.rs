@@ -87,6 +87,8 @@ pub(crate) struct StageInfo {
 pub(crate) struct Shared {
     pub seg: Arc<Segment>,
     pub stages: Vec<StageInfo>,
+    /// Some stage has an `on_complete` callback (fixed at build).
+    pub has_callbacks: bool,
     /// Number of tickets (`max_in_flight`); fixed at build.
     pub tickets: usize,
     pub book: Mutex<Book>,

@@ -17,6 +17,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::heap::HeapBox;
 use crate::sync::{AtomicU64, CachePadded, Ordering};
 use crate::wait::{WaitWord, Wake};
 
@@ -248,52 +249,30 @@ impl Consumer {
 }
 
 /// A ring on the heap, for tests, loom and Miri, and for in-process use.
-///
-/// It owns its allocations through raw pointers (not `Box`es) because the ends keep
-/// pointers into them while the owner moves into an `Arc`: moving a `Box` would
-/// assert unique access and invalidate those pointers (Miri's Stacked Borrows).
 pub struct HeapRing {
-    header: NonNull<RingHeader>,
-    slots: NonNull<[AtomicU64]>,
+    header: HeapBox<RingHeader>,
+    slots: HeapBox<[AtomicU64]>,
 }
 
 impl HeapRing {
     /// A ring of `capacity` slots (rounded up to a power of two, at least 1).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1).next_power_of_two();
-        let slots: Box<[AtomicU64]> = (0..capacity).map(|_| AtomicU64::new(0)).collect();
         Self {
-            header: NonNull::from(Box::leak(Box::<RingHeader>::default())),
-            slots: NonNull::from(Box::leak(slots)),
+            header: HeapBox::new(Box::default()),
+            slots: HeapBox::new((0..capacity).map(|_| AtomicU64::new(0)).collect()),
         }
     }
 
     /// Splits the ring into its two ends.
     pub fn split(self) -> (Producer, Consumer) {
-        let capacity = self.slots.len() as u64;
-        let header = self.header;
-        let slots = self.slots.cast::<AtomicU64>();
-        // SAFETY: the allocations are freed only when the last end drops the Arc that
-        // owns `self`; capacity is a power of two; the ring is fresh and split once.
+        let capacity = self.slots.ptr().len() as u64;
+        let (header, slots) = (self.header.ptr(), self.slots.ptr().cast::<AtomicU64>());
+        // SAFETY: the allocations live until the last end drops the Arc owning `self`;
+        // capacity is a power of two; the ring is fresh and split once.
         unsafe { from_raw(header, slots, capacity, Arc::new(self)) }
     }
 }
-
-impl Drop for HeapRing {
-    fn drop(&mut self) {
-        // SAFETY: both pointers came from `Box::leak` in `new` and are freed once, here;
-        // the ends that used them are gone (they held the Arc that owned us).
-        unsafe {
-            drop(Box::from_raw(self.header.as_ptr()));
-            drop(Box::from_raw(self.slots.as_ptr()));
-        }
-    }
-}
-
-// SAFETY: HeapRing owns only atomics; it can be sent and shared across threads.
-unsafe impl Sync for HeapRing {}
-// SAFETY: as above; no thread-bound state.
-unsafe impl Send for HeapRing {}
 
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::heap::HeapBox;
 use crate::sync::{AtomicU32, AtomicU64, CachePadded, Ordering};
 use crate::wait::{WaitWord, Wake};
 
@@ -497,50 +498,29 @@ impl io::BufRead for StreamReader {
 }
 
 /// A byte ring on the heap: for tests, loom, Miri, and thread-to-thread streams.
-///
-/// Owns its allocations through raw pointers, for the reason given on
-/// [`HeapRing`](crate::ring::HeapRing).
 pub struct HeapStream {
-    header: NonNull<StreamHeader>,
-    data: NonNull<[u8]>,
+    header: HeapBox<StreamHeader>,
+    data: HeapBox<[u8]>,
 }
 
 impl HeapStream {
     /// A stream ring of `capacity` bytes (at least 1).
     pub fn new(capacity: usize) -> Self {
-        let data = vec![0u8; capacity.max(1)].into_boxed_slice();
         Self {
-            header: NonNull::from(Box::leak(Box::<StreamHeader>::default())),
-            data: NonNull::from(Box::leak(data)),
+            header: HeapBox::new(Box::default()),
+            data: HeapBox::new(vec![0u8; capacity.max(1)].into_boxed_slice()),
         }
     }
 
     /// Splits the ring into its writer and reader.
     pub fn split(self) -> (StreamWriter, StreamReader) {
-        let capacity = self.data.len() as u64;
-        let (header, data) = (self.header, self.data.cast::<u8>());
+        let capacity = self.data.ptr().len() as u64;
+        let (header, data) = (self.header.ptr(), self.data.ptr().cast::<u8>());
         // SAFETY: the allocations live until the last end drops the Arc owning `self`;
         // capacity > 0; fresh header; split once.
         unsafe { from_raw(header, data, capacity, Arc::new(self)) }
     }
 }
-
-impl Drop for HeapStream {
-    fn drop(&mut self) {
-        // SAFETY: both pointers came from `Box::leak` in `new` and are freed once, here,
-        // after both ends (which held the owning Arc) are gone.
-        unsafe {
-            drop(Box::from_raw(self.header.as_ptr()));
-            drop(Box::from_raw(self.data.as_ptr()));
-        }
-    }
-}
-
-// SAFETY: the header is atomics; the bytes are only accessed under the position
-// protocol by the two ends; no thread-bound state.
-unsafe impl Send for HeapStream {}
-// SAFETY: as above.
-unsafe impl Sync for HeapStream {}
 
 #[cfg(test)]
 mod tests;

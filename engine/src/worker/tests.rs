@@ -39,6 +39,19 @@ fn submit(seg: &Segment, tx: &mut crate::ring::Producer, slot: u32, data: &[u8])
     tx.try_push(s.into_descriptor()).unwrap();
 }
 
+/// Runs stage 0 (`picky`) on its own thread, as a thread stage would.
+fn start(seg: &Arc<Segment>) -> std::thread::JoinHandle<RunEnd> {
+    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
+    std::thread::spawn(move || runner.run())
+}
+
+/// Asks for shutdown as the parent would, and returns how the loop ended.
+fn stop(seg: &Segment, worker: std::thread::JoinHandle<RunEnd>) -> RunEnd {
+    seg.control().set_state(STATE_SHUTDOWN);
+    seg.ring_header(0).nudge_consumer();
+    worker.join().unwrap()
+}
+
 /// The next descriptor, waiting for it as the parent would.
 fn pop(rx: &mut crate::ring::Consumer) -> u64 {
     loop {
@@ -52,8 +65,7 @@ fn pop(rx: &mut crate::ring::Consumer) -> u64 {
 #[test]
 fn runner_processes_skips_fails_and_survives_panics() {
     let seg = segment();
-    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
-    let worker = std::thread::spawn(move || runner.run());
+    let worker = start(&seg);
     let (mut tx, _) = seg.ring(0);
     let (_, mut rx) = seg.ring(1);
     submit(&seg, &mut tx, 1, b"abc");
@@ -77,16 +89,13 @@ fn runner_processes_skips_fails_and_survives_panics() {
     assert!(!crate::frame::has_run(&skipped, 0));
     assert_eq!(&by_ticket(4).payload(&seg)[..3], b"Sxy");
 
-    seg.control().set_state(STATE_SHUTDOWN);
-    seg.ring_header(0).nudge_consumer();
-    assert_eq!(worker.join().unwrap(), RunEnd::Shutdown);
+    assert_eq!(stop(&seg, worker), RunEnd::Shutdown);
 }
 
 #[test]
 fn runner_stops_on_a_forged_descriptor() {
     let seg = segment();
-    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
-    let worker = std::thread::spawn(move || runner.run());
+    let worker = start(&seg);
     let (mut tx, _) = seg.ring(0);
     tx.try_push(1_000).unwrap();
     tx.publish();
@@ -97,8 +106,7 @@ fn runner_stops_on_a_forged_descriptor() {
 #[test]
 fn runner_fails_an_item_whose_length_is_corrupt() {
     let seg = segment();
-    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
-    let worker = std::thread::spawn(move || runner.run());
+    let worker = start(&seg);
     let (mut tx, _) = seg.ring(0);
     let (_, mut rx) = seg.ring(1);
     let mut s = OwnedSlot::assigned(&seg, 1).unwrap();
@@ -109,7 +117,5 @@ fn runner_fails_an_item_whose_length_is_corrupt() {
     let h = slot.header(&seg);
     assert_eq!(h.status, STATUS_FAILED);
     assert!(slot.error_text(&seg, h.error_len).contains("exceeds capacity"));
-    seg.control().set_state(STATE_SHUTDOWN);
-    seg.ring_header(0).nudge_consumer();
-    assert_eq!(worker.join().unwrap(), RunEnd::Shutdown);
+    assert_eq!(stop(&seg, worker), RunEnd::Shutdown);
 }
