@@ -375,6 +375,11 @@ fn map_reports_saturation_instead_of_hanging() {
     assert_eq!(held.len(), 2);
     assert_eq!(saw, Some(WaitError::Saturated));
     drop(held);
+    // Saturation ends the iteration: `collect()` holding every result terminates.
+    let all: Vec<_> = p.map((0..5u8).map(|i| [i])).collect();
+    assert_eq!(all.len(), 3);
+    assert!(matches!(all[2], Err(WaitError::Saturated)));
+    drop(all);
     graceful(p);
 }
 

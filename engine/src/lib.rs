@@ -13,6 +13,7 @@
 mod frame;
 mod heap;
 pub mod memory;
+mod pair;
 mod pipeline;
 pub mod ring;
 mod stage;
@@ -25,9 +26,13 @@ pub use frame::{Frame, FrameError};
 pub use pipeline::{
     BuildError, Builder, Completions, EngineFailure, Map, NewFrame, OnComplete, Output, Pipeline,
     ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, SubmitError, Ticket, TrySubmitError,
-    WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DROP_DRAIN_TIMEOUT,
+    WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY,
+    DROP_DRAIN_TIMEOUT,
 };
-pub use stage::{find_stage, stage_fn, BoxError, FnStage, MakeStage, Stage, StageFactory, STAGES};
+pub use stage::{
+    consumer_fn, find_stage, producer_fn, stage_fn, BoxError, ConsumerFn, FnStage, KeepConsumer, MakeStage,
+    ProducerFn, Stage, StageFactory, STAGES,
+};
 pub use sync::CachePadded;
 pub use worker::{worker_hook, TEST_ENTRY, WORKER_ENV};
 

@@ -6,6 +6,7 @@
 //! ...      StageRecord × stages  (Pod)
 //! ...      blob               (stage names and parameters, bytes)
 //! ...      ring × rings       (RingHeader + capacity × u64), 128-aligned
+//! ...      streams            (per producer/consumer pair: PairHeader + ring bytes), 128-aligned
 //! ...      slot × slots       (SlotHeader + error text + payload), 128-aligned
 //! ```
 //!
@@ -14,12 +15,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::pair::PairHeader;
 use crate::ring::RingHeader;
 
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits).
 pub const MAX_STAGES: usize = 256;
 /// Most frame slots in one segment.
@@ -28,6 +30,15 @@ pub const MAX_SLOTS: usize = 1 << 20;
 pub const MAX_FRAME_CAPACITY: usize = 1 << 30;
 /// Bytes of error text a stage failure can record on its item.
 pub const ERROR_CAPACITY: usize = 448;
+/// Largest byte ring of one producer/consumer pair: 1 GiB.
+pub const MAX_STREAM_CAPACITY: usize = 1 << 30;
+
+/// [`StageRecord::role`] of a plain stage.
+pub const ROLE_PLAIN: u32 = 0;
+/// [`StageRecord::role`] of the producer half of a pair (its stream fields are set).
+pub const ROLE_PRODUCER: u32 = 1;
+/// [`StageRecord::role`] of the consumer half of a pair (it uses the previous stage's stream).
+pub const ROLE_CONSUMER: u32 = 2;
 
 const ALIGN: u64 = 128;
 const CONTROL_OFFSET: u64 = 128;
@@ -67,6 +78,10 @@ pub struct SegmentHeader {
     pub rings_offset: u64,
     /// Bytes from one ring to the next.
     pub ring_stride: u64,
+    /// Offset of the streams region.
+    pub streams_offset: u64,
+    /// Bytes of the streams region.
+    pub streams_size: u64,
     /// Offset of slot 0.
     pub slots_offset: u64,
     /// Bytes from one slot to the next.
@@ -91,6 +106,14 @@ pub struct StageRecord {
     pub output_ring: u32,
     /// The slot the stage owns as its spare for frame replacement.
     pub spare_slot: u32,
+    /// `ROLE_PLAIN`, `ROLE_PRODUCER` or `ROLE_CONSUMER`.
+    pub role: u32,
+    /// Producer only: offset of the pair's region within the streams region.
+    pub stream_offset: u64,
+    /// Producer only: bytes of the pair's ring, in `1..=MAX_STREAM_CAPACITY`.
+    pub stream_capacity: u64,
+    /// Producer only: the slot holding the producer half's copy of the item.
+    pub partner_slot: u32,
     /// Reserved, zero.
     pub reserved: u32,
 }
@@ -193,7 +216,24 @@ impl Layout {
         slot_capacity: usize,
         blob_size: usize,
     ) -> Result<Self, LayoutError> {
+        Self::with_streams(stage_count, slot_count, slot_capacity, blob_size, 0)
+    }
+
+    /// Like [`compute`](Self::compute), with a streams region of `streams_size` bytes for
+    /// the byte rings of producer/consumer pairs (see [`pair_size`](Self::pair_size)).
+    pub fn with_streams(
+        stage_count: usize,
+        slot_count: usize,
+        slot_capacity: usize,
+        blob_size: usize,
+        streams_size: u64,
+    ) -> Result<Self, LayoutError> {
         check("stage count", stage_count as u64, 1, MAX_STAGES as u64)?;
+        let max_streams = (MAX_STAGES as u64 / 2) * Self::pair_size(MAX_STREAM_CAPACITY as u64);
+        check("streams size", streams_size, 0, max_streams)?;
+        if streams_size % ALIGN != 0 {
+            return Err(LayoutError::Inconsistent("streams_size (not 128-aligned)"));
+        }
         check("slot count", slot_count as u64, 1, MAX_SLOTS as u64)?;
         check("frame capacity", slot_capacity as u64, 0, MAX_FRAME_CAPACITY as u64)?;
         check("stage names and parameters size", blob_size as u64, 0, MAX_BLOB)?;
@@ -213,10 +253,11 @@ impl Layout {
             .and_then(|b| b.checked_add(std::mem::size_of::<RingHeader>() as u64))
             .and_then(align_up)
             .ok_or(LayoutError::TooLarge)?;
-        let slots_offset = ring_stride
+        let streams_offset = ring_stride
             .checked_mul(ring_count)
             .and_then(|b| b.checked_add(rings_offset))
             .ok_or(LayoutError::TooLarge)?;
+        let slots_offset = streams_offset.checked_add(streams_size).ok_or(LayoutError::TooLarge)?;
         let slot_stride = (std::mem::size_of::<SlotHeader>() as u64 + ERROR_CAPACITY as u64)
             .checked_add(slot_capacity as u64)
             .and_then(align_up)
@@ -243,6 +284,8 @@ impl Layout {
                 blob_offset,
                 rings_offset,
                 ring_stride,
+                streams_offset,
+                streams_size,
                 slots_offset,
                 slot_stride,
             },
@@ -258,19 +301,21 @@ impl Layout {
         if found.version != VERSION {
             return Err(LayoutError::VersionMismatch { expected: VERSION, found: found.version });
         }
-        let layout = Self::compute(
+        let layout = Self::with_streams(
             found.stage_count as usize,
             found.slot_count as usize,
             found.slot_capacity as usize,
             usize::try_from(found.blob_size).map_err(|_| LayoutError::TooLarge)?,
+            found.streams_size,
         )?;
         let h = &layout.header;
-        let fields: [(&'static str, u64, u64); 8] = [
+        let fields: [(&'static str, u64, u64); 9] = [
             ("header_size", h.header_size.into(), found.header_size.into()),
             ("segment_size", h.segment_size, found.segment_size),
             ("ring_count", h.ring_count.into(), found.ring_count.into()),
             ("ring_capacity", h.ring_capacity.into(), found.ring_capacity.into()),
             ("rings_offset", h.rings_offset, found.rings_offset),
+            ("streams_offset", h.streams_offset, found.streams_offset),
             ("slots_offset", h.slots_offset, found.slots_offset),
             ("slot_stride", h.slot_stride, found.slot_stride),
             ("ring_stride", h.ring_stride, found.ring_stride),
@@ -320,6 +365,19 @@ impl Layout {
     /// Bytes of the blob.
     pub fn blob_size(&self) -> usize {
         self.header.blob_size as usize
+    }
+    /// Bytes of the streams region.
+    pub fn streams_size(&self) -> u64 {
+        self.header.streams_size
+    }
+    /// Bytes one pair's region takes for a ring of `capacity` bytes: its control block
+    /// and ring, rounded up to a cache line so the next pair starts aligned.
+    pub const fn pair_size(capacity: u64) -> u64 {
+        let raw = std::mem::size_of::<PairHeader>() as u64 + capacity;
+        (raw + ALIGN - 1) & !(ALIGN - 1)
+    }
+    pub(crate) fn streams_offset(&self) -> usize {
+        self.header.streams_offset as usize
     }
     pub(crate) fn control_offset(&self) -> usize {
         CONTROL_OFFSET as usize

@@ -26,7 +26,10 @@ use std::ptr::NonNull;
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
-use super::layout::{Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord};
+use super::layout::{
+    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, MAX_STREAM_CAPACITY, ROLE_CONSUMER,
+    ROLE_PLAIN, ROLE_PRODUCER,
+};
 use crate::sync::{AtomicU32, Ordering};
 
 /// The pipeline runs.
@@ -304,7 +307,63 @@ impl Segment {
         if r.spare_slot as usize >= self.layout.slot_count() {
             return Err(LayoutError::Inconsistent("stage spare slot"));
         }
+        match r.role {
+            ROLE_PLAIN => {}
+            ROLE_PRODUCER => {
+                let region = Layout::pair_size(r.stream_capacity);
+                if i + 1 >= self.layout.stage_count()
+                    || r.stream_capacity == 0
+                    || r.stream_capacity > MAX_STREAM_CAPACITY as u64
+                    || r.stream_offset % 128 != 0
+                    || r.stream_offset.checked_add(region).is_none_or(|end| end > self.layout.streams_size())
+                {
+                    return Err(LayoutError::Inconsistent("stage stream range"));
+                }
+                if r.partner_slot as usize >= self.layout.slot_count() || r.partner_slot == r.spare_slot {
+                    return Err(LayoutError::Inconsistent("stage partner slot"));
+                }
+            }
+            ROLE_CONSUMER if i > 0 => {}
+            _ => return Err(LayoutError::Inconsistent("stage role")),
+        }
         Ok(r)
+    }
+
+    /// Checks every stage record, and that the pairs' stream regions follow one another
+    /// without overlapping (a worker runs this once, before it serves).
+    pub fn check_stages(&self) -> Result<(), LayoutError> {
+        let mut end = 0;
+        for i in 0..self.layout.stage_count() {
+            let r = self.stage(i)?;
+            if r.role == ROLE_PRODUCER {
+                if r.stream_offset < end {
+                    return Err(LayoutError::Inconsistent("stage stream ranges overlap"));
+                }
+                end = r.stream_offset + Layout::pair_size(r.stream_capacity);
+            }
+            if r.role == ROLE_CONSUMER && self.stage(i - 1)?.role != ROLE_PRODUCER {
+                return Err(LayoutError::Inconsistent("consumer stage without a producer before it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pair whose producer half is described by `producer` (a record [`stage`]
+    /// returned, so its stream range is inside the streams region).
+    ///
+    /// [`stage`]: Self::stage
+    pub(crate) fn pair(self: &std::sync::Arc<Self>, producer: &StageRecord) -> crate::pair::PairRef {
+        assert_eq!(producer.role, ROLE_PRODUCER);
+        let at = self.layout.streams_offset() + producer.stream_offset as usize;
+        let data_at = at + std::mem::size_of::<crate::pair::PairHeader>();
+        assert!(data_at as u64 + producer.stream_capacity <= self.layout.size() as u64);
+        // SAFETY: `stage` checked the region (control block and ring bytes) lies inside
+        // the streams region, 128-aligned (rule 1); it holds only atomics and ring bytes
+        // whose use follows the pair protocol; the segment (owner) outlives the PairRef;
+        // one producer and one consumer stage use it (builder roles).
+        unsafe {
+            crate::pair::PairRef::new(self.ptr(at), self.ptr(data_at), producer.stream_capacity, self.clone())
+        }
     }
 
     /// Copies `len` blob bytes at `offset` (a range a validated [`StageRecord`] gave).

@@ -117,7 +117,8 @@ pub enum WaitError {
     /// The result was already taken through this handle.
     AlreadyTaken,
     /// Every frame is held by results still alive, so nothing more can be submitted:
-    /// drop results before asking for more (returned by [`Map`](crate::Map)).
+    /// drop results before asking for more (returned by [`Map`](crate::Map), as its
+    /// last item: the rest of the inputs is not submitted).
     Saturated,
 }
 
@@ -198,12 +199,22 @@ pub enum BuildError {
     Spawn(std::io::Error),
     /// `build()` was called inside a worker process (its hook did not run first).
     InsideWorker,
+    /// A stage declared `pipe_with_next` cannot be paired with the stage after it.
+    BadPair {
+        /// Index of the producer stage.
+        stage: usize,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoStages => write!(f, "a pipeline needs at least one stage"),
+            Self::BadPair { stage, reason } => {
+                write!(f, "stage {stage} cannot stream to the next stage: {reason}")
+            }
             Self::Config(e) => write!(f, "invalid pipeline configuration: {e}"),
             Self::Segment(e) => e.fmt(f),
             Self::UnknownStage { stage, name } => write!(

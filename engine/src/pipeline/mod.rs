@@ -20,13 +20,13 @@ use parking_lot::{Condvar, Mutex};
 
 pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitError, WaitError};
 pub use handles::{NewFrame, Output, Ticket};
-pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec};
+pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY};
 
 use self::shared::{Book, Entry, Shared, StageInfo, State};
 use self::spec::Placement;
 use self::supervisor::Supervisor;
 use crate::frame::OwnedSlot;
-use crate::memory::{Layout, Segment, SlotHeader, StageRecord, STATE_SHUTDOWN};
+use crate::memory::{Layout, Segment, SlotHeader, StageRecord, ROLE_CONSUMER, ROLE_PRODUCER, STATE_SHUTDOWN};
 use crate::stage::{find_stage, Stage};
 use crate::worker::runner::{RunEnd, StageRunner};
 use crate::worker::spawn::{self, Handshake, WorkerProcess};
@@ -103,11 +103,14 @@ impl Builder {
             return Err(BuildError::NoStages);
         }
         let n = self.stages.len();
-        if self.max_in_flight == 0 || self.max_in_flight > crate::memory::MAX_SLOTS - n {
+        let pairs = check_pairs(&self.stages)?;
+        // Slots: a spare per stage, a partner per pair, then one per item in flight.
+        let reserved = n + pairs.len();
+        if self.max_in_flight == 0 || self.max_in_flight > crate::memory::MAX_SLOTS.saturating_sub(reserved) {
             return Err(BuildError::Config(crate::memory::LayoutError::OutOfRange {
                 what: "max_in_flight",
                 value: self.max_in_flight as u64,
-                max: (crate::memory::MAX_SLOTS - n.min(crate::memory::MAX_SLOTS)) as u64,
+                max: crate::memory::MAX_SLOTS.saturating_sub(reserved) as u64,
             }));
         }
         // Resolve stage code before starting anything.
@@ -115,6 +118,8 @@ impl Builder {
         let mut infos = Vec::with_capacity(n);
         let mut blob = Vec::new();
         let mut records = Vec::with_capacity(n);
+        let mut streams_size = 0u64;
+        let mut last_producer = None;
         for (i, spec) in self.stages.into_iter().enumerate() {
             let registered = || {
                 find_stage(&spec.name)
@@ -141,7 +146,7 @@ impl Builder {
             blob.extend_from_slice(spec.name.as_bytes());
             let params_offset = blob.len() as u64;
             blob.extend_from_slice(&spec.params);
-            records.push(StageRecord {
+            let mut record = StageRecord {
                 name_offset,
                 params_offset,
                 name_len: u32::try_from(spec.name.len()).map_err(|_| too_long("stage name length"))?,
@@ -150,22 +155,41 @@ impl Builder {
                 input_ring: i as u32,
                 output_ring: i as u32 + 1,
                 spare_slot: i as u32,
-                reserved: 0,
-            });
+                ..bytemuck::Zeroable::zeroed()
+            };
+            if let Some(capacity) = spec.stream {
+                record.role = ROLE_PRODUCER;
+                record.stream_offset = streams_size;
+                record.stream_capacity = capacity as u64;
+                let pair = pairs.iter().position(|&p| p == i).expect("check_pairs lists every producer");
+                record.partner_slot = (n + pair) as u32;
+                streams_size += Layout::pair_size(capacity as u64);
+                last_producer = Some(i);
+            } else if last_producer.is_some_and(|p| p + 1 == i) {
+                record.role = ROLE_CONSUMER;
+            }
+            records.push(record);
             local.push(instance);
             infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete });
         }
-        let layout = Layout::compute(n, self.max_in_flight + n, self.frame_capacity, blob.len())
-            .map_err(BuildError::Config)?;
+        let layout = Layout::with_streams(
+            n,
+            self.max_in_flight + reserved,
+            self.frame_capacity,
+            blob.len(),
+            streams_size,
+        )
+        .map_err(BuildError::Config)?;
         let seg = Arc::new(Segment::create(layout).map_err(BuildError::Segment)?);
         seg.write_blob(&blob);
-        for (i, r) in records.into_iter().enumerate() {
-            seg.write_stage(i, r);
+        for (i, r) in records.iter().enumerate() {
+            seg.write_stage(i, *r);
         }
+        let records_written = records;
 
         let slot = |i: usize| OwnedSlot::assigned(&seg, i as u32).expect("within the layout");
         let book = Book {
-            free_slots: (n..n + self.max_in_flight).rev().map(slot).collect(),
+            free_slots: (reserved..reserved + self.max_in_flight).rev().map(slot).collect(),
             free_tickets: (0..self.max_in_flight as u32).rev().collect(),
             entries: (0..self.max_in_flight).map(|_| Entry { generation: 0, state: State::Free }).collect(),
             finished: VecDeque::new(),
@@ -176,6 +200,7 @@ impl Builder {
         let (input, _) = seg.ring(0);
         let (_, output) = seg.ring(n);
         let shared = Arc::new(Shared {
+            pairs: pairs.iter().map(|&p| seg.pair(&records_written[p])).collect(),
             seg: seg.clone(),
             has_callbacks: infos.iter().any(|s| s.on_complete.is_some()),
             stages: infos,
@@ -574,6 +599,26 @@ impl Pipeline {
     }
 }
 
+/// Checks the `pipe_with_next` declarations; returns the producer stages' indices.
+fn check_pairs(stages: &[StageSpec]) -> Result<Vec<usize>, BuildError> {
+    let mut producers = Vec::new();
+    for (i, spec) in stages.iter().enumerate() {
+        let Some(capacity) = spec.stream else { continue };
+        let bad = |reason| Err(BuildError::BadPair { stage: i, reason });
+        if i + 1 == stages.len() {
+            return bad("it is the last stage");
+        }
+        if producers.last() == Some(&(i.wrapping_sub(1))) {
+            return bad("it already consumes the previous stage's stream (pairs cannot chain)");
+        }
+        if capacity == 0 || capacity > crate::memory::MAX_STREAM_CAPACITY {
+            return bad("its stream capacity must be between 1 byte and 1 GiB");
+        }
+        producers.push(i);
+    }
+    Ok(producers)
+}
+
 fn fill(seg: &Segment, slot: &mut OwnedSlot, ticket: u32, generation: u32, data: &[u8]) {
     slot.payload_mut(seg)[..data.len()].copy_from_slice(data);
     let header = SlotHeader { len: data.len() as u32, ticket, generation, ..bytemuck::Zeroable::zeroed() };
@@ -720,6 +765,9 @@ where
             {
                 let book = self.pipeline.shared.book.lock();
                 if book.free_tickets.is_empty() && book.in_flight == 0 {
+                    // Terminal: waiting would deadlock, and yielding it again forever
+                    // would make `collect()` grow without end.
+                    self.exhausted = true;
                     return Some(Err(WaitError::Saturated));
                 }
             }

@@ -17,6 +17,7 @@ use super::error::{EngineFailure, SubmitError};
 use super::spec::OnComplete;
 use crate::frame::OwnedSlot;
 use crate::memory::{Segment, SlotHeader, STATE_BROKEN, STATE_RUNNING};
+use crate::pair::PairRef;
 use crate::ring::Producer;
 use crate::worker::runner::PARK_TIMEOUT;
 
@@ -86,6 +87,8 @@ pub(crate) struct StageInfo {
 
 pub(crate) struct Shared {
     pub seg: Arc<Segment>,
+    /// Every producer/consumer pair, to abort their streams when the pipeline breaks.
+    pub pairs: Vec<PairRef>,
     pub stages: Vec<StageInfo>,
     /// Some stage has an `on_complete` callback (fixed at build).
     pub has_callbacks: bool,
@@ -169,6 +172,9 @@ impl Shared {
         }
         book.in_flight = 0;
         self.seg.control().set_state(STATE_BROKEN);
+        for pair in &self.pairs {
+            pair.header().abort(); // no half may wait on a stream the other left
+        }
         self.nudge_all();
         self.done.notify_all();
     }

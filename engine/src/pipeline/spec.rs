@@ -35,11 +35,17 @@ pub struct StageSpec {
     pub(crate) params: Vec<u8>,
     pub(crate) placement: Placement,
     pub(crate) on_complete: Option<OnComplete>,
+    /// Ring bytes of the stream to the next stage, if this is a producer half.
+    pub(crate) stream: Option<usize>,
 }
+
+/// Bytes of a pair's byte ring unless [`StageSpec::stream_capacity`] says otherwise:
+/// 1 MiB, large enough that 64 KiB writes rarely wait, small enough to stay in cache.
+pub const DEFAULT_STREAM_CAPACITY: usize = 1 << 20;
 
 impl StageSpec {
     fn new(name: &str, placement: Placement) -> Self {
-        Self { name: name.to_owned(), params: Vec::new(), placement, on_complete: None }
+        Self { name: name.to_owned(), params: Vec::new(), placement, on_complete: None, stream: None }
     }
 
     /// The stage registered as `name`, in its own worker process.
@@ -69,6 +75,45 @@ impl StageSpec {
     pub fn on_complete(mut self, f: impl Fn(&StageEvent<'_>) + Send + Sync + 'static) -> Self {
         self.on_complete = Some(Arc::new(f));
         self
+    }
+
+    /// Makes this stage the producer half of a pair with the next stage (the seed's
+    /// `is_pipe_with_next_stage`): for each item both run at the same time, this one
+    /// in [`Stage::produce`](crate::Stage::produce) writing a byte stream, the next
+    /// in [`Stage::consume`](crate::Stage::consume) reading it, through a byte ring in
+    /// the shared segment ([`DEFAULT_STREAM_CAPACITY`] bytes unless
+    /// [`stream_capacity`](Self::stream_capacity) says otherwise). Either may be a
+    /// process or a thread stage.
+    ///
+    /// This stage's determiner decides for the pair; the consumer's is not asked. The
+    /// item completes when both halves are done, with the consumer's frame (into which
+    /// [`Stage::merge_producer`](crate::Stage::merge_producer) brings the producer's
+    /// results).
+    ///
+    /// ```
+    /// use ringpipe_engine::StageSpec;
+    /// let stages = [
+    ///     StageSpec::process("read-file").pipe_with_next().stream_capacity(256 << 10),
+    ///     StageSpec::thread("compress"),
+    /// ];
+    /// assert!(stages[0].is_producer());
+    /// ```
+    pub fn pipe_with_next(mut self) -> Self {
+        self.stream.get_or_insert(DEFAULT_STREAM_CAPACITY);
+        self
+    }
+
+    /// Bytes of the byte ring to the next stage (1 to 1 GiB); implies
+    /// [`pipe_with_next`](Self::pipe_with_next). Streams of any length pass through
+    /// any ring size; a larger ring lets the halves run apart for longer.
+    pub fn stream_capacity(mut self, bytes: usize) -> Self {
+        self.stream = Some(bytes);
+        self
+    }
+
+    /// True if this stage streams to the next one.
+    pub fn is_producer(&self) -> bool {
+        self.stream.is_some()
     }
 
     /// True if the stage runs in a worker process.

@@ -64,6 +64,16 @@ impl StreamHeader {
         self.set(CLOSED);
     }
 
+    /// Makes the stream fresh (empty, open) for its next use. Only while neither end
+    /// exists: the pair protocol calls it between items.
+    pub(crate) fn reset(&self) {
+        // Relaxed: no end exists; whoever makes the next ends learns of the reset
+        // through a Release/Acquire hand-off of its own (the pair state, a ring push).
+        self.head.store(0, Ordering::Relaxed);
+        self.tail.store(0, Ordering::Relaxed);
+        self.flags.store(0, Ordering::Relaxed);
+    }
+
     fn set(&self, bit: u32) {
         // Release pairs with the Acquire loads of flags in both ends: the final tail
         // (for FINISHED) is visible to whoever sees the bit.
@@ -74,6 +84,11 @@ impl StreamHeader {
 
     fn flags(&self) -> u32 {
         self.flags.load(Ordering::Acquire)
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn flags_for_test(&self) -> u32 {
+        self.flags()
     }
 }
 
@@ -166,12 +181,43 @@ pub unsafe fn from_raw(
     capacity: u64,
     owner: Arc<dyn Send + Sync>,
 ) -> (StreamWriter, StreamReader) {
+    // SAFETY: the caller's contract covers both ends.
+    unsafe {
+        (
+            writer_from_raw(header, data, capacity, owner.clone()),
+            reader_from_raw(header, data, capacity, owner),
+        )
+    }
+}
+
+/// Makes only the writing end of a byte ring (the other end lives in another process).
+///
+/// # Safety
+/// As for [`from_raw`], for this writer and the one reader made elsewhere.
+pub(crate) unsafe fn writer_from_raw(
+    header: NonNull<StreamHeader>,
+    data: NonNull<u8>,
+    capacity: u64,
+    owner: Arc<dyn Send + Sync>,
+) -> StreamWriter {
     debug_assert!(capacity > 0);
     let ring = StreamRef { header, data, capacity, _owner: owner };
-    (
-        StreamWriter { ring: ring.clone(), tail: 0, cached_head: 0, done: false, timeout: None },
-        StreamReader { ring, head: 0, cached_tail: 0, closed: false, timeout: None },
-    )
+    StreamWriter { ring, tail: 0, cached_head: 0, done: false, timeout: None }
+}
+
+/// Makes only the reading end of a byte ring.
+///
+/// # Safety
+/// As for [`from_raw`], for this reader and the one writer made elsewhere.
+pub(crate) unsafe fn reader_from_raw(
+    header: NonNull<StreamHeader>,
+    data: NonNull<u8>,
+    capacity: u64,
+    owner: Arc<dyn Send + Sync>,
+) -> StreamReader {
+    debug_assert!(capacity > 0);
+    let ring = StreamRef { header, data, capacity, _owner: owner };
+    StreamReader { ring, head: 0, cached_tail: 0, closed: false, timeout: None }
 }
 
 /// Waits on `word` until `ready()` or the deadline; `Err(TimedOut)` after it.

@@ -72,6 +72,9 @@ fn run(spec: &str) -> Result<RunEnd, ()> {
         Ok(seg) => Arc::new(seg),
         Err(e) => return refuse(e.to_string()),
     };
+    if let Err(e) = seg.check_stages() {
+        return refuse(e.to_string());
+    }
     let record = match seg.stage(index) {
         Ok(r) => r,
         Err(e) => return refuse(e.to_string()),

@@ -5,9 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{mark_ran, Frame, OwnedSlot, STATUS_FAILED};
-use crate::memory::{LayoutError, Segment, STATE_BROKEN, STATE_RUNNING};
+use crate::memory::{
+    LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
+};
+use crate::pair::{
+    PairRef, OUTCOME_FAILED, OUTCOME_FAILED_AFTER_CLOSE, OUTCOME_OK, PAIRED, PRODUCED, STARTED,
+};
 use crate::ring::{Consumer, Producer, PushError};
-use crate::stage::Stage;
+use crate::stage::{BoxError, Stage};
 
 /// Publish at least this often while draining a burst, so downstream starts early.
 const PUBLISH_EVERY: u32 = 16;
@@ -32,17 +37,60 @@ pub(crate) struct StageRunner {
     input: Consumer,
     output: Producer,
     spare: OwnedSlot,
+    role: Role,
+}
+
+/// What a stage is in a producer/consumer pair.
+enum Role {
+    Plain,
+    /// Streams to the next stage, working on its own copy of each item (`partner`).
+    Producer {
+        pair: PairRef,
+        partner: OwnedSlot,
+    },
+    /// Reads the previous stage's stream; `producer_slots` are the only slots the
+    /// producer's frame can be in (its partner and its spare, which `replace` swaps).
+    Consumer {
+        pair: PairRef,
+        producer_slots: [u32; 2],
+    },
+}
+
+/// How one item went through this stage.
+enum Handled {
+    /// Push it on.
+    Done(OwnedSlot),
+    /// Producer: push it on tagged as paired, then stream it.
+    Paired(OwnedSlot),
 }
 
 impl StageRunner {
-    /// Takes stage `index`'s ring ends and spare slot.
+    /// Takes stage `index`'s ring ends, spare slot and, in a pair, its half of the pair.
     pub(crate) fn new(seg: Arc<Segment>, index: usize, stage: Box<dyn Stage>) -> Result<Self, LayoutError> {
         let record = seg.stage(index)?;
         let (_, input) = seg.ring(record.input_ring as usize);
         let (output, _) = seg.ring(record.output_ring as usize);
         let spare = OwnedSlot::assigned(&seg, record.spare_slot)
             .ok_or(LayoutError::Inconsistent("stage spare slot"))?;
-        Ok(Self { seg, index, stage, input, output, spare })
+        let role = match record.role {
+            ROLE_PRODUCER => Role::Producer {
+                pair: seg.pair(&record),
+                partner: OwnedSlot::assigned(&seg, record.partner_slot)
+                    .ok_or(LayoutError::Inconsistent("stage partner slot"))?,
+            },
+            ROLE_CONSUMER => {
+                let producer = seg.stage(index - 1)?;
+                if producer.role != ROLE_PRODUCER {
+                    return Err(LayoutError::Inconsistent("consumer stage without a producer before it"));
+                }
+                Role::Consumer {
+                    pair: seg.pair(&producer),
+                    producer_slots: [producer.partner_slot, producer.spare_slot],
+                }
+            }
+            _ => Role::Plain,
+        };
+        Ok(Self { seg, index, stage, input, output, spare, role })
     }
 
     /// Serves items until shutdown or breakage.
@@ -55,19 +103,46 @@ impl StageRunner {
                     Ok(None) => break,
                     Err(e) => return self.corrupt(e.to_string()),
                 };
-                let slot = match OwnedSlot::from_descriptor(&self.seg, desc) {
+                let paired = desc & PAIRED != 0;
+                if paired && !matches!(self.role, Role::Consumer { .. }) {
+                    return self
+                        .corrupt(format!("paired descriptor {desc:#x} reached a stage not in a pair"));
+                }
+                let slot = match OwnedSlot::from_descriptor(&self.seg, desc & !PAIRED) {
                     Ok(slot) => slot,
                     Err(bad) => return self.corrupt(format!("ring descriptor {} names no slot", bad.0)),
                 };
-                let slot = self.handle(slot);
-                match self.output.try_push(slot.into_descriptor()) {
+                let handled = match &self.role {
+                    Role::Plain => Handled::Done(self.handle(slot)),
+                    Role::Producer { .. } => match self.begin_pair(slot) {
+                        Ok(h) => h,
+                        Err(end) => return end,
+                    },
+                    Role::Consumer { .. } if paired => match self.consume(slot) {
+                        Ok(slot) => Handled::Done(slot),
+                        Err(end) => return end,
+                    },
+                    // Failed earlier, or the producer's determiner declined it: both
+                    // halves skip it.
+                    Role::Consumer { .. } => Handled::Done(slot),
+                };
+                let (slot, tag) = match handled {
+                    Handled::Done(slot) => (slot, 0),
+                    Handled::Paired(slot) => (slot, PAIRED),
+                };
+                match self.output.try_push(slot.into_descriptor() | tag) {
                     Ok(()) => {}
                     // Rings hold every slot, so full means someone forged descriptors.
                     Err(PushError::Full(_)) => return self.corrupt("output ring overfull".into()),
                     Err(PushError::Corrupt(e)) => return self.corrupt(e.to_string()),
                 }
                 unpublished += 1;
-                if unpublished == PUBLISH_EVERY {
+                if tag == PAIRED {
+                    // The consumer must start now: it runs alongside `produce`.
+                    self.output.publish();
+                    unpublished = 0;
+                    self.produce();
+                } else if unpublished == PUBLISH_EVERY {
                     self.output.publish();
                     unpublished = 0;
                 }
@@ -97,58 +172,216 @@ impl StageRunner {
         RunEnd::Corrupt(why)
     }
 
+    fn broken(seg: &Segment) -> bool {
+        seg.control().state() == STATE_BROKEN
+    }
+
+    /// The item's header if it should be worked on; `None` if it passes on untouched
+    /// (an earlier stage failed it, or it was failed here for a bad length).
+    fn admit(&self, slot: &mut OwnedSlot) -> Option<SlotHeader> {
+        let mut header = slot.header(&self.seg);
+        if header.status == STATUS_FAILED {
+            return None; // an earlier stage failed it: pass it on untouched
+        }
+        let capacity = self.seg.layout().slot_capacity();
+        if header.len as usize > capacity {
+            let msg = format!("corrupt frame: length {} exceeds capacity {capacity}", header.len);
+            self.fail(slot, &mut header, self.index, &msg);
+            return None;
+        }
+        Some(header)
+    }
+
     /// Runs the determiner and the stage on one item; returns the slot that now
     /// holds it (another one if the stage replaced the frame).
     fn handle(&mut self, mut slot: OwnedSlot) -> OwnedSlot {
+        let Some(mut header) = self.admit(&mut slot) else { return slot };
         let seg = &*self.seg;
-        let mut header = slot.header(seg);
-        if header.status == STATUS_FAILED {
-            return slot; // an earlier stage failed it: pass it on untouched
-        }
-        let capacity = seg.layout().slot_capacity();
-        let len = header.len as usize;
-        if len > capacity {
-            let msg = format!("corrupt frame: length {len} exceeds capacity {capacity}");
-            self.fail(&mut slot, &mut header, &msg);
-            return slot;
-        }
         let stage = &mut self.stage;
-        let mut frame = Frame::new(seg, &mut slot, &mut self.spare, len);
+        let mut frame = Frame::new(seg, &mut slot, &mut self.spare, header.len as usize);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if !stage.wants(&mut frame) {
                 return Ok(false);
             }
             stage.process(&mut frame).map(|()| true)
         }));
-        let new_len = frame.len();
+        header.len = frame.len() as u32;
         match outcome {
             Ok(Ok(ran)) => {
                 if ran {
                     mark_ran(&mut header, self.index);
                 }
-                header.len = new_len as u32;
                 slot.set_header(seg, &header);
             }
             Ok(Err(e)) => {
                 mark_ran(&mut header, self.index);
-                header.len = new_len as u32;
-                self.fail(&mut slot, &mut header, &e.to_string());
+                self.fail(&mut slot, &mut header, self.index, &e.to_string());
             }
             Err(panic) => {
                 mark_ran(&mut header, self.index);
-                header.len = new_len as u32;
                 let msg = format!("stage panicked: {}", panic_message(&*panic));
-                self.fail(&mut slot, &mut header, &msg);
+                self.fail(&mut slot, &mut header, self.index, &msg);
             }
         }
         slot
     }
 
-    fn fail(&self, slot: &mut OwnedSlot, header: &mut crate::memory::SlotHeader, msg: &str) {
-        header.status = STATUS_FAILED;
-        header.failed_stage = self.index as u32;
-        header.error_len = slot.set_error_text(&self.seg, msg);
-        slot.set_header(&self.seg, header);
+    /// Producer: decides whether the pair takes the item and, if so, copies it into
+    /// the partner slot and starts the stream.
+    fn begin_pair(&mut self, mut slot: OwnedSlot) -> Result<Handled, RunEnd> {
+        let Some(mut header) = self.admit(&mut slot) else { return Ok(Handled::Done(slot)) };
+        let Role::Producer { pair, partner } = &mut self.role else { unreachable!("producer role") };
+        // The consumer may still read our previous frame (in `partner` or `spare`,
+        // which the determiner below may overwrite): wait until it let go.
+        let seg = &*self.seg;
+        if !pair.header().wait_idle(|| Self::broken(seg)) {
+            return Err(RunEnd::Broken);
+        }
+        let stage = &mut self.stage;
+        let mut frame = Frame::new(seg, &mut slot, &mut self.spare, header.len as usize);
+        let wanted = catch_unwind(AssertUnwindSafe(|| stage.wants(&mut frame)));
+        header.len = frame.len() as u32;
+        match wanted {
+            Ok(true) => {}
+            Ok(false) => {
+                slot.set_header(seg, &header);
+                return Ok(Handled::Done(slot));
+            }
+            Err(panic) => {
+                mark_ran(&mut header, self.index);
+                let msg = format!("stage panicked: {}", panic_message(&*panic));
+                record_failure(seg, &mut slot, &mut header, self.index, &msg);
+                return Ok(Handled::Done(slot));
+            }
+        }
+        slot.set_header(seg, &header);
+        let len = header.len as usize;
+        partner.payload_mut(seg)[..len].copy_from_slice(&slot.payload(seg)[..len]);
+        partner.set_header(seg, &header);
+        if !pair.header().start(|| Self::broken(seg)) {
+            return Err(RunEnd::Broken);
+        }
+        Ok(Handled::Paired(slot))
+    }
+
+    /// Producer, after the item went to the consumer: runs `produce` on the partner
+    /// frame, ends the stream, and hands the frame and the outcome to the consumer.
+    fn produce(&mut self) {
+        let Role::Producer { pair, partner } = &mut self.role else { unreachable!("producer role") };
+        let seg = &*self.seg;
+        let mut writer = pair.writer();
+        let mut header = partner.header(seg);
+        let stage = &mut self.stage;
+        let mut frame = Frame::new(seg, partner, &mut self.spare, header.len as usize);
+        let outcome = catch_unwind(AssertUnwindSafe(|| stage.produce(&mut frame, &mut writer)));
+        header.len = frame.len() as u32;
+        mark_ran(&mut header, self.index);
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => Some(format!("stage panicked: {}", panic_message(&*panic))),
+        };
+        let result = match error {
+            None => {
+                let _ = writer.finish(); // Err only if `produce` finished (or failed) it itself
+                OUTCOME_OK
+            }
+            Some(msg) => {
+                // Looked at before our failure is published: a reader closed now closed
+                // for its own reasons.
+                let closed_first = writer.is_closed();
+                writer.fail();
+                record_failure(seg, partner, &mut header, self.index, &msg);
+                if closed_first {
+                    OUTCOME_FAILED_AFTER_CLOSE
+                } else {
+                    OUTCOME_FAILED
+                }
+            }
+        };
+        partner.set_header(seg, &header);
+        drop(writer);
+        pair.header().produced(partner.index(), result);
+    }
+
+    /// Consumer: runs `consume` on the item alongside the producer, waits for the
+    /// producer, then merges its results or records which half failed.
+    fn consume(&mut self, mut slot: OwnedSlot) -> Result<OwnedSlot, RunEnd> {
+        let Role::Consumer { pair, producer_slots } = &self.role else { unreachable!("consumer role") };
+        let (pair, producer_slots) = (pair.clone(), *producer_slots);
+        let state = pair.header().state();
+        if state != STARTED && state != PRODUCED {
+            return Err(self.corrupt(format!("paired item arrived with the pair in state {state}")));
+        }
+        let seg = self.seg.clone();
+        let mut header = slot.header(&seg);
+        let capacity = seg.layout().slot_capacity();
+        let mut reader = pair.reader();
+        let consumed: Result<(), String> = if header.len as usize > capacity {
+            Err(format!("corrupt frame: length {} exceeds capacity {capacity}", header.len))
+        } else {
+            let stage = &mut self.stage;
+            let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
+            let outcome = catch_unwind(AssertUnwindSafe(|| stage.consume(&mut frame, &mut reader)));
+            header.len = frame.len() as u32;
+            flatten(outcome)
+        };
+        drop(reader); // closes the stream: a producer still writing gets an error now
+        let Some((producer_slot, outcome)) = pair.header().wait_produced(|| Self::broken(&seg)) else {
+            return Err(RunEnd::Broken);
+        };
+        if !producer_slots.contains(&producer_slot) || producer_slot == slot.index() {
+            return Err(self.corrupt(format!("pair names slot {producer_slot} as the producer's frame")));
+        }
+        let theirs = OwnedSlot::assigned(&seg, producer_slot).expect("checked against the producer's record");
+        let their_header = theirs.header(&seg);
+        if their_header.len as usize > capacity {
+            return Err(self.corrupt(format!("producer frame length {} exceeds capacity", their_header.len)));
+        }
+        for (mine, its) in header.ran.iter_mut().zip(their_header.ran) {
+            *mine |= its;
+        }
+        mark_ran(&mut header, self.index);
+        let producer_failed = their_header.status == STATUS_FAILED;
+        let failure = match consumed {
+            Err(msg) if !producer_failed || outcome == OUTCOME_FAILED_AFTER_CLOSE => Some((self.index, msg)),
+            _ if producer_failed => Some((self.index - 1, theirs.error_text(&seg, their_header.error_len))),
+            _ => {
+                let stage = &mut self.stage;
+                let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
+                let producer = &theirs.payload(&seg)[..their_header.len as usize];
+                let outcome = catch_unwind(AssertUnwindSafe(|| stage.merge_producer(&mut frame, producer)));
+                header.len = frame.len() as u32;
+                flatten(outcome).err().map(|msg| (self.index, msg))
+            }
+        };
+        match failure {
+            Some((stage, msg)) => self.fail(&mut slot, &mut header, stage, &msg),
+            None => slot.set_header(&seg, &header),
+        }
+        pair.header().release();
+        Ok(slot)
+    }
+
+    fn fail(&self, slot: &mut OwnedSlot, header: &mut SlotHeader, stage: usize, msg: &str) {
+        record_failure(&self.seg, slot, header, stage, msg);
+    }
+}
+
+/// Marks the item failed by `stage` with `msg` and writes its header.
+fn record_failure(seg: &Segment, slot: &mut OwnedSlot, header: &mut SlotHeader, stage: usize, msg: &str) {
+    header.status = STATUS_FAILED;
+    header.failed_stage = stage as u32;
+    header.error_len = slot.set_error_text(seg, msg);
+    slot.set_header(seg, header);
+}
+
+/// A stage call's result, with a panic as an error message.
+fn flatten(outcome: std::thread::Result<Result<(), BoxError>>) -> Result<(), String> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("stage panicked: {}", panic_message(&*panic))),
     }
 }
 

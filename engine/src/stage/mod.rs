@@ -5,7 +5,12 @@
 //! [`StageFactory`] into a link-time table ([`linkme`]) that every process running
 //! the same executable sees, with no start-up code to run.
 
+mod halves;
+
+pub use halves::{consumer_fn, producer_fn, ConsumerFn, KeepConsumer, ProducerFn};
+
 use crate::frame::Frame;
+use crate::stream::{StreamReader, StreamWriter};
 
 /// Any error a stage returns; its `Display` text is recorded on the failed item.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -35,6 +40,41 @@ pub trait Stage: Send {
     /// Does the stage's work on one item. An `Err` (or a panic) fails the item:
     /// later stages do not run it, and the pipeline goes on with other items.
     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError>;
+
+    /// The producer half's work, for a stage declared with
+    /// [`StageSpec::pipe_with_next`](crate::StageSpec::pipe_with_next): runs at the same
+    /// time as the next stage's [`consume`](Self::consume) on the same item, writing
+    /// the bytes it consumes into `stream`.
+    ///
+    /// `frame` is the producer's own copy of the item, as it was when the pair started;
+    /// what the producer writes in it reaches the item through the consumer's
+    /// [`merge_producer`](Self::merge_producer). Returning `Ok` finishes the stream
+    /// (the consumer then sees end-of-file); an `Err`, a panic or the process's death
+    /// fails it (the consumer's next read is an error, never end-of-file).
+    fn produce(&mut self, frame: &mut Frame<'_>, stream: &mut StreamWriter) -> Result<(), BoxError> {
+        let _ = (frame, stream);
+        Err("this stage is the producer half of a pair but does not implement Stage::produce".into())
+    }
+
+    /// The consumer half's work, for the stage after a
+    /// [`pipe_with_next`](crate::StageSpec::pipe_with_next) stage: reads the producer's
+    /// bytes from `stream` while it writes them. `frame` is the item itself (the
+    /// determiner is not asked: the producer's decides for the pair).
+    ///
+    /// Returning before end-of-file closes the stream: the producer's next write
+    /// fails, and the producer's error fails the item.
+    fn consume(&mut self, frame: &mut Frame<'_>, stream: &mut StreamReader) -> Result<(), BoxError> {
+        let _ = (frame, stream);
+        Err("this stage is the consumer half of a pair but does not implement Stage::consume".into())
+    }
+
+    /// Consumer half, once both halves succeeded: brings the producer's results into
+    /// the item. `producer` is the producer's frame as its `produce` left it. The
+    /// default keeps the item as the consumer left it.
+    fn merge_producer(&mut self, frame: &mut Frame<'_>, producer: &[u8]) -> Result<(), BoxError> {
+        let _ = (frame, producer);
+        Ok(())
+    }
 }
 
 impl<S: Stage + ?Sized> Stage for Box<S> {
@@ -43,6 +83,15 @@ impl<S: Stage + ?Sized> Stage for Box<S> {
     }
     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
         (**self).process(frame)
+    }
+    fn produce(&mut self, frame: &mut Frame<'_>, stream: &mut StreamWriter) -> Result<(), BoxError> {
+        (**self).produce(frame, stream)
+    }
+    fn consume(&mut self, frame: &mut Frame<'_>, stream: &mut StreamReader) -> Result<(), BoxError> {
+        (**self).consume(frame, stream)
+    }
+    fn merge_producer(&mut self, frame: &mut Frame<'_>, producer: &[u8]) -> Result<(), BoxError> {
+        (**self).merge_producer(frame, producer)
     }
 }
 
