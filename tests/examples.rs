@@ -67,3 +67,31 @@ fn mixed_prints_what_the_seed_prints() {
         ["Pipeline has 20 stages.", "Work item completed successfully:", "  r_wi.num=20", "  r_wi.pid=<pid>"]
     );
 }
+
+/// The seed's dual-stage example: both items succeed, 10 random bytes each, and what
+/// the consumer received is what the producer sent.
+#[test]
+fn producer_consumer_prints_what_the_seed_prints() {
+    let lines = run("producer_consumer");
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for (i, item) in lines.chunks(4).enumerate() {
+        assert_eq!(item[0], format!("Success for #{i}:"));
+        assert_eq!(item[1], format!("  {i}: num_bytes=10"));
+        let p = item[2].strip_prefix(&format!("  {i}: p_bytes=")).expect("p_bytes line");
+        let c = item[3].strip_prefix(&format!("  {i}: c_bytes=")).expect("c_bytes line");
+        assert_eq!(p, c);
+        assert_eq!(p.split(' ').filter(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok()).count(), 10);
+    }
+    assert_ne!(lines[2][14..], lines[6][14..], "each item gets its own random bytes");
+}
+
+/// Streaming compression: every sample file is streamed whole, compressed, and
+/// verified to decompress to its input; the scratch directory is removed.
+#[test]
+fn stream_compress_round_trips_every_file() {
+    let lines = run("stream_compress");
+    let files: Vec<_> = lines.iter().filter(|l| l.starts_with("sample-")).collect();
+    assert_eq!(files.len(), 4, "{lines:?}");
+    assert!(files.iter().all(|l| l.ends_with("decompresses to the input: yes")), "{lines:?}");
+    assert!(lines.last().unwrap().ends_with("graceful shutdown: true"), "{lines:?}");
+}
