@@ -51,6 +51,56 @@ pub trait Stage: Send {
     /// [`merge_producer`](Self::merge_producer). Returning `Ok` finishes the stream
     /// (the consumer then sees end-of-file); an `Err`, a panic or the process's death
     /// fails it (the consumer's next read is an error, never end-of-file).
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use ringpipe_engine::stream::{StreamReader, StreamWriter};
+    /// use ringpipe_engine::{BoxError, Frame, Pipeline, Stage, StageSpec};
+    ///
+    /// /// Streams the item's text three times.
+    /// struct Repeat;
+    /// impl Stage for Repeat {
+    ///     fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
+    ///         Err("producer half only".into())
+    ///     }
+    ///     fn produce(&mut self, f: &mut Frame<'_>, out: &mut StreamWriter) -> Result<(), BoxError> {
+    ///         for _ in 0..3 {
+    ///             out.write_all(f.bytes())?;
+    ///         }
+    ///         f.bytes_mut()[0] = b'3'; // the producer's own result, merged below
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// /// Replaces the item by what it read, then takes the producer's first byte.
+    /// struct Collect;
+    /// impl Stage for Collect {
+    ///     fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
+    ///         Err("consumer half only".into())
+    ///     }
+    ///     fn consume(&mut self, f: &mut Frame<'_>, input: &mut StreamReader) -> Result<(), BoxError> {
+    ///         let mut all = Vec::new();
+    ///         input.read_to_end(&mut all)?; // EOF only because the producer succeeded
+    ///         f.set_len(all.len())?;
+    ///         f.bytes_mut().copy_from_slice(&all);
+    ///         Ok(())
+    ///     }
+    ///     fn merge_producer(&mut self, f: &mut Frame<'_>, producer: &[u8]) -> Result<(), BoxError> {
+    ///         f.bytes_mut()[0] = producer[0];
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let p = Pipeline::builder()
+    ///     .stage(StageSpec::with_stage("repeat", Repeat).pipe_with_next().stream_capacity(4))
+    ///     .stage(StageSpec::with_stage("collect", Collect))
+    ///     .build()?;
+    /// let out = p.submit(b"ab")?.wait()?;
+    /// assert_eq!(&out[..], b"3babab");
+    /// # drop(out);
+    /// # assert!(p.shutdown().was_graceful());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn produce(&mut self, frame: &mut Frame<'_>, stream: &mut StreamWriter) -> Result<(), BoxError> {
         let _ = (frame, stream);
         Err("this stage is the producer half of a pair but does not implement Stage::produce".into())
