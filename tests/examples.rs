@@ -95,3 +95,13 @@ fn stream_compress_round_trips_every_file() {
     assert!(files.iter().all(|l| l.ends_with("decompresses to the input: yes")), "{lines:?}");
     assert!(lines.last().unwrap().ends_with("graceful shutdown: true"), "{lines:?}");
 }
+
+/// The seed's master-worker pool: every task index comes back exactly once, doubled.
+#[test]
+fn pool_returns_every_task_once() {
+    let lines = run("pool");
+    let done = lines.iter().filter(|l| l.starts_with("task ")).count();
+    assert_eq!(done, 20, "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("every one of the 20 task indices came back exactly once")));
+    assert_eq!(lines.iter().filter(|l| l.ends_with("stopped: exit status: 0")).count(), 4, "{lines:?}");
+}

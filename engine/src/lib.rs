@@ -15,6 +15,7 @@ mod heap;
 pub mod memory;
 mod pair;
 mod pipeline;
+mod pool;
 pub mod ring;
 mod stage;
 pub mod stream;
@@ -29,6 +30,7 @@ pub use pipeline::{
     WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY,
     DROP_DRAIN_TIMEOUT,
 };
+pub use pool::{Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, MAX_WORKERS};
 pub use stage::{
     consumer_fn, find_stage, producer_fn, stage_fn, BoxError, ConsumerFn, FnStage, KeepConsumer, MakeStage,
     ProducerFn, Stage, StageFactory, STAGES,

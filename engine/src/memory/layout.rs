@@ -58,7 +58,7 @@ pub struct SegmentHeader {
     pub segment_size: u64,
     /// Stages, in `1..=MAX_STAGES`.
     pub stage_count: u32,
-    /// Rings: `stage_count + 1`.
+    /// Rings: `stage_count + 1` for a pipeline, `2 × workers` for a pool.
     pub ring_count: u32,
     /// Descriptors per ring, a power of two `>= slot_count`.
     pub ring_capacity: u32,
@@ -114,6 +114,12 @@ pub struct StageRecord {
     pub stream_capacity: u64,
     /// Producer only: the slot holding the producer half's copy of the item.
     pub partner_slot: u32,
+    /// The ring whose wake word the stage notifies when it publishes output: its output
+    /// ring, or a doorbell shared by several rings with one consumer (a pool's parent).
+    pub wake_ring: u32,
+    /// Publish output after at most this many items (0: the default, 16). A pool
+    /// publishes every item, so a dead worker holds at most one unfinished task.
+    pub publish_every: u32,
     /// Reserved, zero.
     pub reserved: u32,
 }
@@ -228,7 +234,21 @@ impl Layout {
         blob_size: usize,
         streams_size: u64,
     ) -> Result<Self, LayoutError> {
+        Self::with_rings(stage_count, stage_count + 1, slot_count, slot_capacity, blob_size, streams_size)
+    }
+
+    /// The general form: `ring_count` rings (at most `2 × MAX_STAGES`) for stages
+    /// wired other than in a line (a pool: an input and an output ring per worker).
+    pub fn with_rings(
+        stage_count: usize,
+        ring_count: usize,
+        slot_count: usize,
+        slot_capacity: usize,
+        blob_size: usize,
+        streams_size: u64,
+    ) -> Result<Self, LayoutError> {
         check("stage count", stage_count as u64, 1, MAX_STAGES as u64)?;
+        check("ring count", ring_count as u64, 2, 2 * MAX_STAGES as u64)?;
         let max_streams = (MAX_STAGES as u64 / 2) * Self::pair_size(MAX_STREAM_CAPACITY as u64);
         check("streams size", streams_size, 0, max_streams)?;
         if streams_size % ALIGN != 0 {
@@ -238,7 +258,7 @@ impl Layout {
         check("frame capacity", slot_capacity as u64, 0, MAX_FRAME_CAPACITY as u64)?;
         check("stage names and parameters size", blob_size as u64, 0, MAX_BLOB)?;
         let ring_capacity = (slot_count as u64).next_power_of_two();
-        let ring_count = stage_count as u64 + 1;
+        let ring_count = ring_count as u64;
         let header_size = std::mem::size_of::<SegmentHeader>() as u64;
         let of = |_| LayoutError::TooLarge;
         let stages_offset = align_up(CONTROL_OFFSET + ALIGN).ok_or(LayoutError::TooLarge)?;
@@ -301,8 +321,9 @@ impl Layout {
         if found.version != VERSION {
             return Err(LayoutError::VersionMismatch { expected: VERSION, found: found.version });
         }
-        let layout = Self::with_streams(
+        let layout = Self::with_rings(
             found.stage_count as usize,
+            found.ring_count as usize,
             found.slot_count as usize,
             found.slot_capacity as usize,
             usize::try_from(found.blob_size).map_err(|_| LayoutError::TooLarge)?,

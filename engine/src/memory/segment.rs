@@ -264,7 +264,8 @@ impl Segment {
         unsafe { self.ptr::<Control>(self.layout.control_offset()).as_ref() }
     }
 
-    /// Writes stage `i`'s record. Parent only, before any worker starts.
+    /// Writes stage `i`'s record. Parent only, before the worker that reads it starts
+    /// (a pool rewrites a dead worker's record before starting its replacement).
     pub fn write_stage(&self, i: usize, record: StageRecord) {
         assert!(i < self.layout.stage_count());
         // SAFETY: in bounds by the assert and the layout; no worker exists yet (rule 3).
@@ -301,6 +302,7 @@ impl Segment {
         if r.input_ring as usize >= self.layout.ring_count()
             || r.output_ring as usize >= self.layout.ring_count()
             || r.input_ring == r.output_ring
+            || r.wake_ring as usize >= self.layout.ring_count()
         {
             return Err(LayoutError::Inconsistent("stage rings"));
         }

@@ -29,6 +29,7 @@ mod unit {
             StageRecord {
                 input_ring: 0,
                 output_ring: 1,
+                wake_ring: 1,
                 spare_slot: 0,
                 role: ROLE_PRODUCER,
                 stream_capacity: RING,
@@ -141,7 +142,7 @@ mod unit {
         let seg = Arc::new(Segment::on_heap(Layout::compute(1, 2, 8, 0).unwrap()));
         seg.write_stage(
             0,
-            StageRecord { input_ring: 0, output_ring: 1, spare_slot: 0, ..Default::default() },
+            StageRecord { input_ring: 0, output_ring: 1, wake_ring: 1, spare_slot: 0, ..Default::default() },
         );
         let (mut tx, _) = seg.ring(0);
         tx.try_push(1 | PAIRED).unwrap();

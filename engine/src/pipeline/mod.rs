@@ -154,6 +154,7 @@ impl Builder {
                     .map_err(|_| too_long("stage parameters length"))?,
                 input_ring: i as u32,
                 output_ring: i as u32 + 1,
+                wake_ring: i as u32 + 1,
                 spare_slot: i as u32,
                 ..bytemuck::Zeroable::zeroed()
             };

@@ -39,6 +39,12 @@ impl RingHeader {
     pub fn nudge_consumer(&self) {
         self.readable.notify();
     }
+
+    /// Parks on this ring's wake word until `ready()`; for a consumer of several rings
+    /// whose producers were pointed here with [`Producer::with_doorbell`].
+    pub(crate) fn wait_doorbell(&self, ready: impl FnMut() -> bool, timeout: std::time::Duration) -> Wake {
+        self.readable.wait(ready, Some(timeout))
+    }
 }
 
 /// A position read from shared memory broke the ring's invariant: the peer is buggy,
@@ -76,6 +82,8 @@ pub enum PushError {
 #[derive(Clone)]
 struct RingRef {
     header: NonNull<RingHeader>,
+    /// Whose wake word `publish` and `nudge` notify: this ring's, or a doorbell's.
+    wake: NonNull<RingHeader>,
     slots: NonNull<AtomicU64>,
     mask: u64,
     _owner: Arc<dyn Send + Sync>,
@@ -101,6 +109,11 @@ impl RingRef {
     fn capacity(&self) -> u64 {
         self.mask + 1
     }
+
+    fn wake(&self) -> &RingHeader {
+        // SAFETY: `header` itself, or a doorbell `with_doorbell` promised lives as long.
+        unsafe { self.wake.as_ref() }
+    }
 }
 
 /// Makes the two ends of a ring whose memory lives elsewhere.
@@ -120,7 +133,7 @@ pub unsafe fn from_raw(
     owner: Arc<dyn Send + Sync>,
 ) -> (Producer, Consumer) {
     debug_assert!(capacity.is_power_of_two());
-    let ring = RingRef { header, slots, mask: capacity - 1, _owner: owner };
+    let ring = RingRef { header, wake: header, slots, mask: capacity - 1, _owner: owner };
     let h = ring.header();
     // Relaxed: the caller's contract says nobody else uses the ring while we make its ends.
     let head = h.head.load(Ordering::Relaxed);
@@ -176,7 +189,25 @@ impl Producer {
         let h = self.ring.header();
         // Release pairs with the consumer's Acquire load of tail in `try_pop`.
         h.tail.store(self.tail, Ordering::Release);
-        h.readable.notify();
+        self.ring.wake().readable.notify();
+    }
+
+    /// Makes `publish` and `nudge` wake whoever parks on `doorbell` (another ring's
+    /// header) instead of this ring's consumer: how one consumer waits on many rings.
+    ///
+    /// # Safety
+    /// `doorbell` is valid and lives as long as this ring's memory.
+    pub(crate) unsafe fn with_doorbell(mut self, doorbell: NonNull<RingHeader>) -> Self {
+        self.ring.wake = doorbell;
+        self
+    }
+
+    /// Values published and not yet taken by the consumer.
+    pub(crate) fn queued(&self) -> u64 {
+        // Acquire pairs with the consumer's Release store of head in `try_pop`.
+        let head = self.ring.header().head.load(Ordering::Acquire);
+        let published = self.ring.header().tail.load(Ordering::Relaxed);
+        published.saturating_sub(head).min(self.ring.capacity())
     }
 
     /// Values pushed but not yet published.
@@ -188,7 +219,7 @@ impl Producer {
     /// Wakes a parked consumer so that it re-checks conditions other than the ring
     /// (a shutdown flag stored before this call).
     pub fn nudge(&self) {
-        self.ring.header().readable.notify();
+        self.ring.wake().readable.notify();
     }
 }
 

@@ -2,7 +2,40 @@ use super::*;
 
 #[cfg(not(loom))]
 mod unit {
+    use std::time::Duration;
+
     use super::*;
+
+    /// Two rings pointed at one doorbell: a consumer parked on the doorbell is woken by
+    /// a publish on either ring.
+    #[test]
+    fn doorbell_wakes_a_consumer_of_many_rings() {
+        let bell = HeapRing::new(1);
+        let bell_header = bell.header.ptr();
+        let (a_tx, mut a_rx) = HeapRing::new(4).split();
+        let (b_tx, mut b_rx) = HeapRing::new(4).split();
+        // SAFETY: `bell` outlives both producers (dropped at the end of the test).
+        let (a_tx, mut b_tx) = unsafe { (a_tx.with_doorbell(bell_header), b_tx.with_doorbell(bell_header)) };
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 20 }));
+            b_tx.try_push(2).unwrap();
+            b_tx.publish();
+            a_tx
+        });
+        // SAFETY: as above.
+        let bell_ref = unsafe { bell_header.as_ref() };
+        let woke = bell_ref.wait_doorbell(
+            || matches!(a_rx.has_data(), Ok(true)) || matches!(b_rx.has_data(), Ok(true)),
+            Duration::from_secs(10),
+        );
+        assert_eq!(woke, Wake::Ready);
+        assert_eq!(b_rx.try_pop(), Ok(Some(2)));
+        let mut a_tx = t.join().unwrap();
+        a_tx.try_push(1).unwrap();
+        a_tx.publish();
+        assert_eq!(a_rx.try_pop(), Ok(Some(1)));
+        drop(bell);
+    }
 
     #[test]
     fn fifo_and_wraparound() {

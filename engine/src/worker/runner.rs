@@ -38,6 +38,8 @@ pub(crate) struct StageRunner {
     output: Producer,
     spare: OwnedSlot,
     role: Role,
+    /// Publish output after this many items at most.
+    publish_every: u32,
 }
 
 /// What a stage is in a producer/consumer pair.
@@ -69,7 +71,13 @@ impl StageRunner {
     pub(crate) fn new(seg: Arc<Segment>, index: usize, stage: Box<dyn Stage>) -> Result<Self, LayoutError> {
         let record = seg.stage(index)?;
         let (_, input) = seg.ring(record.input_ring as usize);
-        let (output, _) = seg.ring(record.output_ring as usize);
+        let (mut output, _) = seg.ring(record.output_ring as usize);
+        if record.wake_ring != record.output_ring {
+            let doorbell = seg.ring_parts(record.wake_ring as usize).0;
+            // SAFETY: `stage` checked the index against the layout; the doorbell's header
+            // lives in the same segment as the ring, which `output` keeps alive.
+            output = unsafe { output.with_doorbell(doorbell) };
+        }
         let spare = OwnedSlot::assigned(&seg, record.spare_slot)
             .ok_or(LayoutError::Inconsistent("stage spare slot"))?;
         let role = match record.role {
@@ -90,7 +98,11 @@ impl StageRunner {
             }
             _ => Role::Plain,
         };
-        Ok(Self { seg, index, stage, input, output, spare, role })
+        let publish_every = match record.publish_every {
+            0 => PUBLISH_EVERY,
+            n => n.min(PUBLISH_EVERY),
+        };
+        Ok(Self { seg, index, stage, input, output, spare, role, publish_every })
     }
 
     /// Serves items until shutdown or breakage.
@@ -142,7 +154,7 @@ impl StageRunner {
                     self.output.publish();
                     unpublished = 0;
                     self.produce();
-                } else if unpublished == PUBLISH_EVERY {
+                } else if unpublished >= self.publish_every {
                     self.output.publish();
                     unpublished = 0;
                 }

@@ -14,7 +14,10 @@ use crate::Frame;
 
 fn segment() -> Arc<Segment> {
     let seg = Segment::on_heap(Layout::compute(1, 5, 64, 0).unwrap());
-    seg.write_stage(0, StageRecord { input_ring: 0, output_ring: 1, spare_slot: 0, ..Default::default() });
+    seg.write_stage(
+        0,
+        StageRecord { input_ring: 0, output_ring: 1, wake_ring: 1, spare_slot: 0, ..Default::default() },
+    );
     Arc::new(seg)
 }
 

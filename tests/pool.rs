@@ -1,0 +1,156 @@
+//! The master-worker pool (issue 4, first part): order, dead workers, bad input.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, Pool, PoolError};
+
+ringpipe::worker_test_entry!();
+
+// Task: [index: u64, sleep_us: u64, fail: u64]; result: the index doubled in word 0.
+register_stage!(P_TASK, "p.task", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    let words: &mut [u64] = bytemuck::try_cast_slice_mut(f.bytes_mut()).map_err(|e| format!("{e}"))?;
+    std::thread::sleep(Duration::from_micros(words[1]));
+    if words[2] == 1 {
+        return Err(format!("task {} refused", words[0]).into());
+    }
+    words[0] *= 2;
+    Ok(())
+})));
+
+fn task(i: u64, sleep_us: u64) -> [u64; 3] {
+    [i, sleep_us, 0]
+}
+
+fn jitter(i: u64) -> u64 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 3_000
+}
+
+#[test]
+fn ordered_map_yields_task_order_despite_random_times() {
+    let mut pool = Pool::builder("p.task").workers(3).build().unwrap();
+    let mut next = 0;
+    for r in pool.map((0..300).map(|i| task(i, jitter(i)))) {
+        let r = r.unwrap();
+        assert_eq!(r.index(), next);
+        assert_eq!(r.cast::<u64>().unwrap()[0], 2 * next);
+        next += 1;
+    }
+    assert_eq!(next, 300);
+    let report = pool.shutdown();
+    assert_eq!(report.len(), 3);
+    assert!(report.iter().all(|w| !w.killed && w.status.is_some_and(|s| s.success())), "{report:?}");
+}
+
+#[test]
+fn unordered_map_yields_each_index_once_and_uses_every_worker() {
+    let mut pool = Pool::builder("p.task").workers(3).max_in_flight(3).build().unwrap();
+    let mut seen = HashSet::new();
+    let mut workers = HashSet::new();
+    let mut out_of_order = false;
+    let mut last = None;
+    for r in pool.map_unordered((0..200).map(|i| task(i, jitter(i)))) {
+        let r = r.unwrap();
+        assert!(seen.insert(r.index()), "index {} twice", r.index());
+        workers.insert(r.worker());
+        out_of_order |= last.is_some_and(|l| r.index() < l);
+        last = Some(r.index());
+    }
+    assert_eq!(seen.len(), 200);
+    assert_eq!(workers.len(), 3);
+    assert!(out_of_order, "random task times should reorder completions");
+}
+
+#[test]
+fn more_workers_than_cores_still_work() {
+    let mut pool = Pool::builder("p.task").workers(8).build().unwrap();
+    let n =
+        pool.map((0..400).map(|i| task(i, 0))).filter(|r| r.as_ref().is_ok_and(|o| o.index() < 400)).count();
+    assert_eq!(n, 400);
+    assert_eq!(pool.shutdown().len(), 8);
+}
+
+#[test]
+fn task_errors_and_oversized_tasks_fail_only_themselves() {
+    let mut pool = Pool::builder("p.task").workers(2).frame_capacity(64).build().unwrap();
+    let tasks: Vec<Vec<u64>> =
+        (0..20).map(|i| if i == 7 { vec![0; 20] } else { vec![i, 0, u64::from(i == 3)] }).collect();
+    let mut count = 0;
+    for (i, r) in pool.map(tasks.iter()).enumerate() {
+        count += 1;
+        match (i, &r) {
+            (3, Err(PoolError::TaskFailed { index: 3, message })) => assert!(message.contains("refused")),
+            (7, Err(PoolError::TooLarge { index: 7, requested: 160, capacity: 64 })) => {}
+            (_, Ok(out)) => assert_eq!(out.cast::<u64>().unwrap()[0], 2 * i as u64),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(count, 20);
+}
+
+#[test]
+fn bad_configuration_is_a_typed_error() {
+    assert!(matches!(Pool::builder("p.task").workers(0).build(), Err(BuildError::Config(_))));
+    assert!(matches!(Pool::builder("p.task").workers(100_000).build(), Err(BuildError::Config(_))));
+    assert!(matches!(Pool::builder("p.task").max_in_flight(0).build(), Err(BuildError::Config(_))));
+    assert!(matches!(Pool::builder("no.such.task").workers(1).build(), Err(BuildError::UnknownStage { .. })));
+}
+
+#[test]
+fn holding_every_result_is_reported_not_a_deadlock() {
+    let mut pool = Pool::builder("p.task").workers(1).max_in_flight(2).build().unwrap();
+    let all: Vec<_> = pool.map((0..10).map(|i| task(i, 0))).collect();
+    assert_eq!(all.len(), 3);
+    assert!(matches!(all[2], Err(PoolError::Saturated)));
+    drop(all);
+    // The pool goes on once the results are dropped.
+    assert_eq!(pool.map((0..10).map(|i| task(i, 0))).filter(|r| r.is_ok()).count(), 10);
+}
+
+fn kill(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+}
+
+/// A worker SIGKILLed while holding a task: it is replaced, the task it held fails
+/// naming its index and the signal, every other task completes exactly once.
+#[test]
+fn a_killed_worker_is_replaced_and_only_its_task_fails() {
+    for retry in [false, true] {
+        let mut pool = Pool::builder("p.task").workers(2).max_in_flight(8).retry_once(retry).build().unwrap();
+        let victim = pool.worker_pids()[0];
+        let mut seen = HashSet::new();
+        let mut died = Vec::new();
+        let started = Instant::now();
+        let mut killed = false;
+        for r in pool.map_unordered((0..200).map(|i| task(i, 2_000))) {
+            if !killed && started.elapsed() > Duration::from_millis(50) {
+                kill(victim);
+                killed = true;
+            }
+            match r {
+                Ok(out) => assert!(seen.insert(out.index()), "index {} twice", out.index()),
+                Err(PoolError::WorkerDied { index, worker: 0, pid, status }) => {
+                    assert_eq!(pid, victim);
+                    assert!(status.contains("SIGKILL") || status.contains("signal: 9"), "{status}");
+                    assert!(!seen.contains(&index));
+                    died.push(index);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(killed);
+        if retry {
+            assert!(died.is_empty(), "retried: {died:?}");
+            assert_eq!(seen.len(), 200);
+        } else {
+            // It held one task, or none if it died between two.
+            assert!(died.len() <= 1, "{died:?}");
+            assert_eq!(seen.len() + died.len(), 200);
+        }
+        assert_eq!(pool.restarts(), 1);
+        assert_ne!(pool.worker_pids()[0], victim);
+        let report = pool.shutdown();
+        assert!(report.iter().all(|w| !w.killed), "{report:?}");
+    }
+}
