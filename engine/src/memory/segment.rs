@@ -359,12 +359,16 @@ impl Segment {
         let at = self.layout.streams_offset() + producer.stream_offset as usize;
         let data_at = at + std::mem::size_of::<crate::pair::PairHeader>();
         assert!(data_at as u64 + producer.stream_capacity <= self.layout.size() as u64);
-        // SAFETY: `stage` checked the region (control block and ring bytes) lies inside
-        // the streams region, 128-aligned (rule 1); it holds only atomics and ring bytes
-        // whose use follows the pair protocol; the segment (owner) outlives the PairRef;
-        // one producer and one consumer stage use it (builder roles).
+        let (header, data) = (at, data_at);
+        // SAFETY: `stage` checked the region lies in the streams region, 128-aligned
+        // (rule 1); atomics and ring bytes used by the pair protocol; we own the memory.
         unsafe {
-            crate::pair::PairRef::new(self.ptr(at), self.ptr(data_at), producer.stream_capacity, self.clone())
+            crate::pair::PairRef::new(
+                self.ptr(header),
+                self.ptr(data),
+                producer.stream_capacity,
+                self.clone(),
+            )
         }
     }
 

@@ -208,6 +208,22 @@ pub enum BuildError {
     },
 }
 
+impl BuildError {
+    /// Why worker `stage` (running `name`) failed its start-up handshake.
+    pub(crate) fn from_handshake(e: crate::worker::spawn::Handshake, stage: usize, name: &str) -> Self {
+        use crate::worker::spawn::Handshake;
+        match e {
+            Handshake::Refused(message) => Self::StageInit { stage, name: name.to_owned(), message },
+            Handshake::NoHook(status) => Self::HookMissing {
+                stage,
+                status: status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
+            },
+            Handshake::TimedOut => Self::StartTimeout { stage },
+            Handshake::Io(e) => Self::Spawn(e),
+        }
+    }
+}
+
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

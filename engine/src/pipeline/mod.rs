@@ -29,7 +29,7 @@ use crate::frame::OwnedSlot;
 use crate::memory::{Layout, Segment, SlotHeader, StageRecord, ROLE_CONSUMER, ROLE_PRODUCER, STATE_SHUTDOWN};
 use crate::stage::{find_stage, Stage};
 use crate::worker::runner::{RunEnd, StageRunner};
-use crate::worker::spawn::{self, Handshake, WorkerProcess};
+use crate::worker::spawn::{self, WorkerProcess};
 
 /// Default bound on items in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
@@ -344,16 +344,8 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         for w in workers.iter_mut() {
             let stage = w.stage;
-            let name = || self.shared.stages[stage].name.clone();
-            w.handshake(deadline).map_err(|e| match e {
-                Handshake::Refused(message) => BuildError::StageInit { stage, name: name(), message },
-                Handshake::NoHook(status) => BuildError::HookMissing {
-                    stage,
-                    status: status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
-                },
-                Handshake::TimedOut => BuildError::StartTimeout { stage },
-                Handshake::Io(e) => BuildError::Spawn(e),
-            })?;
+            let name = &self.shared.stages[stage].name;
+            w.handshake(deadline).map_err(|e| BuildError::from_handshake(e, stage, name))?;
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ use crate::memory::{Layout, Segment, SlotHeader, StageRecord};
 use crate::pipeline::BuildError;
 use crate::ring::{Consumer, Producer};
 use crate::stage::find_stage;
-use crate::worker::spawn::{self, Handshake, WorkerProcess};
+use crate::worker::spawn::{self, WorkerProcess};
 
 /// Ring 1 (worker 0's output ring) is the doorbell every worker's publish rings.
 const DOORBELL: usize = 1;
@@ -166,15 +166,7 @@ impl PoolBuilder {
 }
 
 fn handshake(process: &mut WorkerProcess, deadline: Instant, w: usize, task: &str) -> Result<(), BuildError> {
-    process.handshake(deadline).map_err(|e| match e {
-        Handshake::Refused(message) => BuildError::StageInit { stage: w, name: task.to_owned(), message },
-        Handshake::NoHook(status) => BuildError::HookMissing {
-            stage: w,
-            status: status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
-        },
-        Handshake::TimedOut => BuildError::StartTimeout { stage: w },
-        Handshake::Io(e) => BuildError::Spawn(e),
-    })
+    process.handshake(deadline).map_err(|e| BuildError::from_handshake(e, w, task))
 }
 
 /// A task handed to a worker and not yet back.
