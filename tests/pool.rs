@@ -154,3 +154,20 @@ fn a_killed_worker_is_replaced_and_only_its_task_fails() {
         assert!(report.iter().all(|w| !w.killed), "{report:?}");
     }
 }
+
+/// A map dropped with tasks still out takes them back, so the next map starts clean
+/// (no stale task is mistaken for one of its own).
+#[test]
+fn dropping_a_map_midway_leaves_the_pool_ready() {
+    let mut pool = Pool::builder("p.task").workers(2).max_in_flight(8).build().unwrap();
+    let first: Vec<u64> =
+        pool.map((0..100).map(|i| task(i, 500))).take(3).map(|r| r.unwrap().index()).collect();
+    assert_eq!(first, [0, 1, 2]);
+    let mut next = 0;
+    for r in pool.map((0..50).map(|i| task(i, 0))) {
+        let r = r.unwrap();
+        assert_eq!((r.index(), r.cast::<u64>().unwrap()[0]), (next, 2 * next));
+        next += 1;
+    }
+    assert_eq!(next, 50);
+}

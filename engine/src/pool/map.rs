@@ -73,6 +73,104 @@ impl std::fmt::Debug for PoolOutput {
     }
 }
 
+/// A result with the index of its task.
+type Tagged = (u64, Result<PoolOutput, PoolError>);
+
+/// Collection and replacement, shared by [`PoolMap`] and its `Drop`.
+impl Pool {
+    pub(super) fn take_result(&mut self, w: usize, desc: u64) -> Result<Tagged, PoolError> {
+        let pool = self;
+        let seg = &pool.seg;
+        let slot = OwnedSlot::from_descriptor(seg, desc)
+            .map_err(|b| PoolError::Corrupt(format!("worker {w} returned descriptor {}", b.0)))?;
+        let h = slot.header(seg);
+        let index = u64::from(h.ticket) | (u64::from(h.generation) << 32);
+        let worker = &mut pool.workers[w];
+        let pending = match worker.queue.pop_front() {
+            Some(p) if p.index == index && h.len as usize <= seg.layout().slot_capacity() => p,
+            _ => return Err(PoolError::Corrupt(format!("worker {w} returned task {index} out of turn"))),
+        };
+        if pending.slot != slot.index() {
+            worker.spare = pending.slot; // the task function replaced its frame
+        }
+        pool.in_flight -= 1;
+        if h.status == STATUS_FAILED {
+            let message = slot.error_text(seg, h.error_len);
+            pool.free.lock().push(slot);
+            return Ok((index, Err(PoolError::TaskFailed { index, message })));
+        }
+        let out = PoolOutput {
+            seg: seg.clone(),
+            slot: Some(slot),
+            len: h.len as usize,
+            index,
+            worker: w,
+            pid: worker.process.child.id(),
+            free: pool.free.clone(),
+        };
+        Ok((index, Ok(out)))
+    }
+
+    /// Replaces dead worker `w` on the same rings. Returns what it published before
+    /// dying, and the task it held as failed (or re-sends it, once, with retries on).
+    pub(super) fn replace(&mut self, w: usize) -> Result<Vec<Tagged>, PoolError> {
+        let (pid, status) = {
+            let child = &mut self.workers[w].process.child;
+            (child.id(), child.wait().map_or_else(|e| e.to_string(), |s| s.to_string()))
+        };
+        let mut results = Vec::new();
+        // What it published is good; collect it before deciding what it held.
+        while let Ok(Some(desc)) = self.workers[w].output.try_pop() {
+            results.push(self.take_result(w, desc)?);
+        }
+        let seg = self.seg.clone();
+        let worker = &mut self.workers[w];
+        // Tasks still in its input ring were never touched: the replacement serves them.
+        // The one it popped without publishing a result was held when it died.
+        let unread = worker.input.queued() as usize;
+        let held = worker.queue.len().saturating_sub(unread);
+        let held: Vec<Pending> = worker.queue.drain(..held).collect();
+        // The dead worker owned the held tasks' frames and its spare (as a set; a
+        // `replace` swaps within it). The replacement gets the spare; the rest are free.
+        let record = seg.stage(w).map_err(|e| PoolError::Corrupt(e.to_string()))?;
+        seg.write_stage(w, StageRecord { spare_slot: worker.spare, ..record });
+        self.in_flight -= held.len();
+        for p in &held {
+            self.free.lock().push(OwnedSlot::assigned(&seg, p.slot).expect("slot of ours"));
+        }
+        let restart = |message: String| PoolError::Restart { worker: w, message };
+        let mut process = spawn::spawn(&self.fd, w).map_err(|e| restart(e.to_string()))?;
+        handshake(&mut process, Instant::now() + self.startup_timeout, w, &self.task)
+            .map_err(|e| restart(e.to_string()))?;
+        self.watch.replace(w, &process.status).map_err(|e| restart(e.to_string()))?;
+        self.workers[w].process = process;
+        self.restarts += 1;
+        for p in held {
+            match p.retry {
+                Some(bytes) => {
+                    let slot = self.free.lock().pop().expect("its own frame was just freed");
+                    // Sent with no retry left: a second death fails it.
+                    self.send(self.least_loaded(), slot, &bytes, p.index, None)?;
+                }
+                None => {
+                    let e = PoolError::WorkerDied { index: p.index, worker: w, pid, status: status.clone() };
+                    results.push((p.index, Err(e)));
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Parks until a worker publishes or dies (or a short timeout passes).
+    pub(super) fn park(&mut self) {
+        let (workers, watch) = (&mut self.workers, &self.watch);
+        self.seg.ring_header(DOORBELL).wait_doorbell(
+            || watch.any_dead() || workers.iter_mut().any(|w| !matches!(w.output.has_data(), Ok(false))),
+            PARK,
+        );
+    }
+}
+
 /// Results of [`Pool::map`] (in task order) or [`Pool::map_unordered`].
 pub struct PoolMap<'p, I, T> {
     pool: &'p mut Pool,
@@ -174,7 +272,7 @@ where
                         return got;
                     }
                 };
-                match self.take_result(w, desc) {
+                match self.pool.take_result(w, desc) {
                     Ok((index, r)) => self.push_result(index, r),
                     Err(e) => {
                         self.fatal = Some(e);
@@ -187,105 +285,17 @@ where
         got
     }
 
-    fn take_result(
-        &mut self,
-        w: usize,
-        desc: u64,
-    ) -> Result<(u64, Result<PoolOutput, PoolError>), PoolError> {
-        let pool = &mut *self.pool;
-        let seg = &pool.seg;
-        let slot = OwnedSlot::from_descriptor(seg, desc)
-            .map_err(|b| PoolError::Corrupt(format!("worker {w} returned descriptor {}", b.0)))?;
-        let h = slot.header(seg);
-        let index = u64::from(h.ticket) | (u64::from(h.generation) << 32);
-        let worker = &mut pool.workers[w];
-        let pending = match worker.queue.pop_front() {
-            Some(p) if p.index == index && h.len as usize <= seg.layout().slot_capacity() => p,
-            _ => return Err(PoolError::Corrupt(format!("worker {w} returned task {index} out of turn"))),
-        };
-        if pending.slot != slot.index() {
-            worker.spare = pending.slot; // the task function replaced its frame
-        }
-        pool.in_flight -= 1;
-        if h.status == STATUS_FAILED {
-            let message = slot.error_text(seg, h.error_len);
-            pool.free.lock().push(slot);
-            return Ok((index, Err(PoolError::TaskFailed { index, message })));
-        }
-        let out = PoolOutput {
-            seg: seg.clone(),
-            slot: Some(slot),
-            len: h.len as usize,
-            index,
-            worker: w,
-            pid: worker.process.child.id(),
-            free: pool.free.clone(),
-        };
-        Ok((index, Ok(out)))
-    }
-
     /// Replaces dead workers; fails (or re-sends) the task each one held.
     fn bury(&mut self) {
         for w in self.pool.watch.take_dead() {
-            if let Err(e) = self.replace(w) {
-                self.fatal = Some(e);
-                return;
-            }
-        }
-    }
-
-    fn replace(&mut self, w: usize) -> Result<(), PoolError> {
-        let (pid, status) = {
-            let child = &mut self.pool.workers[w].process.child;
-            (child.id(), child.wait().map_or_else(|e| e.to_string(), |s| s.to_string()))
-        };
-        // What it published is good; collect it before deciding what it held.
-        while let Ok(Some(desc)) = self.pool.workers[w].output.try_pop() {
-            let (index, r) = self.take_result(w, desc)?;
-            self.push_result(index, r);
-        }
-        let pool = &mut *self.pool;
-        let seg = pool.seg.clone();
-        let worker = &mut pool.workers[w];
-        // Tasks still in its input ring were never touched: the replacement serves them.
-        // The ones it popped without publishing a result were held when it died.
-        let unread = worker.input.queued() as usize;
-        let held = worker.queue.len().saturating_sub(unread);
-        let held: Vec<Pending> = worker.queue.drain(..held).collect();
-        pool.in_flight -= held.len();
-        // The dead worker owned the held tasks' frames and its spare (as a set; a
-        // `replace` swaps within it). The replacement gets the spare; the rest are free.
-        let record = seg.stage(w).map_err(|e| PoolError::Corrupt(e.to_string()))?;
-        seg.write_stage(w, StageRecord { spare_slot: worker.spare, ..record });
-        for p in &held {
-            pool.free.lock().push(OwnedSlot::assigned(&seg, p.slot).expect("slot of ours"));
-        }
-        let restart = |message: String| PoolError::Restart { worker: w, message };
-        let mut process = spawn::spawn(&pool.fd, w).map_err(|e| restart(e.to_string()))?;
-        handshake(&mut process, Instant::now() + pool.startup_timeout, w, &pool.task)
-            .map_err(|e| restart(e.to_string()))?;
-        pool.watch.replace(w, &process.status).map_err(|e| restart(e.to_string()))?;
-        pool.workers[w].process = process;
-        pool.restarts += 1;
-        let mut died = Vec::new();
-        for p in held {
-            match p.retry {
-                Some(bytes) => {
-                    let slot = pool.free.lock().pop().expect("its own frame was just freed");
-                    let least = (0..pool.workers.len()).min_by_key(|&k| pool.workers[k].queue.len());
-                    // Sent with no retry left: a second death fails it.
-                    pool.send(least.expect("workers"), slot, &bytes, p.index, None)?;
+            match self.pool.replace(w) {
+                Ok(results) => results.into_iter().for_each(|(index, r)| self.push_result(index, r)),
+                Err(e) => {
+                    self.fatal = Some(e);
+                    return;
                 }
-                None => died.push((
-                    p.index,
-                    PoolError::WorkerDied { index: p.index, worker: w, pid, status: status.clone() },
-                )),
             }
         }
-        for (index, e) in died {
-            self.push_result(index, Err(e));
-        }
-        Ok(())
     }
 }
 
@@ -329,40 +339,35 @@ where
                 }
                 continue;
             }
-            let pool = &mut *self.pool;
-            let (workers, watch) = (&mut pool.workers, &pool.watch);
-            pool.seg.ring_header(DOORBELL).wait_doorbell(
-                || watch.any_dead() || workers.iter_mut().any(|w| !matches!(w.output.has_data(), Ok(false))),
-                PARK,
-            );
+            self.pool.park();
         }
     }
 }
 
 impl<I, T> Drop for PoolMap<'_, I, T> {
-    /// Results still out are taken back and dropped, so the pool is ready for the next
-    /// `map`.
+    /// Results still out are taken back and dropped (dead workers replaced as usual),
+    /// so the pool is ready for the next `map`.
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.pool.in_flight > 0 && Instant::now() < deadline {
+        let pool = &mut *self.pool;
+        while pool.in_flight > 0 && Instant::now() < deadline {
             let mut got = 0;
-            for w in 0..self.pool.workers.len() {
-                while let Ok(Some(desc)) = self.pool.workers[w].output.try_pop() {
-                    let pool = &mut *self.pool;
-                    if let Some(p) = pool.workers[w].queue.pop_front() {
-                        if p.slot != desc as u32 {
-                            pool.workers[w].spare = p.slot;
-                        }
+            for w in 0..pool.workers.len() {
+                while let Ok(Some(desc)) = pool.workers[w].output.try_pop() {
+                    if pool.take_result(w, desc).is_err() {
+                        return; // corrupt: nothing more can be trusted
                     }
-                    if let Ok(slot) = OwnedSlot::from_descriptor(&pool.seg, desc) {
-                        pool.free.lock().push(slot);
-                    }
-                    pool.in_flight -= 1;
                     got += 1;
                 }
             }
-            if got == 0 {
-                std::thread::sleep(Duration::from_micros(50));
+            if pool.watch.any_dead() {
+                for w in pool.watch.take_dead() {
+                    if pool.replace(w).is_err() {
+                        return;
+                    }
+                }
+            } else if got == 0 {
+                pool.park();
             }
         }
     }

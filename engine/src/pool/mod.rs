@@ -296,10 +296,12 @@ impl Pool {
     /// Hands a task to the least loaded worker. The caller checked there is a free
     /// frame and room in flight.
     fn dispatch(&mut self, bytes: &[u8], slot: OwnedSlot, index: u64) -> Result<(), PoolError> {
-        let w = (0..self.workers.len())
-            .min_by_key(|&w| self.workers[w].queue.len())
-            .expect("at least one worker");
-        self.send(w, slot, bytes, index, self.retry_once.then(|| bytes.to_vec()))
+        self.send(self.least_loaded(), slot, bytes, index, self.retry_once.then(|| bytes.to_vec()))
+    }
+
+    /// The worker with the fewest tasks queued.
+    fn least_loaded(&self) -> usize {
+        (0..self.workers.len()).min_by_key(|&w| self.workers[w].queue.len()).expect("at least one worker")
     }
 
     fn send(
