@@ -17,6 +17,7 @@ mod pair;
 mod pipeline;
 mod pool;
 pub mod ring;
+mod route;
 mod stage;
 pub mod stream;
 mod sync;

@@ -62,6 +62,13 @@ impl OwnedSlot {
         unsafe { std::ptr::write_volatile(self.parts(seg).header.as_ptr(), *header) }
     }
 
+    /// Stamps the item's submission order (the parent, as it launches the item).
+    pub(crate) fn set_seq(&mut self, seg: &Segment, seq: u64) {
+        let mut header = self.header(seg);
+        header.seq = seq;
+        self.set_header(seg, &header);
+    }
+
     /// The whole payload area (capacity bytes).
     pub(crate) fn payload<'s>(&'s self, seg: &'s Segment) -> &'s [u8] {
         let p = self.parts(seg);

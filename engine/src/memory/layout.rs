@@ -21,9 +21,18 @@ use crate::ring::RingHeader;
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 2;
-/// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits).
+pub const VERSION: u32 = 3;
+/// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits),
+/// and most stage records (one per replica) in one segment.
 pub const MAX_STAGES: usize = 256;
+/// Most rings in one segment (replicated stages next to each other are joined by a
+/// ring per pair of replicas).
+pub const MAX_RINGS: usize = 8192;
+/// Most replicas of one stage.
+pub const MAX_REPLICAS: usize = 64;
+/// [`StageRecord::flags`]: the stage takes its input in submission order (by
+/// [`SlotHeader::seq`]) from its several input rings.
+pub const FLAG_ORDERED_INPUT: u32 = 1;
 /// Most frame slots in one segment.
 pub const MAX_SLOTS: usize = 1 << 20;
 /// Largest payload of one frame: 1 GiB.
@@ -56,9 +65,10 @@ pub struct SegmentHeader {
     pub header_size: u32,
     /// Bytes in the whole segment.
     pub segment_size: u64,
-    /// Stages, in `1..=MAX_STAGES`.
+    /// Stage records (one per replica of each stage), in `1..=MAX_STAGES`.
     pub stage_count: u32,
-    /// Rings: `stage_count + 1` for a pipeline, `2 × workers` for a pool.
+    /// Rings, in `2..=MAX_RINGS`: `stage_count + 1` for a pipeline without replicas,
+    /// `2 × workers` for a pool.
     pub ring_count: u32,
     /// Descriptors per ring, a power of two `>= slot_count`.
     pub ring_capacity: u32,
@@ -88,9 +98,14 @@ pub struct SegmentHeader {
     pub slot_stride: u64,
 }
 
-/// One stage as the segment describes it to workers.
+/// One runner (a stage, or one replica of a replicated stage) as the segment
+/// describes it to workers: its code, its slots, and which rings it reads and writes.
+///
+/// A runner reads `input_count` rings, `input_ring + k × input_stride`, and writes
+/// `output_count` rings, `output_ring + k`; publishing to output `k` rings the wake
+/// word of ring `wake_ring + k` (the ring its reader parks on).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct StageRecord {
     /// Offset of the stage's registered name within the blob.
     pub name_offset: u64,
@@ -100,11 +115,11 @@ pub struct StageRecord {
     pub name_len: u32,
     /// Length of the parameters.
     pub params_len: u32,
-    /// The ring the stage reads (its index).
+    /// The first ring the runner reads.
     pub input_ring: u32,
-    /// The ring the stage writes.
+    /// The first ring the runner writes.
     pub output_ring: u32,
-    /// The slot the stage owns as its spare for frame replacement.
+    /// The slot the runner owns as its spare for frame replacement.
     pub spare_slot: u32,
     /// `ROLE_PLAIN`, `ROLE_PRODUCER` or `ROLE_CONSUMER`.
     pub role: u32,
@@ -114,14 +129,37 @@ pub struct StageRecord {
     pub stream_capacity: u64,
     /// Producer only: the slot holding the producer half's copy of the item.
     pub partner_slot: u32,
-    /// The ring whose wake word the stage notifies when it publishes output: its output
-    /// ring, or a doorbell shared by several rings with one consumer (a pool's parent).
+    /// The first ring whose wake word the runner notifies when it publishes output:
+    /// its output rings' own, or a doorbell several rings share (a pool's parent).
     pub wake_ring: u32,
     /// Publish output after at most this many items (0: the default, 16). A pool
     /// publishes every item, so a dead worker holds at most one unfinished task.
     pub publish_every: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// The stage this runner is a replica of: the bit it sets in
+    /// [`SlotHeader::ran`] and the index a failure names.
+    pub stage: u32,
+    /// Rings the runner reads, in `1..=MAX_REPLICAS`.
+    pub input_count: u32,
+    /// Ring-index step between its input rings.
+    pub input_stride: u32,
+    /// Rings the runner writes, in `1..=MAX_REPLICAS`.
+    pub output_count: u32,
+    /// [`FLAG_ORDERED_INPUT`] or 0.
+    pub flags: u32,
+}
+
+impl Default for StageRecord {
+    /// A plain stage reading and writing one ring each (ring 0 to ring 1, waking ring 1).
+    fn default() -> Self {
+        Self {
+            output_ring: 1,
+            wake_ring: 1,
+            input_count: 1,
+            input_stride: 1,
+            output_count: 1,
+            ..Zeroable::zeroed()
+        }
+    }
 }
 
 /// Metadata at the start of every frame slot. Written only by the slot's current
@@ -143,8 +181,9 @@ pub struct SlotHeader {
     pub generation: u32,
     /// Bit `i` set: stage `i` ran on this item.
     pub ran: [u64; MAX_STAGES / 64],
-    /// Reserved, zero.
-    pub reserved: [u32; 2],
+    /// Submission order, counted by the parent from 0: how a stage that reads several
+    /// replicas' rings puts items back in order.
+    pub seq: u64,
 }
 
 /// Why a layout cannot be built or trusted.
@@ -237,8 +276,9 @@ impl Layout {
         Self::with_rings(stage_count, stage_count + 1, slot_count, slot_capacity, blob_size, streams_size)
     }
 
-    /// The general form: `ring_count` rings (at most `2 × MAX_STAGES`) for stages
-    /// wired other than in a line (a pool: an input and an output ring per worker).
+    /// The general form: `stage_count` stage records and `ring_count` rings (at most
+    /// [`MAX_RINGS`]) for stages wired other than in a line (replicas, or a pool: an
+    /// input and an output ring per worker).
     pub fn with_rings(
         stage_count: usize,
         ring_count: usize,
@@ -248,7 +288,7 @@ impl Layout {
         streams_size: u64,
     ) -> Result<Self, LayoutError> {
         check("stage count", stage_count as u64, 1, MAX_STAGES as u64)?;
-        check("ring count", ring_count as u64, 2, 2 * MAX_STAGES as u64)?;
+        check("ring count", ring_count as u64, 2, MAX_RINGS as u64)?;
         let max_streams = (MAX_STAGES as u64 / 2) * Self::pair_size(MAX_STREAM_CAPACITY as u64);
         check("streams size", streams_size, 0, max_streams)?;
         if streams_size % ALIGN != 0 {

@@ -27,8 +27,8 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
 use super::layout::{
-    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, MAX_STREAM_CAPACITY, ROLE_CONSUMER,
-    ROLE_PLAIN, ROLE_PRODUCER,
+    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, FLAG_ORDERED_INPUT, MAX_REPLICAS,
+    MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER,
 };
 use crate::sync::{AtomicU32, Ordering};
 
@@ -299,12 +299,11 @@ impl Segment {
         if !fits(r.name_offset, r.name_len) || !fits(r.params_offset, r.params_len) {
             return Err(LayoutError::Inconsistent("stage name/params range"));
         }
-        if r.input_ring as usize >= self.layout.ring_count()
-            || r.output_ring as usize >= self.layout.ring_count()
-            || r.input_ring == r.output_ring
-            || r.wake_ring as usize >= self.layout.ring_count()
-        {
+        if !self.rings_fit(&r) {
             return Err(LayoutError::Inconsistent("stage rings"));
+        }
+        if r.stage as usize >= MAX_STAGES || r.flags & !FLAG_ORDERED_INPUT != 0 {
+            return Err(LayoutError::Inconsistent("stage index or flags"));
         }
         if r.spare_slot as usize >= self.layout.slot_count() {
             return Err(LayoutError::Inconsistent("stage spare slot"));
@@ -325,10 +324,26 @@ impl Segment {
                     return Err(LayoutError::Inconsistent("stage partner slot"));
                 }
             }
-            ROLE_CONSUMER if i > 0 => {}
+            ROLE_CONSUMER if i > 0 && r.stage > 0 => {}
             _ => return Err(LayoutError::Inconsistent("stage role")),
         }
         Ok(r)
+    }
+
+    /// True if every ring `r` names is in the layout, its counts are in range, and it
+    /// does not write its own first input.
+    fn rings_fit(&self, r: &StageRecord) -> bool {
+        let rings = self.layout.ring_count() as u64;
+        let counts = |n: u32| (1..=MAX_REPLICAS as u32).contains(&n);
+        let last_input =
+            u64::from(r.input_ring) + u64::from(r.input_count.saturating_sub(1)) * u64::from(r.input_stride);
+        counts(r.input_count)
+            && counts(r.output_count)
+            && (r.input_count == 1 || r.input_stride > 0)
+            && last_input < rings
+            && u64::from(r.output_ring) + u64::from(r.output_count) <= rings
+            && u64::from(r.wake_ring) + u64::from(r.output_count) <= rings
+            && r.input_ring != r.output_ring
     }
 
     /// Checks every stage record, and that the pairs' stream regions follow one another

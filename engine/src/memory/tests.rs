@@ -116,7 +116,23 @@ mod segment {
         seg.write_stage(1, StageRecord { name_len: 4, input_ring: 1, output_ring: 9, ..Default::default() });
         assert!(seg.stage(1).is_err(), "ring out of range");
         seg.write_stage(2, StageRecord { name_len: 4, input_ring: 2, output_ring: 3, ..Default::default() });
+        let good = StageRecord { name_len: 4, input_ring: 2, output_ring: 3, ..Default::default() };
         assert!(seg.stage(2).is_ok());
+        let rings = small().ring_count() as u32;
+        for bad in [
+            StageRecord { input_count: 0, ..good },
+            StageRecord { output_count: 0, ..good },
+            StageRecord { input_count: 2, input_stride: 0, ..good },
+            StageRecord { input_count: 2, input_stride: rings, ..good },
+            StageRecord { output_count: rings, ..good },
+            StageRecord { wake_ring: rings - 1, output_count: 2, ..good },
+            StageRecord { input_count: 65, input_stride: 1, ..good },
+            StageRecord { stage: 256, ..good },
+            StageRecord { flags: 2, ..good },
+        ] {
+            seg.write_stage(2, bad);
+            assert!(seg.stage(2).is_err(), "{bad:?}");
+        }
         assert!(seg.stage(3).is_err());
         let _ = seg.fd().as_fd();
     }

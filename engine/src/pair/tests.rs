@@ -42,7 +42,9 @@ mod unit {
             StageRecord {
                 input_ring: 1,
                 output_ring: 2,
+                wake_ring: 2,
                 spare_slot: 1,
+                stage: 1,
                 role: ROLE_CONSUMER,
                 ..Default::default()
             },
@@ -192,12 +194,22 @@ mod unit {
         seg.write_stage(0, good);
         assert!(seg.stage(0).is_ok());
         // The last stage cannot produce; a consumer needs a producer before it.
-        seg.write_stage(1, StageRecord { input_ring: 1, output_ring: 2, spare_slot: 1, ..good });
+        seg.write_stage(
+            1,
+            StageRecord { input_ring: 1, output_ring: 2, wake_ring: 2, spare_slot: 1, ..good },
+        );
         assert!(seg.stage(1).is_err());
         seg.write_stage(0, StageRecord { role: 0, ..good });
         seg.write_stage(
             1,
-            StageRecord { input_ring: 1, output_ring: 2, spare_slot: 1, role: ROLE_CONSUMER, ..good },
+            StageRecord {
+                input_ring: 1,
+                output_ring: 2,
+                wake_ring: 2,
+                spare_slot: 1,
+                role: ROLE_CONSUMER,
+                ..good
+            },
         );
         assert!(seg.check_stages().is_err());
     }

@@ -13,19 +13,19 @@ use super::shared::{Shared, State};
 use super::spec::{StageEvent, StageOutcome};
 use crate::frame::{has_run, OwnedSlot, STATUS_FAILED};
 use crate::memory::SlotHeader;
-use crate::ring::Consumer;
+use crate::route::Gather;
 
 const BATCH: usize = 256;
 
-/// The consumer end of the last ring, with the buffer it drains into (kept, so that
-/// draining allocates nothing).
+/// The parent's end of the last stage's rings (one per replica), with the buffer it
+/// drains into (kept, so that draining allocates nothing).
 pub(crate) struct Collector {
-    pub ring: Consumer,
+    pub ring: Gather,
     batch: Vec<(OwnedSlot, SlotHeader)>,
 }
 
 impl Collector {
-    pub(crate) fn new(ring: Consumer) -> Self {
+    pub(crate) fn new(ring: Gather) -> Self {
         Self { ring, batch: Vec::with_capacity(BATCH) }
     }
 }
@@ -37,7 +37,7 @@ pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
     let Collector { ring: output, batch } = collector;
     loop {
         while batch.len() < BATCH {
-            let desc = match output.try_pop() {
+            let desc = match output.try_pop(&shared.seg) {
                 Ok(Some(desc)) => desc,
                 Ok(None) => break,
                 Err(e) => {
@@ -56,6 +56,7 @@ pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
                 }
             }
         }
+        output.release();
         if batch.is_empty() {
             return total;
         }

@@ -206,6 +206,13 @@ pub enum BuildError {
         /// Why.
         reason: &'static str,
     },
+    /// A stage's [`replicas`](crate::StageSpec::replicas) cannot be honoured.
+    BadReplicas {
+        /// Index of the stage.
+        stage: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl BuildError {
@@ -231,6 +238,7 @@ impl fmt::Display for BuildError {
             Self::BadPair { stage, reason } => {
                 write!(f, "stage {stage} cannot stream to the next stage: {reason}")
             }
+            Self::BadReplicas { stage, reason } => write!(f, "stage {stage} cannot be replicated: {reason}"),
             Self::Config(e) => write!(f, "invalid pipeline configuration: {e}"),
             Self::Segment(e) => e.fmt(f),
             Self::UnknownStage { stage, name } => write!(

@@ -9,6 +9,7 @@ mod handles;
 mod shared;
 mod spec;
 mod supervisor;
+mod wiring;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,12 +23,17 @@ pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitE
 pub use handles::{NewFrame, Output, Ticket};
 pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY};
 
-use self::shared::{Book, Entry, Shared, StageInfo, State};
+use self::shared::{Book, Entry, Shared, StageInfo, State, Submissions};
 use self::spec::Placement;
 use self::supervisor::Supervisor;
+use self::wiring::{RunnerId, Wiring};
 use crate::frame::OwnedSlot;
-use crate::memory::{Layout, Segment, SlotHeader, StageRecord, ROLE_CONSUMER, ROLE_PRODUCER, STATE_SHUTDOWN};
-use crate::stage::{find_stage, Stage};
+use crate::memory::{
+    Layout, Segment, SlotHeader, StageRecord, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES, ROLE_CONSUMER,
+    ROLE_PRODUCER, STATE_SHUTDOWN,
+};
+use crate::route::{Gather, Scatter};
+use crate::stage::{find_stage, BoxError, Stage};
 use crate::worker::runner::{RunEnd, StageRunner};
 use crate::worker::spawn::{self, WorkerProcess};
 
@@ -104,20 +110,39 @@ impl Builder {
         }
         let n = self.stages.len();
         let pairs = check_pairs(&self.stages)?;
-        // Slots: a spare per stage, a partner per pair, then one per item in flight.
-        let reserved = n + pairs.len();
-        if self.max_in_flight == 0 || self.max_in_flight > crate::memory::MAX_SLOTS.saturating_sub(reserved) {
-            return Err(BuildError::Config(crate::memory::LayoutError::OutOfRange {
-                what: "max_in_flight",
-                value: self.max_in_flight as u64,
-                max: crate::memory::MAX_SLOTS.saturating_sub(reserved) as u64,
-            }));
+        check_replicas(&self.stages)?;
+        let wiring = Wiring::new(
+            &self.stages.iter().map(|s| s.replicas).collect::<Vec<_>>(),
+            &self.stages.iter().map(|s| s.ordered).collect::<Vec<_>>(),
+        );
+        let runners: Vec<RunnerId> = wiring.runners().collect();
+        let out_of_range = |what, value: usize, max: usize| {
+            BuildError::Config(crate::memory::LayoutError::OutOfRange {
+                what,
+                value: value as u64,
+                max: max as u64,
+            })
+        };
+        if runners.len() > MAX_STAGES {
+            return Err(out_of_range("replicas of all stages together", runners.len(), MAX_STAGES));
         }
-        // Resolve stage code before starting anything.
-        let mut local: Vec<Option<Box<dyn Stage>>> = Vec::with_capacity(n);
+        if wiring.ring_count() > MAX_RINGS {
+            return Err(out_of_range("rings between replicated stages", wiring.ring_count(), MAX_RINGS));
+        }
+        // Slots: a spare per runner, a partner per pair, then one per item in flight.
+        let reserved = runners.len() + pairs.len();
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_SLOTS.saturating_sub(reserved) {
+            return Err(out_of_range(
+                "max_in_flight",
+                self.max_in_flight,
+                MAX_SLOTS.saturating_sub(reserved),
+            ));
+        }
+        // Resolve stage code before starting anything: an instance per thread runner.
+        let mut local: Vec<Option<Box<dyn Stage>>> = Vec::with_capacity(runners.len());
         let mut infos = Vec::with_capacity(n);
         let mut blob = Vec::new();
-        let mut records = Vec::with_capacity(n);
+        let mut records = Vec::with_capacity(runners.len());
         let mut streams_size = 0u64;
         let mut last_producer = None;
         for (i, spec) in self.stages.into_iter().enumerate() {
@@ -125,23 +150,25 @@ impl Builder {
                 find_stage(&spec.name)
                     .ok_or_else(|| BuildError::UnknownStage { stage: i, name: spec.name.clone() })
             };
-            let instance = match spec.placement {
+            let init_error = |e: BoxError| BuildError::StageInit {
+                stage: i,
+                name: spec.name.clone(),
+                message: e.to_string(),
+            };
+            match spec.placement {
                 Placement::Process => {
                     registered()?;
-                    None
+                    local.extend((0..spec.replicas).map(|_| None));
                 }
-                Placement::Thread => Some((registered()?.make)(&spec.params).map_err(|e| {
-                    BuildError::StageInit { stage: i, name: spec.name.clone(), message: e.to_string() }
-                })?),
-                Placement::ThreadWith(stage) => Some(stage),
-            };
-            let too_long = |what| {
-                BuildError::Config(crate::memory::LayoutError::OutOfRange {
-                    what,
-                    value: u64::MAX,
-                    max: u32::MAX.into(),
-                })
-            };
+                Placement::Thread => {
+                    let factory = registered()?;
+                    for _ in 0..spec.replicas {
+                        local.push(Some((factory.make)(&spec.params).map_err(init_error)?));
+                    }
+                }
+                Placement::ThreadWith(stage) => local.push(Some(stage)),
+            }
+            let too_long = |what| out_of_range(what, usize::MAX, u32::MAX as usize);
             let name_offset = blob.len() as u64;
             blob.extend_from_slice(spec.name.as_bytes());
             let params_offset = blob.len() as u64;
@@ -152,29 +179,29 @@ impl Builder {
                 name_len: u32::try_from(spec.name.len()).map_err(|_| too_long("stage name length"))?,
                 params_len: u32::try_from(spec.params.len())
                     .map_err(|_| too_long("stage parameters length"))?,
-                input_ring: i as u32,
-                output_ring: i as u32 + 1,
-                wake_ring: i as u32 + 1,
-                spare_slot: i as u32,
-                ..bytemuck::Zeroable::zeroed()
+                ..StageRecord::default()
             };
             if let Some(capacity) = spec.stream {
                 record.role = ROLE_PRODUCER;
                 record.stream_offset = streams_size;
                 record.stream_capacity = capacity as u64;
                 let pair = pairs.iter().position(|&p| p == i).expect("check_pairs lists every producer");
-                record.partner_slot = (n + pair) as u32;
+                record.partner_slot = (runners.len() + pair) as u32;
                 streams_size += Layout::pair_size(capacity as u64);
                 last_producer = Some(i);
             } else if last_producer.is_some_and(|p| p + 1 == i) {
                 record.role = ROLE_CONSUMER;
             }
-            records.push(record);
-            local.push(instance);
+            for replica in 0..spec.replicas {
+                let id = RunnerId { stage: i, replica };
+                let spare_slot = records.len() as u32;
+                records.push(wiring.record(id, StageRecord { spare_slot, ..record }));
+            }
             infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete });
         }
-        let layout = Layout::with_streams(
-            n,
+        let layout = Layout::with_rings(
+            records.len(),
+            wiring.ring_count(),
             self.max_in_flight + reserved,
             self.frame_capacity,
             blob.len(),
@@ -186,7 +213,6 @@ impl Builder {
         for (i, r) in records.iter().enumerate() {
             seg.write_stage(i, *r);
         }
-        let records_written = records;
 
         let slot = |i: usize| OwnedSlot::assigned(&seg, i as u32).expect("within the layout");
         let book = Book {
@@ -198,18 +224,26 @@ impl Builder {
             failure: None,
             wakers: 0,
         };
-        let (input, _) = seg.ring(0);
-        let (_, output) = seg.ring(n);
+        let submissions = Scatter::new(wiring.submission_rings().map(|r| seg.ring(r).0).collect());
+        let (result_rings, ordered) = wiring.result_rings();
+        let results = Gather::new(result_rings.map(|r| seg.ring(r).1).collect(), ordered);
+        let pair_refs = pairs
+            .iter()
+            .map(|&p| {
+                let first = runners.iter().position(|r| r.stage == p).expect("every stage has a runner");
+                seg.pair(&records[first])
+            })
+            .collect();
         let shared = Arc::new(Shared {
-            pairs: pairs.iter().map(|&p| seg.pair(&records_written[p])).collect(),
+            pairs: pair_refs,
             seg: seg.clone(),
             has_callbacks: infos.iter().any(|s| s.on_complete.is_some()),
             stages: infos,
             tickets: self.max_in_flight,
             book: Mutex::new(book),
             done: Condvar::new(),
-            input: Mutex::new(input),
-            output: Mutex::new(collector::Collector::new(output)),
+            input: Mutex::new(Submissions { rings: submissions, next_seq: 0 }),
+            output: Mutex::new(collector::Collector::new(results)),
             async_waiting: Condvar::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -223,17 +257,18 @@ impl Builder {
             finished: false,
         };
         // From here on, an early return drops `pipeline`, which stops what started.
-        pipeline.start_workers(&local, self.startup_timeout)?;
-        for (i, stage) in local.into_iter().enumerate() {
+        pipeline.start_workers(&runners, &local, self.startup_timeout)?;
+        for (r, stage) in local.into_iter().enumerate() {
             let Some(stage) = stage else { continue };
-            let runner = StageRunner::new(seg.clone(), i, stage).map_err(|e| BuildError::StageInit {
+            let RunnerId { stage: i, replica } = runners[r];
+            let runner = StageRunner::new(seg.clone(), r, stage).map_err(|e| BuildError::StageInit {
                 stage: i,
                 name: shared.stages[i].name.clone(),
                 message: e.to_string(),
             })?;
             let sh = shared.clone();
             let handle = std::thread::Builder::new()
-                .name(format!("ringpipe-stage-{i}"))
+                .name(format!("ringpipe-stage-{i}.{replica}"))
                 .spawn(move || {
                     let end = runner.run();
                     if let RunEnd::Corrupt(why) = &end {
@@ -331,15 +366,17 @@ impl Pipeline {
         }
     }
 
+    /// Starts a worker process for every runner without a local stage instance.
     fn start_workers(
         &mut self,
+        runners: &[RunnerId],
         local: &[Option<Box<dyn Stage>>],
         timeout: Duration,
     ) -> Result<(), BuildError> {
         let mut workers = self.workers.lock();
         let fd = self.shared.seg.fd().try_clone_to_owned().map_err(BuildError::Spawn)?;
-        for (i, _) in local.iter().enumerate().filter(|(_, s)| s.is_none()) {
-            workers.push(spawn::spawn(&fd, i).map_err(BuildError::Spawn)?);
+        for (r, _) in local.iter().enumerate().filter(|(_, s)| s.is_none()) {
+            workers.push(spawn::spawn(&fd, r, runners[r].stage).map_err(BuildError::Spawn)?);
         }
         let deadline = Instant::now() + timeout;
         for w in workers.iter_mut() {
@@ -590,6 +627,29 @@ impl Pipeline {
         shared.collect_now();
         ShutdownReport { graceful, failure, workers: exits }
     }
+}
+
+/// Checks every stage's replica count.
+fn check_replicas(stages: &[StageSpec]) -> Result<(), BuildError> {
+    for (i, spec) in stages.iter().enumerate() {
+        let bad = |reason: String| Err(BuildError::BadReplicas { stage: i, reason });
+        if spec.replicas == 0 || spec.replicas > MAX_REPLICAS {
+            return bad(format!("{} replicas asked, it must have 1 to {MAX_REPLICAS}", spec.replicas));
+        }
+        if spec.replicas == 1 {
+            continue;
+        }
+        if matches!(spec.placement, Placement::ThreadWith(_)) {
+            return bad(
+                "it is one stage instance (`StageSpec::with_stage`); register it to replicate it".into()
+            );
+        }
+        let follows_producer = i > 0 && stages[i - 1].stream.is_some();
+        if spec.stream.is_some() || follows_producer {
+            return bad("it is half of a producer/consumer pair, which streams through one ring".into());
+        }
+    }
+    Ok(())
 }
 
 /// Checks the `pipe_with_next` declarations; returns the producer stages' indices.

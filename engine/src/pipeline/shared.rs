@@ -18,8 +18,15 @@ use super::spec::OnComplete;
 use crate::frame::OwnedSlot;
 use crate::memory::{Segment, SlotHeader, STATE_BROKEN, STATE_RUNNING};
 use crate::pair::PairRef;
-use crate::ring::Producer;
+use crate::route::Scatter;
 use crate::worker::runner::PARK_TIMEOUT;
+
+/// The parent's end of the rings into the first stage (one per replica).
+pub(crate) struct Submissions {
+    pub rings: Scatter,
+    /// The sequence number the next item gets.
+    pub next_seq: u64,
+}
 
 /// What a ticket's item is doing.
 #[derive(Debug)]
@@ -100,7 +107,7 @@ pub(crate) struct Shared {
     /// output ring changed hands.
     pub done: Condvar,
     /// The producer end of ring 0.
-    pub input: Mutex<Producer>,
+    pub input: Mutex<Submissions>,
     /// The consumer end of the last ring. Whoever waits for results takes it and
     /// drains it (see [`Shared::wait_until`]); no extra thread sits in the path.
     pub output: Mutex<collector::Collector>,
@@ -129,16 +136,18 @@ impl Shared {
     pub fn launch(&self, items: impl IntoIterator<Item = (OwnedSlot, u32, bool)>, book: &mut Book) {
         let was_idle = book.in_flight == 0;
         let mut input = self.input.lock();
-        for (slot, ticket, detached) in items {
+        for (mut slot, ticket, detached) in items {
             book.entries[ticket as usize].state = State::Pending { waker: None, detached };
             book.in_flight += 1;
-            // Ring 0 holds every slot, so it cannot be full; if the worker corrupted
-            // its position, the item is failed by the break below.
-            if input.try_push(slot.into_descriptor()).is_err() {
+            slot.set_seq(&self.seg, input.next_seq);
+            input.next_seq += 1;
+            // The input rings hold every slot, so they cannot be full; if a worker
+            // corrupted a position, the item is failed by the break below.
+            if input.rings.push(slot.into_descriptor()).is_err() {
                 self.fail_locked(book, EngineFailure::Corrupt("input ring position".into()));
             }
         }
-        input.publish();
+        input.rings.publish();
         if was_idle {
             // A waiter may be asleep on `done` because nothing was in flight to collect.
             self.done.notify_all();
@@ -225,8 +234,8 @@ impl Shared {
                     if control.state() == STATE_BROKEN {
                         self.fail(EngineFailure::Corrupt("a stage stopped the pipeline".into()));
                     } else if control.state() == STATE_RUNNING {
-                        out.ring.wait(|| control.state() != STATE_RUNNING, Some(park));
-                    } else if !matches!(out.ring.has_data(), Ok(true)) {
+                        out.ring.wait(&self.seg, || control.state() != STATE_RUNNING, Some(park));
+                    } else if !matches!(out.ring.ready(&self.seg), Ok(true)) {
                         // Shut down and drained: nothing more will come.
                         drop(out);
                         return check(&mut self.book.lock());

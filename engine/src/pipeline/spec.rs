@@ -37,6 +37,10 @@ pub struct StageSpec {
     pub(crate) on_complete: Option<OnComplete>,
     /// Ring bytes of the stream to the next stage, if this is a producer half.
     pub(crate) stream: Option<usize>,
+    /// Runners of this stage (worker processes or threads), at least 1.
+    pub(crate) replicas: usize,
+    /// Replicated: items leave in submission order.
+    pub(crate) ordered: bool,
 }
 
 /// Bytes of a pair's byte ring unless [`StageSpec::stream_capacity`] says otherwise:
@@ -45,7 +49,15 @@ pub const DEFAULT_STREAM_CAPACITY: usize = 1 << 20;
 
 impl StageSpec {
     fn new(name: &str, placement: Placement) -> Self {
-        Self { name: name.to_owned(), params: Vec::new(), placement, on_complete: None, stream: None }
+        Self {
+            name: name.to_owned(),
+            params: Vec::new(),
+            placement,
+            on_complete: None,
+            stream: None,
+            replicas: 1,
+            ordered: true,
+        }
     }
 
     /// The stage registered as `name`, in its own worker process.
@@ -109,6 +121,63 @@ impl StageSpec {
     pub fn stream_capacity(mut self, bytes: usize) -> Self {
         self.stream = Some(bytes);
         self
+    }
+
+    /// Runs the stage on `n` worker processes (or threads) at once, each with its own
+    /// rings (1 to [`MAX_REPLICAS`](crate::memory::MAX_REPLICAS)). Each item goes to the
+    /// replica with the shortest queue, so a slow item on one does not hold up the
+    /// others; items leave the stage in submission order unless
+    /// [`unordered`](Self::unordered). More replicas than cores work: idle ones park.
+    ///
+    /// A stage built from an instance ([`with_stage`](Self::with_stage)) and the halves
+    /// of a producer/consumer pair run once; asking for more is
+    /// [`BuildError::BadReplicas`](crate::BuildError::BadReplicas).
+    ///
+    /// ```
+    /// use ringpipe_engine::StageSpec;
+    /// let compress = StageSpec::process("compress").replicas(4);
+    /// assert_eq!(compress.replica_count(), 4);
+    /// ```
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// One replica per core this process may run on
+    /// ([`std::thread::available_parallelism`]; 1 if unknown).
+    ///
+    /// ```
+    /// use ringpipe_engine::StageSpec;
+    /// assert!(StageSpec::process("compress").replicas_per_core().replica_count() >= 1);
+    /// ```
+    pub fn replicas_per_core(self) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.replicas(cores)
+    }
+
+    /// Lets items leave this replicated stage as soon as their replica is done, instead
+    /// of in submission order. Results still reach [`Pipeline::map`](crate::Pipeline::map)
+    /// in input order; [`Pipeline::completions`](crate::Pipeline::completions) and the
+    /// stages after this one see them as they finish.
+    ///
+    /// ```
+    /// use ringpipe_engine::StageSpec;
+    /// let hash = StageSpec::process("hash").replicas(2).unordered();
+    /// assert!(!hash.is_ordered());
+    /// ```
+    pub fn unordered(mut self) -> Self {
+        self.ordered = false;
+        self
+    }
+
+    /// How many runners the stage gets.
+    pub fn replica_count(&self) -> usize {
+        self.replicas
+    }
+
+    /// False if the stage was made [`unordered`](Self::unordered).
+    pub fn is_ordered(&self) -> bool {
+        self.ordered
     }
 
     /// True if this stage streams to the next one.

@@ -139,7 +139,7 @@ impl Pool {
             self.free.lock().push(OwnedSlot::assigned(&seg, p.slot).expect("slot of ours"));
         }
         let restart = |message: String| PoolError::Restart { worker: w, message };
-        let mut process = spawn::spawn(&self.fd, w).map_err(|e| restart(e.to_string()))?;
+        let mut process = spawn::spawn(&self.fd, w, w).map_err(|e| restart(e.to_string()))?;
         handshake(&mut process, Instant::now() + self.startup_timeout, w, &self.task)
             .map_err(|e| restart(e.to_string()))?;
         self.watch.replace(w, &process.status).map_err(|e| restart(e.to_string()))?;

@@ -129,7 +129,8 @@ impl PoolBuilder {
                     wake_ring: DOORBELL as u32,
                     publish_every: 1,
                     spare_slot: w as u32,
-                    ..Zeroable::zeroed()
+                    stage: w as u32,
+                    ..StageRecord::default()
                 },
             );
         }
@@ -138,7 +139,7 @@ impl PoolBuilder {
         for w in 0..n {
             let (input, _) = seg.ring(2 * w);
             let (_, output) = seg.ring(2 * w + 1);
-            let process = spawn::spawn(&fd, w).map_err(BuildError::Spawn)?;
+            let process = spawn::spawn(&fd, w, w).map_err(BuildError::Spawn)?;
             workers.push(Worker { process, input, output, queue: VecDeque::new(), spare: w as u32 });
         }
         let deadline = Instant::now() + self.startup_timeout;

@@ -138,7 +138,10 @@ pub unsafe fn from_raw(
     // Relaxed: the caller's contract says nobody else uses the ring while we make its ends.
     let head = h.head.load(Ordering::Relaxed);
     let tail = h.tail.load(Ordering::Relaxed);
-    (Producer { ring: ring.clone(), tail, cached_head: head }, Consumer { ring, head, cached_tail: tail })
+    (
+        Producer { ring: ring.clone(), tail, cached_head: head },
+        Consumer { ring, head, cached_tail: tail, unreleased: false },
+    )
 }
 
 /// The writing end. Pushes are private until [`publish`](Producer::publish), so a
@@ -210,6 +213,15 @@ impl Producer {
         published.saturating_sub(head).min(self.ring.capacity())
     }
 
+    /// Values pushed (published or not) and not yet released by the consumer (see
+    /// [`Consumer::try_take`]): how far behind it is, for choosing the least loaded of
+    /// several rings.
+    pub(crate) fn backlog(&self) -> u64 {
+        // Relaxed: a hint only; a stale head overstates the backlog, never corrupts it.
+        let head = self.ring.header().head.load(Ordering::Relaxed);
+        self.tail.saturating_sub(head)
+    }
+
     /// Values pushed but not yet published.
     pub fn unpublished(&self) -> u64 {
         // Relaxed: we are the only writer of tail.
@@ -230,12 +242,26 @@ pub struct Consumer {
     head: u64,
     /// Last producer position read; may lag the real one.
     cached_tail: u64,
+    /// Whether `head` moved past the shared head (values taken, not yet released).
+    unreleased: bool,
 }
 
 impl Consumer {
     /// Takes the next published value, if any.
     #[inline]
     pub fn try_pop(&mut self) -> Result<Option<u64>, Corrupt> {
+        let value = self.try_take()?;
+        if value.is_some() {
+            self.release();
+        }
+        Ok(value)
+    }
+
+    /// Takes the next published value but keeps its place in the ring until
+    /// [`release`](Self::release): until then the producer counts it as queued (its
+    /// [`backlog`](Producer::backlog) includes the item being worked on).
+    #[inline]
+    pub(crate) fn try_take(&mut self) -> Result<Option<u64>, Corrupt> {
         if self.head == self.cached_tail && !self.refresh()? {
             return Ok(None);
         }
@@ -243,10 +269,19 @@ impl Consumer {
         // after the producer's write.
         let value = self.ring.slot(self.head).load(Ordering::Relaxed);
         self.head += 1;
-        // Release pairs with the producer's Acquire load of head in `try_push`: our read
-        // of the slot happens before the producer may overwrite it.
-        self.ring.header().head.store(self.head, Ordering::Release);
+        self.unreleased = true;
         Ok(Some(value))
+    }
+
+    /// Gives the places of every value taken so far back to the producer.
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        if self.unreleased {
+            // Release pairs with the producer's Acquire load of head in `try_push`: our
+            // read of the slots happens before the producer may overwrite them.
+            self.ring.header().head.store(self.head, Ordering::Release);
+            self.unreleased = false;
+        }
     }
 
     /// Re-reads the producer's position; true if something is readable.
@@ -276,6 +311,26 @@ impl Consumer {
     pub fn wait(&mut self, mut stop: impl FnMut() -> bool, timeout: Option<std::time::Duration>) -> Wake {
         let ring = self.ring.clone();
         ring.header().readable.wait(|| !matches!(self.has_data(), Ok(false)) || stop(), timeout)
+    }
+}
+
+impl Consumer {
+    /// This ring's wake word, for a consumer of several rings whose producers ring it
+    /// (see [`Producer::with_doorbell`]).
+    pub(crate) fn doorbell(&self) -> Doorbell {
+        Doorbell(self.ring.clone())
+    }
+}
+
+/// Where a consumer of several rings parks: the wake word of one of them, which every
+/// one of their producers notifies.
+#[derive(Clone)]
+pub(crate) struct Doorbell(RingRef);
+
+impl Doorbell {
+    /// Parks until `ready()` (spinning first, see `wait/README.md`), or `timeout`.
+    pub(crate) fn wait(&self, ready: impl FnMut() -> bool, timeout: Option<std::time::Duration>) -> Wake {
+        self.0.header().readable.wait(ready, timeout)
     }
 }
 

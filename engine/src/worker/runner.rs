@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{mark_ran, Frame, OwnedSlot, STATUS_FAILED};
+use crate::memory::FLAG_ORDERED_INPUT;
 use crate::memory::{
     LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
 };
 use crate::pair::{
     PairRef, OUTCOME_FAILED, OUTCOME_FAILED_AFTER_CLOSE, OUTCOME_OK, PAIRED, PRODUCED, STARTED,
 };
-use crate::ring::{Consumer, Producer, PushError};
+use crate::ring::PushError;
+use crate::route::{Gather, Scatter};
 use crate::stage::{BoxError, Stage};
 
 /// Publish at least this often while draining a burst, so downstream starts early.
@@ -32,10 +34,11 @@ pub(crate) enum RunEnd {
 
 pub(crate) struct StageRunner {
     seg: Arc<Segment>,
+    /// The stage this runner is (a replica of): the index items record.
     index: usize,
     stage: Box<dyn Stage>,
-    input: Consumer,
-    output: Producer,
+    input: Gather,
+    output: Scatter,
     spare: OwnedSlot,
     role: Role,
     /// Publish output after this many items at most.
@@ -67,17 +70,32 @@ enum Handled {
 }
 
 impl StageRunner {
-    /// Takes stage `index`'s ring ends, spare slot and, in a pair, its half of the pair.
-    pub(crate) fn new(seg: Arc<Segment>, index: usize, stage: Box<dyn Stage>) -> Result<Self, LayoutError> {
-        let record = seg.stage(index)?;
-        let (_, input) = seg.ring(record.input_ring as usize);
-        let (mut output, _) = seg.ring(record.output_ring as usize);
-        if record.wake_ring != record.output_ring {
-            let doorbell = seg.ring_parts(record.wake_ring as usize).0;
-            // SAFETY: `stage` checked the index against the layout; the doorbell's header
-            // lives in the same segment as the ring, which `output` keeps alive.
-            output = unsafe { output.with_doorbell(doorbell) };
-        }
+    /// Takes stage record `record_index`'s ring ends, spare slot and, in a pair, its
+    /// half of the pair.
+    pub(crate) fn new(
+        seg: Arc<Segment>,
+        record_index: usize,
+        stage: Box<dyn Stage>,
+    ) -> Result<Self, LayoutError> {
+        let record = seg.stage(record_index)?;
+        let inputs = (0..record.input_count)
+            .map(|k| seg.ring((record.input_ring + k * record.input_stride) as usize).1)
+            .collect();
+        let input = Gather::new(inputs, record.flags & FLAG_ORDERED_INPUT != 0);
+        let outputs = (0..record.output_count)
+            .map(|k| {
+                let (ring, wake) = ((record.output_ring + k) as usize, (record.wake_ring + k) as usize);
+                let output = seg.ring(ring).0;
+                if wake == ring {
+                    return output;
+                }
+                let doorbell = seg.ring_parts(wake).0;
+                // SAFETY: `stage` checked every index against the layout; the doorbell's
+                // header lives in the same segment as the ring, which `output` keeps alive.
+                unsafe { output.with_doorbell(doorbell) }
+            })
+            .collect();
+        let output = Scatter::new(outputs);
         let spare = OwnedSlot::assigned(&seg, record.spare_slot)
             .ok_or(LayoutError::Inconsistent("stage spare slot"))?;
         let role = match record.role {
@@ -87,7 +105,7 @@ impl StageRunner {
                     .ok_or(LayoutError::Inconsistent("stage partner slot"))?,
             },
             ROLE_CONSUMER => {
-                let producer = seg.stage(index - 1)?;
+                let producer = seg.stage(record_index - 1)?;
                 if producer.role != ROLE_PRODUCER {
                     return Err(LayoutError::Inconsistent("consumer stage without a producer before it"));
                 }
@@ -102,6 +120,7 @@ impl StageRunner {
             0 => PUBLISH_EVERY,
             n => n.min(PUBLISH_EVERY),
         };
+        let index = record.stage as usize;
         Ok(Self { seg, index, stage, input, output, spare, role, publish_every })
     }
 
@@ -110,7 +129,7 @@ impl StageRunner {
         loop {
             let mut unpublished = 0;
             loop {
-                let desc = match self.input.try_pop() {
+                let desc = match self.input.try_pop(&self.seg) {
                     Ok(Some(desc)) => desc,
                     Ok(None) => break,
                     Err(e) => return self.corrupt(e.to_string()),
@@ -142,12 +161,15 @@ impl StageRunner {
                     Handled::Done(slot) => (slot, 0),
                     Handled::Paired(slot) => (slot, PAIRED),
                 };
-                match self.output.try_push(slot.into_descriptor() | tag) {
+                match self.output.push(slot.into_descriptor() | tag) {
                     Ok(()) => {}
                     // Rings hold every slot, so full means someone forged descriptors.
                     Err(PushError::Full(_)) => return self.corrupt("output ring overfull".into()),
                     Err(PushError::Corrupt(e)) => return self.corrupt(e.to_string()),
                 }
+                // Its place in our input ring goes back only now: until then the writer
+                // counted it as ours (the least-loaded choice between replicas).
+                self.input.release();
                 unpublished += 1;
                 if tag == PAIRED {
                     // The consumer must start now: it runs alongside `produce`.
@@ -169,13 +191,13 @@ impl StageRunner {
                 _ => {
                     // Shutdown is only requested once every item has left the
                     // pipeline, but drain anything that is still here first.
-                    if matches!(self.input.has_data(), Ok(false)) {
+                    if matches!(self.input.ready(&self.seg), Ok(false)) {
                         return RunEnd::Shutdown;
                     }
                     continue;
                 }
             }
-            self.input.wait(|| control.state() != STATE_RUNNING, Some(PARK_TIMEOUT));
+            self.input.wait(&self.seg, || control.state() != STATE_RUNNING, Some(PARK_TIMEOUT));
         }
     }
 

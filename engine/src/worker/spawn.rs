@@ -25,6 +25,7 @@ pub(crate) struct WorkerProcess {
     pub status: File,
     /// Write end of the lifeline: closing it (or dying) tells the worker to exit.
     pub lifeline: Option<OwnedFd>,
+    /// The stage that record is (a replica of).
     pub stage: usize,
 }
 
@@ -40,9 +41,9 @@ pub(crate) enum Handshake {
     Io(std::io::Error),
 }
 
-/// Starts stage `stage`'s worker: the current executable with the segment at fd 3,
-/// the lifeline at fd 4 and the status pipe at fd 5.
-pub(crate) fn spawn(segment: &OwnedFd, stage: usize) -> std::io::Result<WorkerProcess> {
+/// Starts the worker serving stage record `record` (of stage `stage`): the current
+/// executable with the segment at fd 3, the lifeline at fd 4 and the status pipe at fd 5.
+pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::Result<WorkerProcess> {
     let (life_read, life_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let (status_read, status_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let high = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, HIGH_FD);
@@ -53,7 +54,7 @@ pub(crate) fn spawn(segment: &OwnedFd, stage: usize) -> std::io::Result<WorkerPr
     // Under libtest these arguments select the entry test; a plain binary's hook runs
     // before it looks at its arguments, so they are ignored there.
     cmd.args([TEST_ENTRY, "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(WORKER_ENV, stage.to_string())
+        .env(WORKER_ENV, record.to_string())
         .stdin(Stdio::null());
     // SAFETY: between fork and exec the closure only calls dup2, which is
     // async-signal-safe and allocates nothing. Sources are >= HIGH_FD and targets are

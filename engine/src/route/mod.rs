@@ -1,0 +1,266 @@
+//! Fan-out and fan-in around replicated stages.
+//!
+//! Every ring stays single-producer single-consumer: a stage with `n` replicas gets
+//! `n` input rings, one per replica, from each runner before it, and each replica
+//! writes one ring per runner after it. A [`Scatter`] is a runner's set of output
+//! rings: each item goes to the least loaded. A [`Gather`] is a runner's set of input
+//! rings: it takes whatever is ready, or, behind an ordered replicated stage, puts
+//! items back in submission order by their [`SlotHeader::seq`]. A gathering runner
+//! parks on one doorbell (its first input ring's wake word), which every producer
+//! writing to it notifies.
+//!
+//! "Least loaded" counts what a replica has queued *and* the item it is working on:
+//! a gathering runner takes an item off its ring without giving its place back
+//! ([`Consumer::try_take`]) until it has handed the item on, so a replica stuck on a
+//! slow item looks busy and new items go to the others.
+//!
+//! ```text
+//!            ┌─ ring ─▶ replica 0 ─ ring ─┐
+//!  stage A ──┤                            ├──▶ stage C (Gather, reorders)
+//! (Scatter)  └─ ring ─▶ replica 1 ─ ring ─┘
+//! ```
+//!
+//! [`SlotHeader::seq`]: crate::memory::SlotHeader::seq
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use crate::frame::OwnedSlot;
+use crate::memory::Segment;
+use crate::pair::PAIRED;
+use crate::ring::{Consumer, Corrupt, Doorbell, Producer, PushError};
+use crate::wait::Wake;
+
+/// A runner's output rings; see the module docs.
+pub(crate) struct Scatter {
+    rings: Vec<Producer>,
+    /// Where the search for the least loaded ring starts, so ties rotate.
+    cursor: usize,
+}
+
+impl Scatter {
+    /// # Panics
+    /// If `rings` is empty.
+    pub(crate) fn new(rings: Vec<Producer>) -> Self {
+        assert!(!rings.is_empty(), "a runner writes at least one ring");
+        Self { rings, cursor: 0 }
+    }
+
+    /// Pushes `desc` (unpublished) to the ring with the smallest backlog.
+    #[inline]
+    pub(crate) fn push(&mut self, desc: u64) -> Result<(), PushError> {
+        let i = if self.rings.len() == 1 { 0 } else { self.least_loaded() };
+        self.rings[i].try_push(desc)
+    }
+
+    fn least_loaded(&mut self) -> usize {
+        let n = self.rings.len();
+        let (mut best, mut least) = (self.cursor, u64::MAX);
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            let backlog = self.rings[i].backlog();
+            if backlog < least {
+                (best, least) = (i, backlog);
+                if backlog == 0 {
+                    break;
+                }
+            }
+        }
+        self.cursor = (best + 1) % n;
+        best
+    }
+
+    /// Publishes every ring that has unpublished items.
+    #[inline]
+    pub(crate) fn publish(&mut self) {
+        if let [only] = self.rings.as_mut_slice() {
+            only.publish();
+            return;
+        }
+        for ring in &mut self.rings {
+            if ring.unpublished() > 0 {
+                ring.publish();
+            }
+        }
+    }
+}
+
+/// Why a gather could not go on: the shared memory holds something impossible.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum GatherError {
+    /// An input ring's positions are inconsistent.
+    Ring(Corrupt),
+    /// A descriptor names no slot.
+    Descriptor(u64),
+    /// An item's sequence number was already passed on (a duplicate or a forgery).
+    Sequence { seq: u64, next: u64 },
+}
+
+impl std::fmt::Display for GatherError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ring(c) => c.fmt(f),
+            Self::Descriptor(d) => write!(f, "ring descriptor {d} names no slot"),
+            Self::Sequence { seq, next } => {
+                write!(
+                    f,
+                    "item with sequence number {seq} arrived after {next} was due (duplicate or forged)"
+                )
+            }
+        }
+    }
+}
+
+impl From<Corrupt> for GatherError {
+    fn from(c: Corrupt) -> Self {
+        Self::Ring(c)
+    }
+}
+
+/// A runner's input rings; see the module docs.
+pub(crate) struct Gather {
+    rings: Vec<Consumer>,
+    doorbell: Doorbell,
+    /// Unordered: the ring to try first, so no ring starves.
+    cursor: usize,
+    order: Option<Reorder>,
+}
+
+/// Items taken off the rings ahead of their turn.
+struct Reorder {
+    next: u64,
+    early: BinaryHeap<Reverse<(u64, u64)>>,
+}
+
+impl Gather {
+    /// Takes items as they come from `rings`, or in `seq` order if `ordered`.
+    ///
+    /// # Panics
+    /// If `rings` is empty.
+    pub(crate) fn new(rings: Vec<Consumer>, ordered: bool) -> Self {
+        let doorbell = rings.first().expect("a runner reads at least one ring").doorbell();
+        let order = ordered.then(|| Reorder { next: 0, early: BinaryHeap::new() });
+        Self { rings, doorbell, cursor: 0, order }
+    }
+
+    /// Takes the next item, if one is ready. Unordered, its ring counts it as queued
+    /// until [`release`](Self::release), so the writer's least-loaded choice sees the
+    /// item being worked on.
+    #[inline]
+    pub(crate) fn try_pop(&mut self, seg: &Segment) -> Result<Option<u64>, GatherError> {
+        if self.order.is_some() {
+            return self.pop_in_order(seg);
+        }
+        if let [only] = self.rings.as_mut_slice() {
+            return Ok(only.try_take()?);
+        }
+        let n = self.rings.len();
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            if let Some(desc) = self.rings[i].try_take()? {
+                self.cursor = (i + 1) % n;
+                return Ok(Some(desc));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives the rings back the places of the items taken so far: call once they are
+    /// handed on.
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        for ring in &mut self.rings {
+            ring.release();
+        }
+    }
+
+    fn pop_in_order(&mut self, seg: &Segment) -> Result<Option<u64>, GatherError> {
+        if !self.due() {
+            self.take_arrived(seg)?;
+        }
+        let order = self.order.as_mut().expect("ordered gather");
+        match order.early.peek() {
+            Some(&Reverse((seq, desc))) if seq == order.next => {
+                order.early.pop();
+                order.next += 1;
+                Ok(Some(desc))
+            }
+            Some(&Reverse((seq, _))) if seq < order.next => {
+                Err(GatherError::Sequence { seq, next: order.next })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Ordered: true if the item whose turn it is was already taken off its ring (or
+    /// a duplicate of an earlier one, which `pop_in_order` reports).
+    fn due(&self) -> bool {
+        self.order.as_ref().is_some_and(|o| o.early.peek().is_some_and(|Reverse((seq, _))| *seq <= o.next))
+    }
+
+    /// Ordered: moves everything published on the rings into the heap.
+    fn take_arrived(&mut self, seg: &Segment) -> Result<(), GatherError> {
+        let order = self.order.as_mut().expect("ordered gather");
+        for ring in &mut self.rings {
+            while let Some(desc) = ring.try_pop()? {
+                let seq = seq_of(seg, desc)?;
+                if seq < order.next {
+                    return Err(GatherError::Sequence { seq, next: order.next });
+                }
+                order.early.push(Reverse((seq, desc)));
+            }
+        }
+        Ok(())
+    }
+
+    /// True if [`try_pop`](Self::try_pop) would return an item.
+    pub(crate) fn ready(&mut self, seg: &Segment) -> Result<bool, GatherError> {
+        if self.order.is_some() {
+            if !self.due() {
+                self.take_arrived(seg)?;
+            }
+            return Ok(self.due());
+        }
+        for ring in &mut self.rings {
+            if ring.has_data()? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Items taken off the rings and waiting for their turn.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.order.as_ref().map_or(0, |o| o.early.len())
+    }
+
+    /// Waits until an item is ready or `stop()`, spinning then parking on the
+    /// doorbell; `TimedOut` after `timeout`.
+    pub(crate) fn wait(
+        &mut self,
+        seg: &Segment,
+        mut stop: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Wake {
+        if self.rings.len() == 1 && self.order.is_none() {
+            return self.rings[0].wait(stop, timeout);
+        }
+        let doorbell = self.doorbell.clone();
+        doorbell.wait(|| !matches!(self.ready(seg), Ok(false)) || stop(), timeout)
+    }
+}
+
+/// The sequence number of the item a popped descriptor names.
+fn seq_of(seg: &Segment, desc: u64) -> Result<u64, GatherError> {
+    // Popping the descriptor made us the slot's owner; we give it straight back.
+    let slot =
+        OwnedSlot::from_descriptor(seg, desc & !PAIRED).map_err(|bad| GatherError::Descriptor(bad.0))?;
+    let seq = slot.header(seg).seq;
+    let _ = slot.into_descriptor();
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! Replicated stages (issue 4): fan-out to the least loaded replica, order restored
+//! (or not) behind it, more replicas than cores, bad declarations.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, StageSpec};
+
+ringpipe::worker_test_entry!();
+
+// Item: [index: u64, sleep_us: u64]; the stage sleeps, then appends its pid (u64).
+register_stage!(R_WORK, "r.work", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    let words: &[u64] = bytemuck::try_cast_slice(&f.bytes()[..16]).map_err(|e| format!("{e}"))?;
+    std::thread::sleep(Duration::from_micros(words[1]));
+    let n = f.len();
+    f.set_len(n + 8)?;
+    f.bytes_mut()[n..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
+    Ok(())
+})));
+
+// Fails items whose index is a multiple of 7.
+register_stage!(R_PICKY, "r.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    match index_of(f.bytes()) % 7 {
+        0 => Err("multiples of 7 are refused".into()),
+        _ => Ok(()),
+    }
+})));
+
+fn item(i: u64, sleep_us: u64) -> [u8; 16] {
+    bytemuck::cast([i, sleep_us])
+}
+
+fn index_of(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes[..8].try_into().unwrap())
+}
+
+/// Random-looking 0..2 ms.
+fn jitter(i: u64) -> u64 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 2_000
+}
+
+/// A thread stage that records the order in which items reach it.
+fn recorder(seen: &Arc<Mutex<Vec<u64>>>) -> StageSpec {
+    let seen = seen.clone();
+    StageSpec::with_stage(
+        "record",
+        stage_fn(move |f: &mut Frame<'_>| {
+            seen.lock().unwrap().push(index_of(f.bytes()));
+            Ok(())
+        }),
+    )
+}
+
+fn pids_in(outputs: &[Vec<u8>]) -> HashSet<u64> {
+    outputs.iter().map(|o| u64::from_le_bytes(o[16..24].try_into().unwrap())).collect()
+}
+
+#[test]
+fn ordered_replicas_hand_items_on_in_submission_order() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("r.work").replicas(3))
+        .stage(recorder(&seen))
+        .max_in_flight(24)
+        .build()
+        .unwrap();
+    assert_eq!(p.worker_pids().len(), 3);
+    let outputs: Vec<Vec<u8>> =
+        p.map((0..300).map(|i| item(i, jitter(i)))).map(|o| o.unwrap().to_vec()).collect();
+    let indices: Vec<u64> = outputs.iter().map(|o| index_of(o)).collect();
+    assert_eq!(indices, (0..300).collect::<Vec<_>>());
+    assert_eq!(*seen.lock().unwrap(), (0..300).collect::<Vec<_>>(), "the stage after saw them in order");
+    assert_eq!(pids_in(&outputs).len(), 3, "every replica worked");
+    assert!(p.shutdown().was_graceful());
+}
+
+#[test]
+fn unordered_replicas_hand_items_on_as_they_finish() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("r.work").replicas(3).unordered())
+        .stage(recorder(&seen))
+        .max_in_flight(24)
+        .build()
+        .unwrap();
+    let indices: Vec<u64> =
+        p.map((0..300).map(|i| item(i, jitter(i)))).map(|o| index_of(&o.unwrap())).collect();
+    assert_eq!(indices, (0..300).collect::<Vec<_>>(), "map still yields in input order");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().copied().collect::<HashSet<_>>().len(), 300, "each item once");
+    assert_ne!(seen, (0..300).collect::<Vec<_>>(), "random times must reorder some items");
+    assert!(p.shutdown().was_graceful());
+}
+
+#[test]
+fn a_replicated_last_stage_completes_items_in_order() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let p = Pipeline::builder()
+        .stage(
+            StageSpec::process("r.work")
+                .replicas(4)
+                .on_complete(move |e| ev.lock().unwrap().push(index_of(e.bytes))),
+        )
+        .max_in_flight(200)
+        .build()
+        .unwrap();
+    let n = p.submit_batch((0..200).map(|i| item(i, jitter(i)))).unwrap();
+    assert_eq!(n, 200);
+    let order: Vec<u64> = p.completions().map(|o| index_of(&o.unwrap())).collect();
+    assert_eq!(order, (0..200).collect::<Vec<_>>(), "completions come in submission order");
+    assert_eq!(*events.lock().unwrap(), order, "callbacks too");
+    assert!(p.shutdown().was_graceful());
+}
+
+#[test]
+fn replicated_stages_next_to_each_other_restore_order_after_both() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("r.work").replicas(2))
+        .stage(StageSpec::thread("r.picky").replicas(3))
+        .stage(recorder(&seen))
+        .build()
+        .unwrap();
+    for (i, out) in p.map((0..200).map(|i| item(i, jitter(i) / 4))).enumerate() {
+        let out = out.unwrap();
+        assert_eq!(index_of(&out), i as u64);
+        if i % 7 == 0 {
+            let failure = out.failure().expect("refused");
+            assert_eq!((failure.stage, failure.name.as_str()), (1, "r.picky"), "the stage, not the replica");
+            assert!(!out.stage_ran(2));
+        } else {
+            assert!(out.is_ok() && out.stage_ran(0) && out.stage_ran(1) && out.stage_ran(2));
+        }
+    }
+    assert_eq!(*seen.lock().unwrap(), (0..200).filter(|i| i % 7 != 0).collect::<Vec<_>>());
+    assert!(p.shutdown().was_graceful());
+}
+
+#[test]
+fn a_slow_item_does_not_hold_up_the_other_replicas() {
+    // Item 0 takes 300 ms on one replica. The replica working on it counts it as
+    // queued, so the 40 quick items after it all go to the other one (unordered: in
+    // order, they would be processed just as fast but handed on after item 0).
+    let p = Pipeline::builder().stage(StageSpec::process("r.work").replicas(2).unordered()).build().unwrap();
+    let started = std::time::Instant::now();
+    let slow = p.submit(&item(0, 300_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut pids = HashSet::new();
+    for i in 1..41 {
+        let out = p.submit(&item(i, 1_000)).unwrap().wait().unwrap();
+        pids.insert(u64::from_le_bytes(out[16..24].try_into().unwrap()));
+    }
+    let quick_done = started.elapsed();
+    let slow = slow.wait().unwrap();
+    assert!(
+        quick_done < Duration::from_millis(290),
+        "quick items waited behind the slow one: {quick_done:?}"
+    );
+    assert_eq!(pids.len(), 1, "all quick items went to the free replica");
+    assert!(!pids.contains(&u64::from_le_bytes(slow[16..24].try_into().unwrap())));
+    drop(slow);
+    assert!(p.shutdown().was_graceful());
+}
+
+#[test]
+fn more_replicas_than_cores_work_and_park_when_idle() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("r.work").replicas(4 * cores))
+        .stage(StageSpec::process("r.work").replicas_per_core())
+        .build()
+        .unwrap();
+    assert_eq!(p.worker_pids().len(), 5 * cores);
+    let mut count = 0;
+    for (i, out) in p.map((0..2_000).map(|i| item(i, 0))).enumerate() {
+        assert_eq!(index_of(&out.unwrap()), i as u64);
+        count += 1;
+    }
+    assert_eq!(count, 2_000);
+    std::thread::sleep(Duration::from_millis(100)); // past every spin budget
+    let ticks = || p.worker_pids().iter().map(|(_, pid)| cpu_ticks(*pid)).sum::<u64>();
+    let before = ticks();
+    std::thread::sleep(Duration::from_millis(1_000));
+    let used = ticks() - before;
+    // A replica spinning instead of parking would burn ~100 ticks (10 ms each) here.
+    assert!(used <= 5, "idle replicas used {used} ticks of CPU");
+    assert!(p.shutdown().was_graceful());
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+}
+
+#[test]
+fn bad_replica_counts_are_typed_errors() {
+    let build = |stages: Vec<StageSpec>| Pipeline::builder().stages(stages).build();
+    let bad = |r: Result<Pipeline, BuildError>, stage: usize| match r {
+        Err(BuildError::BadReplicas { stage: s, reason }) => {
+            assert_eq!(s, stage, "{reason}");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected BadReplicas for stage {stage}, got {other:?}"),
+    };
+    bad(build(vec![StageSpec::process("r.work").replicas(0)]), 0);
+    bad(build(vec![StageSpec::process("r.work"), StageSpec::process("r.work").replicas(65)]), 1);
+    bad(build(vec![StageSpec::with_stage("one", stage_fn(|_f| Ok(()))).replicas(2)]), 0);
+    bad(
+        build(vec![StageSpec::process("r.work").pipe_with_next().replicas(2), StageSpec::thread("r.work")]),
+        0,
+    );
+    bad(
+        build(vec![StageSpec::process("r.work").pipe_with_next(), StageSpec::thread("r.work").replicas(2)]),
+        1,
+    );
+    // 5 stages of 64 replicas: more runners than a segment describes.
+    let many = (0..5).map(|_| StageSpec::process("r.work").replicas(64)).collect();
+    assert!(matches!(build(many), Err(BuildError::Config(_))));
+    // The largest count works.
+    let p = build(vec![StageSpec::thread("r.picky").replicas(64)]).unwrap();
+    assert!(p.submit(&item(1, 0)).unwrap().wait().unwrap().is_ok());
+    assert!(p.shutdown().was_graceful());
+}
