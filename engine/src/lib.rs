@@ -31,7 +31,9 @@ pub use pipeline::{
     WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY,
     DROP_DRAIN_TIMEOUT,
 };
-pub use pool::{Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, MAX_WORKERS};
+pub use pool::{
+    Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, DEFAULT_POOL_WINDOW, MAX_WORKERS,
+};
 pub use stage::{
     consumer_fn, find_stage, producer_fn, stage_fn, BoxError, ConsumerFn, FnStage, KeepConsumer, MakeStage,
     ProducerFn, Stage, StageFactory, STAGES,

@@ -33,6 +33,12 @@ pub const MAX_REPLICAS: usize = 64;
 /// [`StageRecord::flags`]: the stage takes its input in submission order (by
 /// [`SlotHeader::seq`]) from its several input rings.
 pub const FLAG_ORDERED_INPUT: u32 = 1;
+/// [`StageRecord::flags`]: the runner (a replica) keeps an item's place in its input
+/// ring until it has handed the item on, so the writer choosing the least loaded
+/// replica counts the item being worked on. Without it, the place goes back as the
+/// item is taken (what a pool's parent relies on to tell a dead worker's held task
+/// from those it never touched).
+pub const FLAG_HOLD_INPUT: u32 = 2;
 /// Most frame slots in one segment.
 pub const MAX_SLOTS: usize = 1 << 20;
 /// Largest payload of one frame: 1 GiB.
@@ -144,7 +150,7 @@ pub struct StageRecord {
     pub input_stride: u32,
     /// Rings the runner writes, in `1..=MAX_REPLICAS`.
     pub output_count: u32,
-    /// [`FLAG_ORDERED_INPUT`] or 0.
+    /// [`FLAG_ORDERED_INPUT`] and [`FLAG_HOLD_INPUT`] bits.
     pub flags: u32,
 }
 

@@ -8,9 +8,9 @@ mod layout;
 mod segment;
 
 pub use layout::{
-    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_ORDERED_INPUT, MAGIC,
-    MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER,
-    ROLE_PLAIN, ROLE_PRODUCER, VERSION,
+    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_HOLD_INPUT,
+    FLAG_ORDERED_INPUT, MAGIC, MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES,
+    MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER, VERSION,
 };
 pub(crate) use segment::SlotParts;
 pub use segment::{Control, Segment, SegmentError, STATE_BROKEN, STATE_RUNNING, STATE_SHUTDOWN};

@@ -27,8 +27,8 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
 use super::layout::{
-    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, FLAG_ORDERED_INPUT, MAX_REPLICAS,
-    MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER,
+    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT,
+    MAX_REPLICAS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER,
 };
 use crate::sync::{AtomicU32, Ordering};
 
@@ -302,7 +302,7 @@ impl Segment {
         if !self.rings_fit(&r) {
             return Err(LayoutError::Inconsistent("stage rings"));
         }
-        if r.stage as usize >= MAX_STAGES || r.flags & !FLAG_ORDERED_INPUT != 0 {
+        if r.stage as usize >= MAX_STAGES || r.flags & !(FLAG_ORDERED_INPUT | FLAG_HOLD_INPUT) != 0 {
             return Err(LayoutError::Inconsistent("stage index or flags"));
         }
         if r.spare_slot as usize >= self.layout.slot_count() {

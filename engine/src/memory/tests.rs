@@ -128,7 +128,7 @@ mod segment {
             StageRecord { wake_ring: rings - 1, output_count: 2, ..good },
             StageRecord { input_count: 65, input_stride: 1, ..good },
             StageRecord { stage: 256, ..good },
-            StageRecord { flags: 2, ..good },
+            StageRecord { flags: 4, ..good },
         ] {
             seg.write_stage(2, bad);
             assert!(seg.stage(2).is_err(), "{bad:?}");

@@ -56,7 +56,6 @@ pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
                 }
             }
         }
-        output.release();
         if batch.is_empty() {
             return total;
         }

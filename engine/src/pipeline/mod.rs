@@ -226,7 +226,7 @@ impl Builder {
         };
         let submissions = Scatter::new(wiring.submission_rings().map(|r| seg.ring(r).0).collect());
         let (result_rings, ordered) = wiring.result_rings();
-        let results = Gather::new(result_rings.map(|r| seg.ring(r).1).collect(), ordered);
+        let results = Gather::new(result_rings.map(|r| seg.ring(r).1).collect(), ordered, false);
         let pair_refs = pairs
             .iter()
             .map(|&p| {

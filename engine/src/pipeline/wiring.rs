@@ -11,7 +11,7 @@
 //! - every ring to reader `j` rings the wake word of ring `(0, j)`, which is where
 //!   reader `j` parks.
 
-use crate::memory::{StageRecord, FLAG_ORDERED_INPUT};
+use crate::memory::{StageRecord, FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT};
 
 /// The rings of a pipeline whose stage `s` has `replicas[s]` runners.
 #[derive(Debug)]
@@ -92,7 +92,8 @@ impl Wiring {
             output_ring: (self.base[out] + j * self.down(out)) as u32,
             output_count: self.down(out) as u32,
             wake_ring: self.base[out] as u32,
-            flags: if self.ordered_at(s) { FLAG_ORDERED_INPUT } else { 0 },
+            flags: if self.ordered_at(s) { FLAG_ORDERED_INPUT } else { 0 }
+                | if self.replicas[s] > 1 { FLAG_HOLD_INPUT } else { 0 },
             ..base
         }
     }
@@ -142,7 +143,7 @@ mod tests {
         // B's replica 2 reads rings 2 + 2 and 2 + 3 + 2, unordered (B is replicated too).
         let (id, b2) = r[4];
         assert_eq!(id, RunnerId { stage: 1, replica: 2 });
-        assert_eq!((b2.input_ring, b2.input_count, b2.input_stride, b2.flags), (4, 2, 3, 0));
+        assert_eq!((b2.input_ring, b2.input_count, b2.input_stride, b2.flags), (4, 2, 3, FLAG_HOLD_INPUT));
         assert_eq!((b2.output_ring, b2.output_count), (8 + 2, 1));
         // C reads all three of B's rings, in order.
         let (_, c) = r[5];

@@ -35,6 +35,10 @@ use crate::ring::{Consumer, Producer};
 use crate::stage::find_stage;
 use crate::worker::spawn::{self, WorkerProcess};
 
+/// Tasks out at once unless [`PoolBuilder::max_in_flight`] says otherwise: 64 (with
+/// the default 64 KiB frames, 4 MiB of frames), or 4 per worker if that is more.
+pub const DEFAULT_POOL_WINDOW: usize = 64;
+
 /// Ring 1 (worker 0's output ring) is the doorbell every worker's publish rings.
 const DOORBELL: usize = 1;
 /// Most workers in one pool.
@@ -65,7 +69,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Most tasks handed out and not yet taken back (default: 4 per worker).
+    /// Most tasks handed out and not yet taken back (default: [`DEFAULT_POOL_WINDOW`],
+    /// or 4 per worker if that is more). A deep window keeps tiny tasks flowing (the
+    /// workers rarely run dry, so rarely park); `workers` makes each next task go to
+    /// whichever worker finished first, as in the seed.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n);
         self
@@ -100,7 +107,7 @@ impl PoolBuilder {
         if n == 0 || n > MAX_WORKERS {
             return Err(out_of_range("pool workers", n, MAX_WORKERS));
         }
-        let in_flight = self.max_in_flight.unwrap_or(4 * n);
+        let in_flight = self.max_in_flight.unwrap_or(DEFAULT_POOL_WINDOW.max(4 * n));
         let max_in_flight = crate::memory::MAX_SLOTS - n;
         if in_flight == 0 || in_flight > max_in_flight {
             return Err(out_of_range("max_in_flight", in_flight, max_in_flight));

@@ -10,9 +10,10 @@
 //! writing to it notifies.
 //!
 //! "Least loaded" counts what a replica has queued *and* the item it is working on:
-//! a gathering runner takes an item off its ring without giving its place back
-//! ([`Consumer::try_take`]) until it has handed the item on, so a replica stuck on a
-//! slow item looks busy and new items go to the others.
+//! a replica takes an item off its ring without giving its place back
+//! ([`Consumer::try_take`]) until it has handed the item on
+//! ([`FLAG_HOLD_INPUT`](crate::memory::FLAG_HOLD_INPUT)), so a replica stuck on a slow
+//! item looks busy and new items go to the others.
 //!
 //! ```text
 //!            ┌─ ring ─▶ replica 0 ─ ring ─┐
@@ -125,6 +126,8 @@ pub(crate) struct Gather {
     /// Unordered: the ring to try first, so no ring starves.
     cursor: usize,
     order: Option<Reorder>,
+    /// Keep taken items' places until [`release`](Self::release).
+    hold: bool,
 }
 
 /// Items taken off the rings ahead of their turn.
@@ -134,31 +137,32 @@ struct Reorder {
 }
 
 impl Gather {
-    /// Takes items as they come from `rings`, or in `seq` order if `ordered`.
+    /// Takes items as they come from `rings`, or in `seq` order if `ordered`. With
+    /// `hold` (unordered only), a taken item's ring counts it as queued until
+    /// [`release`](Self::release), so the writer's least-loaded choice sees the item
+    /// being worked on.
     ///
     /// # Panics
     /// If `rings` is empty.
-    pub(crate) fn new(rings: Vec<Consumer>, ordered: bool) -> Self {
+    pub(crate) fn new(rings: Vec<Consumer>, ordered: bool, hold: bool) -> Self {
         let doorbell = rings.first().expect("a runner reads at least one ring").doorbell();
         let order = ordered.then(|| Reorder { next: 0, early: BinaryHeap::new() });
-        Self { rings, doorbell, cursor: 0, order }
+        Self { rings, doorbell, cursor: 0, order, hold: hold && !ordered }
     }
 
-    /// Takes the next item, if one is ready. Unordered, its ring counts it as queued
-    /// until [`release`](Self::release), so the writer's least-loaded choice sees the
-    /// item being worked on.
+    /// Takes the next item, if one is ready.
     #[inline]
     pub(crate) fn try_pop(&mut self, seg: &Segment) -> Result<Option<u64>, GatherError> {
         if self.order.is_some() {
             return self.pop_in_order(seg);
         }
-        if let [only] = self.rings.as_mut_slice() {
-            return Ok(only.try_take()?);
-        }
         let n = self.rings.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
             if let Some(desc) = self.rings[i].try_take()? {
+                if !self.hold {
+                    self.rings[i].release();
+                }
                 self.cursor = (i + 1) % n;
                 return Ok(Some(desc));
             }

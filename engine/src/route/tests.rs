@@ -54,7 +54,7 @@ fn scatter_sends_each_item_to_the_least_loaded_ring() {
 fn unordered_gather_takes_from_every_ring_in_turn() {
     let seg = segment(3);
     let (mut tx, rx) = ends(&seg, 3);
-    let mut gather = Gather::new(rx, false);
+    let mut gather = Gather::new(rx, false, false);
     assert_eq!(gather.try_pop(&seg), Ok(None));
     assert!(!gather.ready(&seg).unwrap());
     for (i, ring) in tx.iter_mut().enumerate() {
@@ -72,7 +72,7 @@ fn unordered_gather_takes_from_every_ring_in_turn() {
 fn ordered_gather_restores_submission_order() {
     let seg = segment(2);
     let (mut tx, rx) = ends(&seg, 2);
-    let mut gather = Gather::new(rx, true);
+    let mut gather = Gather::new(rx, true, false);
     // Replica 1 finished items 1 and 2 before replica 0 finished item 0.
     tx[1].try_push(with_seq(&seg, 5, 1)).unwrap();
     tx[1].try_push(with_seq(&seg, 6, 2)).unwrap();
@@ -97,7 +97,7 @@ fn ordered_gather_restores_submission_order() {
 fn ordered_gather_reports_duplicates_and_bad_descriptors() {
     let seg = segment(2);
     let (mut tx, rx) = ends(&seg, 2);
-    let mut gather = Gather::new(rx, true);
+    let mut gather = Gather::new(rx, true, false);
     tx[0].try_push(with_seq(&seg, 1, 0)).unwrap();
     tx[1].try_push(with_seq(&seg, 2, 0)).unwrap();
     tx[0].publish();
@@ -107,7 +107,7 @@ fn ordered_gather_reports_duplicates_and_bad_descriptors() {
     assert_eq!(gather.try_pop(&seg), Err(GatherError::Sequence { seq: 0, next: 1 }));
 
     let (mut tx, rx) = ends(&segment(2), 2);
-    let mut gather = Gather::new(rx, true);
+    let mut gather = Gather::new(rx, true, false);
     tx[1].try_push(99).unwrap();
     tx[1].publish();
     assert_eq!(gather.try_pop(&seg), Err(GatherError::Descriptor(99)));

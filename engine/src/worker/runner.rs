@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{mark_ran, Frame, OwnedSlot, STATUS_FAILED};
-use crate::memory::FLAG_ORDERED_INPUT;
 use crate::memory::{
     LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
 };
+use crate::memory::{FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT};
 use crate::pair::{
     PairRef, OUTCOME_FAILED, OUTCOME_FAILED_AFTER_CLOSE, OUTCOME_OK, PAIRED, PRODUCED, STARTED,
 };
@@ -81,7 +81,8 @@ impl StageRunner {
         let inputs = (0..record.input_count)
             .map(|k| seg.ring((record.input_ring + k * record.input_stride) as usize).1)
             .collect();
-        let input = Gather::new(inputs, record.flags & FLAG_ORDERED_INPUT != 0);
+        let input =
+            Gather::new(inputs, record.flags & FLAG_ORDERED_INPUT != 0, record.flags & FLAG_HOLD_INPUT != 0);
         let outputs = (0..record.output_count)
             .map(|k| {
                 let (ring, wake) = ((record.output_ring + k) as usize, (record.wake_ring + k) as usize);
@@ -167,8 +168,8 @@ impl StageRunner {
                     Err(PushError::Full(_)) => return self.corrupt("output ring overfull".into()),
                     Err(PushError::Corrupt(e)) => return self.corrupt(e.to_string()),
                 }
-                // Its place in our input ring goes back only now: until then the writer
-                // counted it as ours (the least-loaded choice between replicas).
+                // A replica gives its input place back only now: until then the writer
+                // counted the item as ours (the least-loaded choice between replicas).
                 self.input.release();
                 unpublished += 1;
                 if tag == PAIRED {
