@@ -224,3 +224,52 @@ fn bad_replica_counts_are_typed_errors() {
     assert!(p.submit(&item(1, 0)).unwrap().wait().unwrap().is_ok());
     assert!(p.shutdown().was_graceful());
 }
+
+#[test]
+fn a_killed_replica_is_restarted_and_only_its_item_fails() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process("r.work").replicas(2))
+        .stage(StageSpec::thread("r.picky"))
+        .max_in_flight(16)
+        .build()
+        .unwrap();
+    let before: HashSet<u32> = p.worker_pids().iter().map(|&(_, pid)| pid).collect();
+    let victim = p.worker_pids()[0].1;
+    let mut seen = HashSet::new();
+    let mut died = Vec::new();
+    for (i, out) in p.map((0..400).map(|i| item(i, 500))).enumerate() {
+        if i == 100 {
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(victim as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            )
+            .unwrap();
+        }
+        let out = out.unwrap();
+        let index = index_of(&out);
+        assert_eq!(index, i as u64, "order kept across the restart");
+        assert!(seen.insert(index), "item {index} came back twice");
+        match out.failure() {
+            Some(f) if f.worker_died.is_some() => {
+                assert_eq!((f.stage, f.worker_died), (0, Some(victim)));
+                assert!(f.message.contains("SIGKILL"), "{}", f.message);
+                died.push(index);
+            }
+            Some(f) => assert_eq!(f.stage, 1, "{f}"),
+            None => assert!(index % 7 != 0),
+        }
+    }
+    assert_eq!(seen.len(), 400, "no item lost");
+    assert!(died.len() <= 1, "only the item the dead replica held fails: {died:?}");
+    assert_eq!(p.restarts(), 1);
+    let after: HashSet<u32> = p.worker_pids().iter().map(|&(_, pid)| pid).collect();
+    assert_eq!(after.len(), 2);
+    assert!(!after.contains(&victim) && after.intersection(&before).count() == 1, "{before:?} -> {after:?}");
+    // The pipeline goes on with the replacement.
+    let out = p.submit(&item(7_000, 0)).unwrap().wait().unwrap();
+    assert_eq!(index_of(&out), 7_000);
+    drop(out);
+    let report = p.shutdown();
+    assert!(!report.was_graceful(), "a worker died");
+    assert!(report.failure.is_none(), "but the pipeline did not break: {:?}", report.failure);
+}

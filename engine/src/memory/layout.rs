@@ -3,6 +3,7 @@
 //! ```text
 //! 0        SegmentHeader      (Pod, written once by the parent before any worker starts)
 //! 128      Control            (atomics: pipeline state)
+//! 256      Journal × stages   (atomics: what each runner holds, for restarts)
 //! ...      StageRecord × stages  (Pod)
 //! ...      blob               (stage names and parameters, bytes)
 //! ...      ring × rings       (RingHeader + capacity × u64), 128-aligned
@@ -57,6 +58,7 @@ pub const ROLE_CONSUMER: u32 = 2;
 
 const ALIGN: u64 = 128;
 const CONTROL_OFFSET: u64 = 128;
+const JOURNALS_OFFSET: u64 = 256;
 const MAX_BLOB: u64 = 1 << 30;
 
 /// The segment's fixed header. Written once by the parent before any worker exists.
@@ -190,6 +192,10 @@ pub struct SlotHeader {
     /// Submission order, counted by the parent from 0: how a stage that reads several
     /// replicas' rings puts items back in order.
     pub seq: u64,
+    /// When a failure is a worker's death: the dead process's id (0 otherwise).
+    pub died_pid: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
 
 /// Why a layout cannot be built or trusted.
@@ -307,7 +313,8 @@ impl Layout {
         let ring_count = ring_count as u64;
         let header_size = std::mem::size_of::<SegmentHeader>() as u64;
         let of = |_| LayoutError::TooLarge;
-        let stages_offset = align_up(CONTROL_OFFSET + ALIGN).ok_or(LayoutError::TooLarge)?;
+        let journals_bytes = (stage_count as u64) * std::mem::size_of::<crate::memory::Journal>() as u64;
+        let stages_offset = align_up(JOURNALS_OFFSET + journals_bytes).ok_or(LayoutError::TooLarge)?;
         let stages_bytes = (stage_count as u64)
             .checked_mul(std::mem::size_of::<StageRecord>() as u64)
             .ok_or(LayoutError::TooLarge)?;
@@ -448,6 +455,10 @@ impl Layout {
     }
     pub(crate) fn control_offset(&self) -> usize {
         CONTROL_OFFSET as usize
+    }
+    pub(crate) fn journal_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.stage_count());
+        JOURNALS_OFFSET as usize + i * std::mem::size_of::<crate::memory::Journal>()
     }
     pub(crate) fn stage_offset(&self, i: usize) -> usize {
         debug_assert!(i < self.stage_count());

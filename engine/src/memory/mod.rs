@@ -4,8 +4,11 @@
 //! layers get typed pointers from [`Segment`] whose bounds were checked against a
 //! [`Layout`] computed locally, never against numbers read from shared memory.
 
+mod journal;
 mod layout;
 mod segment;
+
+pub(crate) use journal::Journal;
 
 pub use layout::{
     Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_HOLD_INPUT,

@@ -264,6 +264,15 @@ impl Segment {
         unsafe { self.ptr::<Control>(self.layout.control_offset()).as_ref() }
     }
 
+    /// Runner `i`'s journal (what it holds, for the parent to recover after its death).
+    pub(crate) fn journal(&self, i: usize) -> &super::Journal {
+        assert!(i < self.layout.stage_count());
+        // SAFETY: the layout reserves an aligned Journal per stage record at
+        // journal_offset(i); all-zero bytes are a valid Journal; it is only accessed
+        // atomically (rule 2).
+        unsafe { self.ptr::<super::Journal>(self.layout.journal_offset(i)).as_ref() }
+    }
+
     /// Writes stage `i`'s record. Parent only, before the worker that reads it starts
     /// (a pool rewrites a dead worker's record before starting its replacement).
     pub fn write_stage(&self, i: usize, record: StageRecord) {

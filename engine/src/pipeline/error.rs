@@ -148,6 +148,10 @@ pub struct StageFailure {
     pub name: String,
     /// Its error's message (or the panic message), at most `ERROR_CAPACITY` bytes.
     pub message: String,
+    /// `Some(pid)` if the failure is that the worker process running the stage died
+    /// while it held the item (the message names the signal); the worker was
+    /// restarted and the pipeline went on.
+    pub worker_died: Option<u32>,
 }
 
 impl fmt::Display for StageFailure {

@@ -288,6 +288,7 @@ impl Output {
             stage,
             name: self.shared.stages.get(stage).map_or_else(|| "?".into(), |s| s.name.clone()),
             message: slot.error_text(&self.shared.seg, self.header.error_len),
+            worker_died: (self.header.died_pid != 0).then_some(self.header.died_pid),
         })
     }
 

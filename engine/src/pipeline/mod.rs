@@ -6,6 +6,7 @@
 mod collector;
 mod error;
 mod handles;
+mod restart;
 mod shared;
 mod spec;
 mod supervisor;
@@ -155,6 +156,7 @@ impl Builder {
                 name: spec.name.clone(),
                 message: e.to_string(),
             };
+            let is_process = matches!(spec.placement, Placement::Process);
             match spec.placement {
                 Placement::Process => {
                     registered()?;
@@ -195,7 +197,12 @@ impl Builder {
             for replica in 0..spec.replicas {
                 let id = RunnerId { stage: i, replica };
                 let spare_slot = records.len() as u32;
-                records.push(wiring.record(id, StageRecord { spare_slot, ..record }));
+                let mut r = wiring.record(id, StageRecord { spare_slot, ..record });
+                if is_process && restart::can_take_over(&StageRecord { publish_every: 1, ..r }) {
+                    // Publishing every item lets a replacement take over after a death.
+                    r.publish_every = 1;
+                }
+                records.push(r);
             }
             infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete });
         }
@@ -247,6 +254,7 @@ impl Builder {
             async_waiting: Condvar::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            restarts: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut pipeline = Pipeline {
             shared: shared.clone(),
@@ -402,9 +410,14 @@ impl Pipeline {
         self.shared.tickets
     }
 
-    /// `(stage, pid)` of every worker process.
+    /// `(stage, pid)` of every live worker process (replacements included).
     pub fn worker_pids(&self) -> Vec<(usize, u32)> {
-        self.workers.lock().iter().map(|w| (w.stage, w.child.id())).collect()
+        self.workers.lock().iter().filter(|w| w.lifeline.is_some()).map(|w| (w.stage, w.child.id())).collect()
+    }
+
+    /// How many worker processes were replaced after they died.
+    pub fn restarts(&self) -> usize {
+        self.shared.restarts.load(Ordering::Relaxed)
     }
 
     fn reserve(&self, len: usize, block: bool) -> Result<Option<NewFrame>, SubmitError> {

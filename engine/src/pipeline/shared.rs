@@ -117,6 +117,8 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     /// Shutdown has begun: worker exits are expected.
     pub stopping: AtomicBool,
+    /// Worker processes replaced after they died.
+    pub restarts: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {

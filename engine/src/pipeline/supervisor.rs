@@ -1,6 +1,8 @@
 //! The parent thread that notices dead worker processes, at no cost on the fast
 //! path: it sleeps in `poll` on each worker's status pipe, whose write end only that
-//! worker holds, so the pipe reports hang-up the moment the process is gone.
+//! worker holds, so the pipe reports hang-up the moment the process is gone. A worker
+//! whose runner journals is replaced (see `restart.rs`); any other death breaks the
+//! pipeline.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,7 +17,10 @@ use rustix::event::{PollFd, PollFlags};
 
 use super::error::EngineFailure;
 use super::shared::Shared;
-use crate::worker::spawn::WorkerProcess;
+use crate::worker::spawn::{self, WorkerProcess};
+
+/// How long a replacement worker gets to say ready.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct Supervisor {
     wake: File,
@@ -34,9 +39,10 @@ impl Supervisor {
             .enumerate()
             .map(|(i, w)| Ok((i, File::from(w.status.as_fd().try_clone_to_owned()?))))
             .collect::<std::io::Result<Vec<_>>>()?;
+        let segment = shared.seg.fd().try_clone_to_owned()?;
         let thread = std::thread::Builder::new()
             .name("ringpipe-supervisor".into())
-            .spawn(move || watch(&shared, &workers, watched, wake_read))?;
+            .spawn(move || watch(&shared, &workers, watched, wake_read, &segment))?;
         Ok(Self { wake: File::from(wake_write), thread })
     }
 
@@ -51,6 +57,7 @@ fn watch(
     workers: &Mutex<Vec<WorkerProcess>>,
     mut watched: Vec<(usize, File)>,
     wake: OwnedFd,
+    segment: &OwnedFd,
 ) {
     loop {
         let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(&wake, PollFlags::IN))
@@ -77,9 +84,58 @@ fn watch(
         }
         for &i in dead.iter().rev() {
             let (w, _) = watched.remove(i);
-            if !shared.stopping.load(Ordering::Acquire) {
-                shared.fail(describe_death(shared, workers, w));
+            if shared.stopping.load(Ordering::Acquire) {
+                continue;
             }
+            match replace(shared, workers, w, segment) {
+                Ok(Some(next)) => watched.push(next),
+                Ok(None) => shared.fail(describe_death(shared, workers, w)),
+                Err(failure) => shared.fail(failure),
+            }
+        }
+    }
+}
+
+/// Replaces dead worker `w` if its runner can be taken over: settles what it held,
+/// starts a replacement on the same record and returns the new worker's index and
+/// status pipe. `Ok(None)` if it cannot be taken over.
+fn replace(
+    shared: &Shared,
+    workers: &Mutex<Vec<WorkerProcess>>,
+    w: usize,
+    segment: &OwnedFd,
+) -> Result<Option<(usize, File)>, EngineFailure> {
+    let mut workers = workers.lock();
+    let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
+    let rec = shared.seg.stage(record).map_err(|e| EngineFailure::Corrupt(e.to_string()))?;
+    if !super::restart::can_take_over(&rec) {
+        return Ok(None);
+    }
+    let status = exit_status(&mut workers[w]);
+    let name = shared.stages[stage].name.clone();
+    let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
+    super::restart::settle(&shared.seg, record, pid, &status).map_err(EngineFailure::Corrupt)?;
+    workers[w].lifeline = None;
+    let mut next =
+        spawn::spawn(segment, record, stage).map_err(|e| died(format!("{status}; restart failed: {e}")))?;
+    next.handshake(Instant::now() + RESTART_TIMEOUT)
+        .map_err(|e| died(format!("{status}; its replacement did not start: {e:?}")))?;
+    let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);
+    workers.push(next);
+    shared.restarts.fetch_add(1, Ordering::Relaxed);
+    Ok(Some((workers.len() - 1, status_pipe)))
+}
+
+/// How worker `worker` ended, once its process is gone.
+fn exit_status(worker: &mut WorkerProcess) -> String {
+    // The pipe closes as the process exits; give the kernel a moment to make it a zombie.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        match worker.child.try_wait() {
+            Ok(Some(s)) => return s.to_string(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => return "closed its status pipe".into(),
+            Err(e) => return e.to_string(),
         }
     }
 }
@@ -87,16 +143,7 @@ fn watch(
 fn describe_death(shared: &Shared, workers: &Mutex<Vec<WorkerProcess>>, w: usize) -> EngineFailure {
     let mut workers = workers.lock();
     let worker = &mut workers[w];
-    // The pipe closes as the process exits; give the kernel a moment to make it a zombie.
-    let deadline = Instant::now() + Duration::from_millis(200);
-    let status = loop {
-        match worker.child.try_wait() {
-            Ok(Some(s)) => break s.to_string(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => break "closed its status pipe".into(),
-            Err(e) => break e.to_string(),
-        }
-    };
+    let status = exit_status(worker);
     EngineFailure::WorkerDied {
         stage: worker.stage,
         name: shared.stages[worker.stage].name.clone(),

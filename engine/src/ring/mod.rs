@@ -222,6 +222,11 @@ impl Producer {
         self.tail.saturating_sub(head)
     }
 
+    /// The position the next push writes.
+    pub(crate) fn position(&self) -> u64 {
+        self.tail
+    }
+
     /// Values pushed but not yet published.
     pub fn unpublished(&self) -> u64 {
         // Relaxed: we are the only writer of tail.
@@ -271,6 +276,11 @@ impl Consumer {
         self.head += 1;
         self.unreleased = true;
         Ok(Some(value))
+    }
+
+    /// The position the next take reads.
+    pub(crate) fn position(&self) -> u64 {
+        self.head
     }
 
     /// Gives the places of every value taken so far back to the producer.

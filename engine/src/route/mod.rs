@@ -48,11 +48,14 @@ impl Scatter {
         Self { rings, cursor: 0 }
     }
 
-    /// Pushes `desc` (unpublished) to the ring with the smallest backlog.
+    /// Pushes `desc` (unpublished) to the ring with the smallest backlog; returns
+    /// which ring (its index in this set) and the position it took there.
     #[inline]
-    pub(crate) fn push(&mut self, desc: u64) -> Result<(), PushError> {
+    pub(crate) fn push(&mut self, desc: u64) -> Result<(usize, u64), PushError> {
         let i = if self.rings.len() == 1 { 0 } else { self.least_loaded() };
-        self.rings[i].try_push(desc)
+        let at = self.rings[i].position();
+        self.rings[i].try_push(desc)?;
+        Ok((i, at))
     }
 
     fn least_loaded(&mut self) -> usize {
@@ -128,6 +131,8 @@ pub(crate) struct Gather {
     order: Option<Reorder>,
     /// Keep taken items' places until [`release`](Self::release).
     hold: bool,
+    /// Unordered: the ring (index in this set) and position of the last item taken.
+    last: (usize, u64),
 }
 
 /// Items taken off the rings ahead of their turn.
@@ -147,7 +152,7 @@ impl Gather {
     pub(crate) fn new(rings: Vec<Consumer>, ordered: bool, hold: bool) -> Self {
         let doorbell = rings.first().expect("a runner reads at least one ring").doorbell();
         let order = ordered.then(|| Reorder { next: 0, early: BinaryHeap::new() });
-        Self { rings, doorbell, cursor: 0, order, hold: hold && !ordered }
+        Self { rings, doorbell, cursor: 0, order, hold: hold && !ordered, last: (0, 0) }
     }
 
     /// Takes the next item, if one is ready.
@@ -159,7 +164,9 @@ impl Gather {
         let n = self.rings.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
+            let at = self.rings[i].position();
             if let Some(desc) = self.rings[i].try_take()? {
+                self.last = (i, at);
                 if !self.hold {
                     self.rings[i].release();
                 }
@@ -168,6 +175,11 @@ impl Gather {
             }
         }
         Ok(None)
+    }
+
+    /// Unordered: the ring (index in this set) and position of the last item taken.
+    pub(crate) fn last_taken(&self) -> (usize, u64) {
+        self.last
     }
 
     /// Gives the rings back the places of the items taken so far: call once they are

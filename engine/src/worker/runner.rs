@@ -43,6 +43,20 @@ pub(crate) struct StageRunner {
     role: Role,
     /// Publish output after this many items at most.
     publish_every: u32,
+    /// Give an item's input place back only once it is pushed on (a replica).
+    hold: bool,
+    /// Keep the journal (a plain runner that publishes every item, so that a
+    /// replacement can take over after its process dies).
+    journal: Option<Wiring>,
+}
+
+/// A journaling runner's record index and ring numbering.
+#[derive(Clone, Copy)]
+struct Wiring {
+    record: usize,
+    input_ring: u32,
+    input_stride: u32,
+    output_ring: u32,
 }
 
 /// What a stage is in a producer/consumer pair.
@@ -81,8 +95,9 @@ impl StageRunner {
         let inputs = (0..record.input_count)
             .map(|k| seg.ring((record.input_ring + k * record.input_stride) as usize).1)
             .collect();
-        let input =
-            Gather::new(inputs, record.flags & FLAG_ORDERED_INPUT != 0, record.flags & FLAG_HOLD_INPUT != 0);
+        let ordered = record.flags & FLAG_ORDERED_INPUT != 0;
+        // The runner gives input places back itself (see `run`).
+        let input = Gather::new(inputs, ordered, true);
         let outputs = (0..record.output_count)
             .map(|k| {
                 let (ring, wake) = ((record.output_ring + k) as usize, (record.wake_ring + k) as usize);
@@ -122,7 +137,14 @@ impl StageRunner {
             n => n.min(PUBLISH_EVERY),
         };
         let index = record.stage as usize;
-        Ok(Self { seg, index, stage, input, output, spare, role, publish_every })
+        let journal = (publish_every == 1 && matches!(role, Role::Plain) && !ordered).then_some(Wiring {
+            record: record_index,
+            input_ring: record.input_ring,
+            input_stride: record.input_stride,
+            output_ring: record.output_ring,
+        });
+        let hold = record.flags & FLAG_HOLD_INPUT != 0;
+        Ok(Self { seg, index, stage, input, output, spare, role, publish_every, hold, journal })
     }
 
     /// Serves items until shutdown or breakage.
@@ -144,6 +166,14 @@ impl StageRunner {
                     Ok(slot) => slot,
                     Err(bad) => return self.corrupt(format!("ring descriptor {} names no slot", bad.0)),
                 };
+                if let Some(w) = self.journal {
+                    let (k, at) = self.input.last_taken();
+                    let ring = (w.input_ring + k as u32 * w.input_stride) as usize;
+                    self.seg.journal(w.record).took(slot.index(), self.spare.index(), ring, at);
+                }
+                if !self.hold {
+                    self.input.release();
+                }
                 let handled = match &self.role {
                     Role::Plain => Handled::Done(self.handle(slot)),
                     Role::Producer { .. } => match self.begin_pair(slot) {
@@ -162,15 +192,24 @@ impl StageRunner {
                     Handled::Done(slot) => (slot, 0),
                     Handled::Paired(slot) => (slot, PAIRED),
                 };
+                if let Some(w) = self.journal {
+                    self.seg.journal(w.record).holds(slot.index(), self.spare.index());
+                }
                 match self.output.push(slot.into_descriptor() | tag) {
-                    Ok(()) => {}
+                    Ok((k, at)) => {
+                        if let Some(w) = self.journal {
+                            self.seg.journal(w.record).pushed((w.output_ring + k as u32) as usize, at);
+                        }
+                    }
                     // Rings hold every slot, so full means someone forged descriptors.
                     Err(PushError::Full(_)) => return self.corrupt("output ring overfull".into()),
                     Err(PushError::Corrupt(e)) => return self.corrupt(e.to_string()),
                 }
-                // A replica gives its input place back only now: until then the writer
-                // counted the item as ours (the least-loaded choice between replicas).
-                self.input.release();
+                if self.hold {
+                    // A replica gives its input place back only now: until then the
+                    // writer counted the item as ours (the least-loaded choice).
+                    self.input.release();
+                }
                 unpublished += 1;
                 if tag == PAIRED {
                     // The consumer must start now: it runs alongside `produce`.
@@ -180,6 +219,9 @@ impl StageRunner {
                 } else if unpublished >= self.publish_every {
                     self.output.publish();
                     unpublished = 0;
+                    if let Some(w) = self.journal {
+                        self.seg.journal(w.record).done(self.spare.index());
+                    }
                 }
             }
             if unpublished > 0 {
@@ -404,7 +446,13 @@ impl StageRunner {
 }
 
 /// Marks the item failed by `stage` with `msg` and writes its header.
-fn record_failure(seg: &Segment, slot: &mut OwnedSlot, header: &mut SlotHeader, stage: usize, msg: &str) {
+pub(crate) fn record_failure(
+    seg: &Segment,
+    slot: &mut OwnedSlot,
+    header: &mut SlotHeader,
+    stage: usize,
+    msg: &str,
+) {
     header.status = STATUS_FAILED;
     header.failed_stage = stage as u32;
     header.error_len = slot.set_error_text(seg, msg);

@@ -25,6 +25,8 @@ pub(crate) struct WorkerProcess {
     pub status: File,
     /// Write end of the lifeline: closing it (or dying) tells the worker to exit.
     pub lifeline: Option<OwnedFd>,
+    /// The stage record it serves.
+    pub record: usize,
     /// The stage that record is (a replica of).
     pub stage: usize,
 }
@@ -73,7 +75,7 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
     drop(moves);
     drop(life_read);
     drop(status_write);
-    Ok(WorkerProcess { child, status: File::from(status_read), lifeline: Some(life_write), stage })
+    Ok(WorkerProcess { child, status: File::from(status_read), lifeline: Some(life_write), record, stage })
 }
 
 /// dup2 without allocation, for use between fork and exec.

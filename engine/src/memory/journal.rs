@@ -1,0 +1,115 @@
+//! What a runner holds, written as it goes, so that the parent can tell after the
+//! runner's process died which item it held and where that item's place was.
+//!
+//! A runner writes only its own journal and the parent reads it only once the runner's
+//! process is gone (its status pipe hung up), so there is no race to model: the one
+//! question is which of the runner's stores became visible before it died. Every store
+//! is `Release` and the word that names the item is written last when an item is taken
+//! and first cleared, so a journal that names an item also shows where it came from.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// One runner's journal; all-zero bytes say "holds nothing, spare as in its record".
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct Journal {
+    /// `(item slot + 1) << 32 | (spare slot + 1)`; 0 in a half: none / the record's.
+    owned: AtomicU64,
+    /// Input ring the item was taken from, and its position there.
+    taken_ring: AtomicU64,
+    taken_at: AtomicU64,
+    /// Output ring the item was pushed to, and its position + 1 (0: not pushed yet).
+    pushed_ring: AtomicU64,
+    pushed_at: AtomicU64,
+}
+
+/// A dead runner's journal, read once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// The slot of the item it was working on, if any.
+    pub item: Option<u32>,
+    /// Its spare, if it recorded one (else the one in its record).
+    pub spare: Option<u32>,
+    /// Input ring and position of that item.
+    pub taken: (u64, u64),
+    /// Output ring and position it was pushed to, if it got that far.
+    pub pushed: Option<(u64, u64)>,
+}
+
+fn pack(item: Option<u32>, spare: u32) -> u64 {
+    (item.map_or(0, |i| u64::from(i) + 1) << 32) | (u64::from(spare) + 1)
+}
+
+impl Journal {
+    /// The runner took the item in slot `item` from position `at` of ring `ring`.
+    pub(crate) fn took(&self, item: u32, spare: u32, ring: usize, at: u64) {
+        // Release on each store: a later store never shows without the earlier ones.
+        self.pushed_at.store(0, Ordering::Release);
+        self.taken_ring.store(ring as u64, Ordering::Release);
+        self.taken_at.store(at, Ordering::Release);
+        self.owned.store(pack(Some(item), spare), Ordering::Release);
+    }
+
+    /// The item now lives in `item` and the spare is `spare` (the stage replaced the frame).
+    pub(crate) fn holds(&self, item: u32, spare: u32) {
+        self.owned.store(pack(Some(item), spare), Ordering::Release);
+    }
+
+    /// The item was pushed to position `at` of ring `ring` (not yet published).
+    pub(crate) fn pushed(&self, ring: usize, at: u64) {
+        self.pushed_ring.store(ring as u64, Ordering::Release);
+        self.pushed_at.store(at + 1, Ordering::Release);
+    }
+
+    /// The item was published and its input place given back: nothing is held.
+    pub(crate) fn done(&self, spare: u32) {
+        self.owned.store(pack(None, spare), Ordering::Release);
+    }
+
+    /// Parent, after the runner's process died: what the journal says.
+    pub(crate) fn recover(&self) -> Recovered {
+        // Acquire pairs with the runner's Release stores.
+        let owned = self.owned.load(Ordering::Acquire);
+        let half = |v: u64| (v != 0).then(|| (v - 1) as u32);
+        let pushed_at = self.pushed_at.load(Ordering::Acquire);
+        Recovered {
+            item: half(owned >> 32),
+            spare: half(owned & u64::from(u32::MAX)),
+            taken: (self.taken_ring.load(Ordering::Acquire), self.taken_at.load(Ordering::Acquire)),
+            pushed: (pushed_at != 0).then(|| (self.pushed_ring.load(Ordering::Acquire), pushed_at - 1)),
+        }
+    }
+
+    /// Parent, before starting a replacement: back to all-zero.
+    pub(crate) fn reset(&self) {
+        for word in [&self.owned, &self.taken_ring, &self.taken_at, &self.pushed_ring, &self.pushed_at] {
+            word.store(0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_tells_what_was_held_at_each_step() {
+        let j = Journal::default();
+        assert_eq!(j.recover(), Recovered { item: None, spare: None, taken: (0, 0), pushed: None });
+        j.took(7, 2, 3, 40);
+        assert_eq!(j.recover(), Recovered { item: Some(7), spare: Some(2), taken: (3, 40), pushed: None });
+        j.holds(2, 7);
+        j.pushed(4, 11);
+        assert_eq!(
+            j.recover(),
+            Recovered { item: Some(2), spare: Some(7), taken: (3, 40), pushed: Some((4, 11)) }
+        );
+        j.done(7);
+        assert_eq!(j.recover().item, None);
+        assert_eq!(j.recover().spare, Some(7));
+        j.took(0, 7, 3, 41);
+        assert_eq!(j.recover().pushed, None, "a new item starts unpushed");
+        j.reset();
+        assert_eq!(j.recover(), Recovered { item: None, spare: None, taken: (0, 0), pushed: None });
+    }
+}

@@ -1,0 +1,96 @@
+//! Taking over from a dead worker process: read its journal, put the item it held
+//! (if any) back on its way as failed, give its frames to its replacement.
+//!
+//! Only runners that journal can be taken over: plain stages (not a pair's halves)
+//! that do not reorder their input and publish every item (the parent makes every
+//! such process stage do so). The worker is dead and its replacement not started, so
+//! the parent briefly plays both of its ring ends.
+
+use std::sync::Arc;
+
+use crate::frame::{mark_ran, OwnedSlot};
+use crate::memory::{Segment, StageRecord, FLAG_ORDERED_INPUT, ROLE_PLAIN};
+use crate::ring::PushError;
+use crate::worker::runner::record_failure;
+
+/// True if a replacement can take over record `r`'s runner.
+pub(crate) fn can_take_over(r: &StageRecord) -> bool {
+    r.role == ROLE_PLAIN && r.flags & FLAG_ORDERED_INPUT == 0 && r.publish_every == 1
+}
+
+/// Settles what dead runner `record` (process `pid`, ended with `status`) held, and
+/// rewrites its record for a replacement. Returns whether an item was in hand (it now
+/// travels on, failed). An impossible journal is an error: the pipeline must break.
+pub(crate) fn settle(seg: &Arc<Segment>, record: usize, pid: u32, status: &str) -> Result<bool, String> {
+    let rec = seg.stage(record).map_err(|e| e.to_string())?;
+    let journal = seg.journal(record).recover();
+    let slots = seg.layout().slot_count() as u32;
+    let spare = journal.spare.unwrap_or(rec.spare_slot);
+    let mut in_hand = false;
+    if let Some(item) = journal.item {
+        if item >= slots || spare >= slots || item == spare {
+            return Err(format!("dead worker's journal names slots {item} and {spare}"));
+        }
+        // Its input place: if not given back yet, step past it (the item is ours now).
+        let (ring, at) = journal.taken;
+        let from_input =
+            (0..rec.input_count).any(|k| u64::from(rec.input_ring + k * rec.input_stride) == ring);
+        if !from_input {
+            return Err(format!("dead worker's journal names ring {ring}, not one of its inputs"));
+        }
+        let mut input = seg.ring(ring as usize).1;
+        if input.position() == at {
+            input.try_take().map_err(|e| e.to_string())?;
+            input.release();
+        }
+        // Published already? Then it is downstream and nothing is held.
+        let published = match journal.pushed {
+            Some((ring, at)) if ring < seg.layout().ring_count() as u64 => {
+                seg.ring(ring as usize).0.position() > at
+            }
+            Some((ring, _)) => return Err(format!("dead worker's journal names output ring {ring}")),
+            None => false,
+        };
+        if !published {
+            fail_and_send_on(seg, &rec, item, pid, status)?;
+            in_hand = true;
+        }
+    }
+    seg.write_stage(record, StageRecord { spare_slot: spare, ..rec });
+    seg.journal(record).reset();
+    Ok(in_hand)
+}
+
+/// Marks the item in slot `item` failed by the worker's death and pushes it to the dead
+/// runner's first output ring, where the next stage (or the parent) takes it.
+fn fail_and_send_on(
+    seg: &Arc<Segment>,
+    rec: &StageRecord,
+    item: u32,
+    pid: u32,
+    status: &str,
+) -> Result<(), String> {
+    let mut slot = OwnedSlot::assigned(seg, item).expect("checked against the slot count");
+    let mut header = slot.header(seg);
+    header.len = header.len.min(seg.layout().slot_capacity() as u32);
+    header.died_pid = pid;
+    mark_ran(&mut header, rec.stage as usize);
+    let msg = format!("worker process {pid} died ({status}) while running this item; it was restarted");
+    record_failure(seg, &mut slot, &mut header, rec.stage as usize, &msg);
+    let (output, wake) = (rec.output_ring as usize, rec.wake_ring as usize);
+    let mut producer = seg.ring(output).0;
+    if wake != output {
+        let doorbell = seg.ring_parts(wake).0;
+        // SAFETY: `stage` checked both indices against the layout; the doorbell lives in
+        // the same segment, which `producer` keeps alive.
+        producer = unsafe { producer.with_doorbell(doorbell) };
+    }
+    match producer.try_push(slot.into_descriptor()) {
+        Ok(()) => {
+            producer.publish();
+            Ok(())
+        }
+        Err(PushError::Full(_)) => Err("dead worker's output ring is overfull".into()),
+        Err(PushError::Corrupt(e)) => Err(e.to_string()),
+    }
+}
