@@ -3,7 +3,7 @@
 //!
 //! Only runners that journal can be taken over: plain stages (not a pair's halves)
 //! that do not reorder their input and publish every item (the parent makes every
-//! such process stage do so). The worker is dead and its replacement not started, so
+//! such replica do so). The worker is dead and its replacement not started, so
 //! the parent briefly plays both of its ring ends.
 
 use std::sync::Arc;
