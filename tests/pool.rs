@@ -171,3 +171,16 @@ fn dropping_a_map_midway_leaves_the_pool_ready() {
     }
     assert_eq!(next, 50);
 }
+
+#[test]
+fn results_stay_readable_after_the_pool_is_gone() {
+    let mut pool = Pool::builder("p.task").workers(2).build().unwrap();
+    let results: Vec<_> = pool.map((0..20).map(|i| task(i, 0))).map(|r| r.unwrap()).collect();
+    let report = pool.shutdown();
+    assert!(report.iter().all(|w| !w.killed));
+    // The frames live in the segment, which each result keeps mapped.
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!((r.index(), r.cast::<u64>().unwrap()[0]), (i as u64, 2 * i as u64));
+    }
+    drop(results); // returns the frames to a free list nobody uses any more: no panic
+}
