@@ -436,6 +436,23 @@ impl Segment {
         unsafe { crate::ring::from_raw(header, slots, capacity, self.clone()) }
     }
 
+    /// The writing end of ring `ring`, whose publishes wake whoever parks on ring
+    /// `wake`'s word (the ring itself, or a doorbell its reader shares with others).
+    pub(crate) fn producer_to(
+        self: &std::sync::Arc<Self>,
+        ring: usize,
+        wake: usize,
+    ) -> crate::ring::Producer {
+        let producer = self.ring(ring).0;
+        if wake == ring {
+            return producer;
+        }
+        let doorbell = self.ring_parts(wake).0;
+        // SAFETY: `ring_parts` checked `wake` against the layout; the doorbell lives in
+        // this segment, which `producer` keeps alive.
+        unsafe { producer.with_doorbell(doorbell) }
+    }
+
     /// The header and slot array of ring `i`.
     pub(crate) fn ring_parts(
         &self,

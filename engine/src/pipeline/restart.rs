@@ -77,14 +77,7 @@ fn fail_and_send_on(
     mark_ran(&mut header, rec.stage as usize);
     let msg = format!("worker process {pid} died ({status}) while running this item; it was restarted");
     record_failure(seg, &mut slot, &mut header, rec.stage as usize, &msg);
-    let (output, wake) = (rec.output_ring as usize, rec.wake_ring as usize);
-    let mut producer = seg.ring(output).0;
-    if wake != output {
-        let doorbell = seg.ring_parts(wake).0;
-        // SAFETY: `stage` checked both indices against the layout; the doorbell lives in
-        // the same segment, which `producer` keeps alive.
-        producer = unsafe { producer.with_doorbell(doorbell) };
-    }
+    let mut producer = seg.producer_to(rec.output_ring as usize, rec.wake_ring as usize);
     match producer.try_push(slot.into_descriptor()) {
         Ok(()) => {
             producer.publish();

@@ -99,17 +99,7 @@ impl StageRunner {
         // The runner gives input places back itself (see `run`).
         let input = Gather::new(inputs, ordered, true);
         let outputs = (0..record.output_count)
-            .map(|k| {
-                let (ring, wake) = ((record.output_ring + k) as usize, (record.wake_ring + k) as usize);
-                let output = seg.ring(ring).0;
-                if wake == ring {
-                    return output;
-                }
-                let doorbell = seg.ring_parts(wake).0;
-                // SAFETY: `stage` checked every index against the layout; the doorbell's
-                // header lives in the same segment as the ring, which `output` keeps alive.
-                unsafe { output.with_doorbell(doorbell) }
-            })
+            .map(|k| seg.producer_to((record.output_ring + k) as usize, (record.wake_ring + k) as usize))
             .collect();
         let output = Scatter::new(outputs);
         let spare = OwnedSlot::assigned(&seg, record.spare_slot)
