@@ -44,11 +44,12 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, pid: u32, status: &str) 
             input.release();
         }
         // Published already? Then it is downstream and nothing is held.
+        let outputs = u64::from(rec.output_ring)..u64::from(rec.output_ring + rec.output_count);
         let published = match journal.pushed {
-            Some((ring, at)) if ring < seg.layout().ring_count() as u64 => {
-                seg.ring(ring as usize).0.position() > at
+            Some((ring, at)) if outputs.contains(&ring) => seg.ring(ring as usize).0.position() > at,
+            Some((ring, _)) => {
+                return Err(format!("dead worker's journal names ring {ring}, not one of its outputs"))
             }
-            Some((ring, _)) => return Err(format!("dead worker's journal names output ring {ring}")),
             None => false,
         };
         if !published {
