@@ -6,12 +6,18 @@
 //! question is which of the runner's stores became visible before it died. Every store
 //! is `Release` and the word that names the item is written last when an item is taken
 //! and first cleared, so a journal that names an item also shows where it came from.
+//!
+//! A runner publishes its output in batches, so at its death some pushed items may
+//! still be private to it. The journal keeps each output ring's private tail
+//! ([`staged`](Journal::staged)), written after the descriptor itself, so the parent
+//! can publish what was pushed and nothing else.
 
+use super::layout::MAX_REPLICAS;
 use crate::sync::{AtomicU64, Ordering};
 
 /// One runner's journal; all-zero bytes say "holds nothing, spare as in its record".
 #[repr(C, align(128))]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Journal {
     /// `(item slot + 1) << 32 | (spare slot + 1)`; 0 in a half: none / the record's.
     owned: AtomicU64,
@@ -21,6 +27,9 @@ pub(crate) struct Journal {
     /// Output ring the item was pushed to, and its position + 1 (0: not pushed yet).
     pushed_ring: AtomicU64,
     pushed_at: AtomicU64,
+    /// Per output ring (index in the runner's set): the position after the last
+    /// descriptor written there, published or not (0: nothing written since the start).
+    staged: [AtomicU64; MAX_REPLICAS],
 }
 
 /// A dead runner's journal, read once.
@@ -34,6 +43,20 @@ pub(crate) struct Recovered {
     pub taken: (u64, u64),
     /// Output ring and position it was pushed to, if it got that far.
     pub pushed: Option<(u64, u64)>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        let zero = || AtomicU64::new(0);
+        Self {
+            owned: zero(),
+            taken_ring: zero(),
+            taken_at: zero(),
+            pushed_ring: zero(),
+            pushed_at: zero(),
+            staged: std::array::from_fn(|_| zero()),
+        }
+    }
 }
 
 fn pack(item: Option<u32>, spare: u32) -> u64 {
@@ -55,10 +78,21 @@ impl Journal {
         self.owned.store(pack(Some(item), spare), Ordering::Release);
     }
 
-    /// The item was pushed to position `at` of ring `ring` (not yet published).
-    pub(crate) fn pushed(&self, ring: usize, at: u64) {
+    /// The item was pushed to position `at` of ring `ring`, output `k` of the runner's
+    /// set (not yet published). Call after the descriptor is written.
+    pub(crate) fn pushed(&self, k: usize, ring: usize, at: u64) {
+        // Release: the descriptor written before shows before the staged tail.
+        self.staged[k].store(at + 1, Ordering::Release);
         self.pushed_ring.store(ring as u64, Ordering::Release);
         self.pushed_at.store(at + 1, Ordering::Release);
+    }
+
+    /// Parent, after the runner's process died: output `k`'s private tail, if the runner
+    /// wrote anything there (everything before it is a written descriptor).
+    pub(crate) fn staged(&self, k: usize) -> Option<u64> {
+        // Acquire pairs with the Release store in `pushed`.
+        let tail = self.staged.get(k)?.load(Ordering::Acquire);
+        (tail != 0).then_some(tail)
     }
 
     /// The item was published and its input place given back: nothing is held.
@@ -82,7 +116,8 @@ impl Journal {
 
     /// Parent, before starting a replacement: back to all-zero.
     pub(crate) fn reset(&self) {
-        for word in [&self.owned, &self.taken_ring, &self.taken_at, &self.pushed_ring, &self.pushed_at] {
+        let words = [&self.owned, &self.taken_ring, &self.taken_at, &self.pushed_ring, &self.pushed_at];
+        for word in words.into_iter().chain(&self.staged) {
             word.store(0, Ordering::Release);
         }
     }
@@ -99,7 +134,10 @@ mod tests {
         j.took(7, 2, 3, 40);
         assert_eq!(j.recover(), Recovered { item: Some(7), spare: Some(2), taken: (3, 40), pushed: None });
         j.holds(2, 7);
-        j.pushed(4, 11);
+        assert_eq!(j.staged(1), None);
+        j.pushed(1, 4, 11);
+        assert_eq!(j.staged(1), Some(12));
+        assert_eq!(j.staged(MAX_REPLICAS), None, "no such output");
         assert_eq!(
             j.recover(),
             Recovered { item: Some(2), spare: Some(7), taken: (3, 40), pushed: Some((4, 11)) }
@@ -111,5 +149,6 @@ mod tests {
         assert_eq!(j.recover().pushed, None, "a new item starts unpushed");
         j.reset();
         assert_eq!(j.recover(), Recovered { item: None, spare: None, taken: (0, 0), pushed: None });
+        assert_eq!(j.staged(1), None);
     }
 }

@@ -22,7 +22,7 @@ use crate::ring::RingHeader;
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits),
 /// and most stage records (one per replica) in one segment.
 pub const MAX_STAGES: usize = 256;
@@ -154,6 +154,15 @@ pub struct StageRecord {
     pub output_count: u32,
     /// [`FLAG_ORDERED_INPUT`] and [`FLAG_HOLD_INPUT`] bits.
     pub flags: u32,
+}
+
+impl StageRecord {
+    /// True if a replacement can take over this runner after its process died: a
+    /// plain stage (not a pair's half) that does not reorder its input, so the item
+    /// in hand and the place it came from are all its journal needs to name.
+    pub(crate) fn can_be_taken_over(&self) -> bool {
+        self.role == ROLE_PLAIN && self.flags & FLAG_ORDERED_INPUT == 0
+    }
 }
 
 impl Default for StageRecord {

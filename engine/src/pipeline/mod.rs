@@ -156,7 +156,6 @@ impl Builder {
                 name: spec.name.clone(),
                 message: e.to_string(),
             };
-            let is_process = matches!(spec.placement, Placement::Process);
             match spec.placement {
                 Placement::Process => {
                     registered()?;
@@ -198,14 +197,11 @@ impl Builder {
                 let id = RunnerId { stage: i, replica };
                 let spare_slot = records.len() as u32;
                 let mut r = wiring.record(id, StageRecord { spare_slot, ..record });
-                if is_process
-                    && spec.replicas > 1
-                    && restart::can_take_over(&StageRecord { publish_every: 1, ..r })
-                {
-                    // Publishing every item lets a replacement take over after a death.
-                    // Replicas run heavy items, where that costs nothing; a single
-                    // process stage keeps batching its publishes (the 64-byte hop
-                    // loses a third of its rate publishing each item).
+                if spec.replicas > 1 {
+                    // Replicas run heavy items: each goes on as soon as it is done, so
+                    // the next stage starts on it while the other replicas work. A
+                    // single stage batches its publishes (the 64-byte hop loses a third
+                    // of its rate publishing each item).
                     r.publish_every = 1;
                 }
                 records.push(r);

@@ -2,27 +2,32 @@
 //! (if any) back on its way as failed, give its frames to its replacement.
 //!
 //! Only runners that journal can be taken over: plain stages (not a pair's halves)
-//! that do not reorder their input and publish every item (the parent makes every
-//! such replica do so). The worker is dead and its replacement not started, so
-//! the parent briefly plays both of its ring ends.
+//! that do not reorder their input. The worker is dead and its replacement not
+//! started, so the parent briefly plays both of its ring ends: it publishes what the
+//! dead runner pushed but had not published yet (its journal's staged tails), and
+//! steps past the input place of the item it held.
 
 use std::sync::Arc;
 
 use crate::frame::{mark_ran, OwnedSlot};
-use crate::memory::{Segment, StageRecord, FLAG_ORDERED_INPUT, ROLE_PLAIN};
+use crate::memory::{Segment, StageRecord};
 use crate::ring::PushError;
 use crate::worker::runner::record_failure;
-
-/// True if a replacement can take over record `r`'s runner.
-pub(crate) fn can_take_over(r: &StageRecord) -> bool {
-    r.role == ROLE_PLAIN && r.flags & FLAG_ORDERED_INPUT == 0 && r.publish_every == 1
-}
 
 /// Settles what dead runner `record` (process `pid`, ended with `status`) held, and
 /// rewrites its record for a replacement. Returns whether an item was in hand (it now
 /// travels on, failed). An impossible journal is an error: the pipeline must break.
 pub(crate) fn settle(seg: &Arc<Segment>, record: usize, pid: u32, status: &str) -> Result<bool, String> {
     let rec = seg.stage(record).map_err(|e| e.to_string())?;
+    // What it pushed is downstream: publish it.
+    for k in 0..rec.output_count {
+        if let Some(staged) = seg.journal(record).staged(k as usize) {
+            let (ring, wake) = ((rec.output_ring + k) as usize, (rec.wake_ring + k) as usize);
+            let mut output = seg.producer_to(ring, wake);
+            output.adopt(staged).map_err(|e| format!("dead worker's output ring {ring}: {e}"))?;
+            output.publish();
+        }
+    }
     let journal = seg.journal(record).recover();
     let slots = seg.layout().slot_count() as u32;
     let spare = journal.spare.unwrap_or(rec.spare_slot);

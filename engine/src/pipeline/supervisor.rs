@@ -108,7 +108,7 @@ fn replace(
     let mut workers = workers.lock();
     let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
     let rec = shared.seg.stage(record).map_err(|e| EngineFailure::Corrupt(e.to_string()))?;
-    if !super::restart::can_take_over(&rec) {
+    if !rec.can_be_taken_over() {
         return Ok(None);
     }
     let status = exit_status(&mut workers[w]);

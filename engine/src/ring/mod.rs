@@ -195,6 +195,31 @@ impl Producer {
         self.ring.wake().readable.notify();
     }
 
+    /// Takes over from a dead producer that wrote descriptors up to position `staged`
+    /// without publishing them: they become this producer's pushes (unpublished). A
+    /// `staged` behind the published tail is nothing to take over; one past the
+    /// consumer's reach is an error.
+    ///
+    /// ```
+    /// use ringpipe_engine::ring::HeapRing;
+    /// let (mut tx, mut rx) = HeapRing::new(4).split();
+    /// tx.try_push(7).unwrap(); // the first producer "dies" here, unpublished
+    /// tx.adopt(1).unwrap();
+    /// tx.publish();
+    /// assert_eq!(rx.try_pop(), Ok(Some(7)));
+    /// assert!(tx.adopt(9).is_err(), "more than the ring holds");
+    /// ```
+    pub fn adopt(&mut self, staged: u64) -> Result<(), Corrupt> {
+        // Acquire pairs with the consumer's Release store of head in `release`.
+        let head = self.ring.header().head.load(Ordering::Acquire);
+        if head > staged.max(self.tail) || staged.saturating_sub(head) > self.ring.capacity() {
+            return Err(Corrupt { local: staged, remote: head });
+        }
+        self.cached_head = head;
+        self.tail = self.tail.max(staged);
+        Ok(())
+    }
+
     /// Makes `publish` and `nudge` wake whoever parks on `doorbell` (another ring's
     /// header) instead of this ring's consumer: how one consumer waits on many rings.
     ///

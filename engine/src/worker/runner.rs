@@ -45,8 +45,7 @@ pub(crate) struct StageRunner {
     publish_every: u32,
     /// Give an item's input place back only once it is pushed on (a replica).
     hold: bool,
-    /// Keep the journal (a plain runner that publishes every item, so that a
-    /// replacement can take over after its process dies).
+    /// Keep the journal (a runner a replacement can take over after its process dies).
     journal: Option<Wiring>,
 }
 
@@ -127,7 +126,7 @@ impl StageRunner {
             n => n.min(PUBLISH_EVERY),
         };
         let index = record.stage as usize;
-        let journal = (publish_every == 1 && matches!(role, Role::Plain) && !ordered).then_some(Wiring {
+        let journal = record.can_be_taken_over().then_some(Wiring {
             record: record_index,
             input_ring: record.input_ring,
             input_stride: record.input_stride,
@@ -188,7 +187,7 @@ impl StageRunner {
                 match self.output.push(slot.into_descriptor() | tag) {
                     Ok((k, at)) => {
                         if let Some(w) = self.journal {
-                            self.seg.journal(w.record).pushed((w.output_ring + k as u32) as usize, at);
+                            self.seg.journal(w.record).pushed(k, (w.output_ring + k as u32) as usize, at);
                         }
                     }
                     // Rings hold every slot, so full means someone forged descriptors.
