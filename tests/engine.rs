@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, Pipeline, StageOutcome, StageSpec,
-    SubmitError, TrySubmitError, WaitError,
+    register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, StageOutcome, StageSpec, SubmitError,
+    TrySubmitError, WaitError,
 };
 
 ringpipe::worker_test_entry!();
