@@ -29,7 +29,7 @@ pub use pipeline::{
     BuildError, Builder, Completions, EngineFailure, Map, NewFrame, OnComplete, Output, Pipeline,
     ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, SubmitError, Ticket, TrySubmitError,
     WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY,
-    DROP_DRAIN_TIMEOUT,
+    DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
 };
 pub use pool::{
     Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, DEFAULT_POOL_WINDOW, MAX_WORKERS,

@@ -100,6 +100,19 @@ impl Journal {
         self.owned.store(pack(None, spare), Ordering::Release);
     }
 
+    /// Parent, while the runner lives: where the item it is working on (taken, not yet
+    /// pushed) came from, a key that changes with every item. A racy snapshot, good
+    /// for one thing: noticing that a runner stays on one item for too long.
+    pub(crate) fn working_on(&self) -> Option<(u64, u64)> {
+        // Acquire pairs with the runner's Release stores; a torn snapshot only gives a
+        // key that the next look replaces.
+        let owned = self.owned.load(Ordering::Acquire);
+        if owned >> 32 == 0 || self.pushed_at.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some((self.taken_ring.load(Ordering::Acquire), self.taken_at.load(Ordering::Acquire)))
+    }
+
     /// Parent, after the runner's process died: what the journal says.
     pub(crate) fn recover(&self) -> Recovered {
         // Acquire pairs with the runner's Release stores.
@@ -131,12 +144,15 @@ mod tests {
     fn a_journal_tells_what_was_held_at_each_step() {
         let j = Journal::default();
         assert_eq!(j.recover(), Recovered { item: None, spare: None, taken: (0, 0), pushed: None });
+        assert_eq!(j.working_on(), None);
         j.took(7, 2, 3, 40);
         assert_eq!(j.recover(), Recovered { item: Some(7), spare: Some(2), taken: (3, 40), pushed: None });
+        assert_eq!(j.working_on(), Some((3, 40)));
         j.holds(2, 7);
         assert_eq!(j.staged(1), None);
         j.pushed(1, 4, 11);
         assert_eq!(j.staged(1), Some(12));
+        assert_eq!(j.working_on(), None, "pushed: no longer working on it");
         assert_eq!(j.staged(MAX_REPLICAS), None, "no such output");
         assert_eq!(
             j.recover(),

@@ -203,8 +203,9 @@ pub struct SlotHeader {
     pub seq: u64,
     /// When a failure is a worker's death: the dead process's id (0 otherwise).
     pub died_pid: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// When that worker was killed for running past its stage's timeout: the timeout
+    /// in milliseconds (0 otherwise).
+    pub timeout_ms: u32,
 }
 
 /// Why a layout cannot be built or trusted.

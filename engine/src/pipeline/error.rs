@@ -152,6 +152,10 @@ pub struct StageFailure {
     /// while it held the item (the message names the signal); the worker was
     /// restarted and the pipeline went on.
     pub worker_died: Option<u32>,
+    /// `Some(timeout)` if the item ran past the stage's
+    /// [`timeout`](crate::StageSpec::timeout): its worker process (`worker_died`) was
+    /// killed and restarted.
+    pub timed_out: Option<std::time::Duration>,
 }
 
 impl fmt::Display for StageFailure {
@@ -217,6 +221,13 @@ pub enum BuildError {
         /// Why.
         reason: String,
     },
+    /// A stage's [`timeout`](crate::StageSpec::timeout) cannot be honoured.
+    BadTimeout {
+        /// Index of the stage.
+        stage: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl BuildError {
@@ -243,6 +254,7 @@ impl fmt::Display for BuildError {
                 write!(f, "stage {stage} cannot stream to the next stage: {reason}")
             }
             Self::BadReplicas { stage, reason } => write!(f, "stage {stage} cannot be replicated: {reason}"),
+            Self::BadTimeout { stage, reason } => write!(f, "stage {stage} cannot have a timeout: {reason}"),
             Self::Config(e) => write!(f, "invalid pipeline configuration: {e}"),
             Self::Segment(e) => e.fmt(f),
             Self::UnknownStage { stage, name } => write!(

@@ -289,6 +289,8 @@ impl Output {
             name: self.shared.stages.get(stage).map_or_else(|| "?".into(), |s| s.name.clone()),
             message: slot.error_text(&self.shared.seg, self.header.error_len),
             worker_died: (self.header.died_pid != 0).then_some(self.header.died_pid),
+            timed_out: (self.header.timeout_ms != 0)
+                .then(|| std::time::Duration::from_millis(self.header.timeout_ms.into())),
         })
     }
 

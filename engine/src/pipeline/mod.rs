@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex};
 
 pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitError, WaitError};
 pub use handles::{NewFrame, Output, Ticket};
-pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY};
+pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY, MAX_STAGE_TIMEOUT};
 
 use self::shared::{Book, Entry, Shared, StageInfo, State, Submissions};
 use self::spec::Placement;
@@ -112,6 +112,7 @@ impl Builder {
         let n = self.stages.len();
         let pairs = check_pairs(&self.stages)?;
         check_replicas(&self.stages)?;
+        check_timeouts(&self.stages)?;
         let wiring = Wiring::new(
             &self.stages.iter().map(|s| s.replicas).collect::<Vec<_>>(),
             &self.stages.iter().map(|s| s.ordered).collect::<Vec<_>>(),
@@ -204,9 +205,17 @@ impl Builder {
                     // of its rate publishing each item).
                     r.publish_every = 1;
                 }
+                if spec.timeout.is_some() && !r.can_be_taken_over() {
+                    return Err(BuildError::BadTimeout {
+                        stage: i,
+                        reason: "it follows replicas whose items it puts back in order, and such a \
+                                 stage cannot be restarted yet"
+                            .into(),
+                    });
+                }
                 records.push(r);
             }
-            infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete });
+            infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete, timeout: spec.timeout });
         }
         let layout = Layout::with_rings(
             records.len(),
@@ -415,6 +424,28 @@ impl Pipeline {
     /// `(stage, pid)` of every live worker process (replacements included).
     pub fn worker_pids(&self) -> Vec<(usize, u32)> {
         self.workers.lock().iter().filter(|w| w.lifeline.is_some()).map(|w| (w.stage, w.child.id())).collect()
+    }
+
+    /// Frames free for new items: [`max_in_flight`](Self::max_in_flight) minus the
+    /// items submitted and not yet resolved, minus the results still held. Once every
+    /// item resolved and every [`Output`] is dropped, it is `max_in_flight` again: no
+    /// frame leaked, whatever died on the way.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let p = Pipeline::builder()
+    ///     .stage(StageSpec::with_stage("noop", stage_fn(|_f| Ok(()))))
+    ///     .max_in_flight(4)
+    ///     .build()?;
+    /// let out = p.submit(b"x")?.wait()?;
+    /// assert_eq!(p.free_frames(), 3, "the result holds its frame");
+    /// drop(out);
+    /// assert_eq!(p.free_frames(), 4);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn free_frames(&self) -> usize {
+        self.shared.book.lock().free_slots.len()
     }
 
     /// How many worker processes were replaced after they died.
@@ -662,6 +693,25 @@ fn check_replicas(stages: &[StageSpec]) -> Result<(), BuildError> {
         let follows_producer = i > 0 && stages[i - 1].stream.is_some();
         if spec.stream.is_some() || follows_producer {
             return bad("it is half of a producer/consumer pair, which streams through one ring".into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks every stage's timeout, as far as the specs tell (`build` checks the wiring).
+fn check_timeouts(stages: &[StageSpec]) -> Result<(), BuildError> {
+    for (i, spec) in stages.iter().enumerate() {
+        let Some(timeout) = spec.timeout else { continue };
+        let bad = |reason: String| Err(BuildError::BadTimeout { stage: i, reason });
+        if timeout < Duration::from_millis(1) || timeout > MAX_STAGE_TIMEOUT {
+            return bad(format!("{timeout:?} asked, it must be 1 ms to {MAX_STAGE_TIMEOUT:?}"));
+        }
+        if !spec.is_process() {
+            return bad("it runs on a thread of the parent, which cannot be killed".into());
+        }
+        let follows_producer = i > 0 && stages[i - 1].stream.is_some();
+        if spec.stream.is_some() || follows_producer {
+            return bad("it is half of a producer/consumer pair, which cannot be restarted yet".into());
         }
     }
     Ok(())

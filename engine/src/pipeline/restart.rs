@@ -8,16 +8,26 @@
 //! steps past the input place of the item it held.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::frame::{mark_ran, OwnedSlot};
 use crate::memory::{Segment, StageRecord};
 use crate::ring::PushError;
 use crate::worker::runner::record_failure;
 
-/// Settles what dead runner `record` (process `pid`, ended with `status`) held, and
-/// rewrites its record for a replacement. Returns whether an item was in hand (it now
-/// travels on, failed). An impossible journal is an error: the pipeline must break.
-pub(crate) fn settle(seg: &Arc<Segment>, record: usize, pid: u32, status: &str) -> Result<bool, String> {
+/// How a worker process ended.
+pub(crate) struct Death<'a> {
+    pub pid: u32,
+    /// Its exit status, in words.
+    pub status: &'a str,
+    /// The supervisor killed it for running past this timeout.
+    pub timed_out: Option<Duration>,
+}
+
+/// Settles what the dead runner of `record` held, and rewrites its record for a
+/// replacement. Returns whether an item was in hand (it now travels on, failed). An
+/// impossible journal is an error: the pipeline must break.
+pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Result<bool, String> {
     let rec = seg.stage(record).map_err(|e| e.to_string())?;
     // What it pushed is downstream: publish it.
     for k in 0..rec.output_count {
@@ -58,7 +68,7 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, pid: u32, status: &str) 
             None => false,
         };
         if !published {
-            fail_and_send_on(seg, &rec, item, pid, status)?;
+            fail_and_send_on(seg, &rec, item, death)?;
             in_hand = true;
         }
     }
@@ -73,15 +83,23 @@ fn fail_and_send_on(
     seg: &Arc<Segment>,
     rec: &StageRecord,
     item: u32,
-    pid: u32,
-    status: &str,
+    death: &Death<'_>,
 ) -> Result<(), String> {
     let mut slot = OwnedSlot::assigned(seg, item).expect("checked against the slot count");
     let mut header = slot.header(seg);
     header.len = header.len.min(seg.layout().slot_capacity() as u32);
-    header.died_pid = pid;
+    header.died_pid = death.pid;
     mark_ran(&mut header, rec.stage as usize);
-    let msg = format!("worker process {pid} died ({status}) while running this item; it was restarted");
+    let pid = death.pid;
+    let msg = match death.timed_out {
+        Some(t) => {
+            header.timeout_ms = t.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+            format!("timed out: ran past the stage's timeout of {t:?}; worker process {pid} was killed and restarted")
+        }
+        None => {
+            format!("worker process {pid} died ({}) while running this item; it was restarted", death.status)
+        }
+    };
     record_failure(seg, &mut slot, &mut header, rec.stage as usize, &msg);
     let mut producer = seg.producer_to(rec.output_ring as usize, rec.wake_ring as usize);
     match producer.try_push(slot.into_descriptor()) {

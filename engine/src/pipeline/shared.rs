@@ -90,6 +90,7 @@ impl Book {
 pub(crate) struct StageInfo {
     pub name: String,
     pub on_complete: Option<OnComplete>,
+    pub timeout: Option<std::time::Duration>,
 }
 
 pub(crate) struct Shared {

@@ -1,6 +1,7 @@
 //! Describing a stage: which code, where it runs, its parameters, its callback.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::stage::Stage;
 
@@ -41,7 +42,12 @@ pub struct StageSpec {
     pub(crate) replicas: usize,
     /// Replicated: items leave in submission order.
     pub(crate) ordered: bool,
+    /// Kill and restart a worker that runs one item for longer than this.
+    pub(crate) timeout: Option<Duration>,
 }
+
+/// The longest [`StageSpec::timeout`]: one day.
+pub const MAX_STAGE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Bytes of a pair's byte ring unless [`StageSpec::stream_capacity`] says otherwise:
 /// 1 MiB, large enough that 64 KiB writes rarely wait, small enough to stay in cache.
@@ -57,6 +63,7 @@ impl StageSpec {
             stream: None,
             replicas: 1,
             ordered: true,
+            timeout: None,
         }
     }
 
@@ -168,6 +175,34 @@ impl StageSpec {
     pub fn unordered(mut self) -> Self {
         self.ordered = false;
         self
+    }
+
+    /// Fails an item that runs in this stage for longer than `timeout` (1 ms to
+    /// [`MAX_STAGE_TIMEOUT`]): the worker process running it is killed and restarted,
+    /// and the item leaves with a [`StageFailure`](crate::StageFailure) whose
+    /// `timed_out` is set. The clock starts when the worker takes the item; it is
+    /// checked every quarter of the timeout (at least every 250 ms), without cost to
+    /// the workers.
+    ///
+    /// Only a process stage that can be restarted may have one: a thread cannot be
+    /// killed, and the halves of a producer/consumer pair and a stage that puts
+    /// replicas' items back in order are not restarted yet
+    /// ([`BuildError::BadTimeout`](crate::BuildError::BadTimeout)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringpipe_engine::StageSpec;
+    /// let s = StageSpec::process("compress").timeout(Duration::from_secs(5));
+    /// assert_eq!(s.timeout_limit(), Some(Duration::from_secs(5)));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The stage's [`timeout`](Self::timeout), if it has one.
+    pub fn timeout_limit(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// How many runners the stage gets.

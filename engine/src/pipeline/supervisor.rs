@@ -3,7 +3,13 @@
 //! worker holds, so the pipe reports hang-up the moment the process is gone. A worker
 //! whose runner journals is replaced (see `restart.rs`); any other death breaks the
 //! pipeline.
+//!
+//! If a stage has a [`timeout`](crate::StageSpec::timeout), the supervisor also wakes
+//! every quarter of the shortest one and reads each timed runner's journal: a runner
+//! seen on the same item for longer than its timeout is killed, and its death is then
+//! handled like any other, except that the item's failure says it timed out.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -59,11 +65,16 @@ fn watch(
     wake: OwnedFd,
     segment: &OwnedFd,
 ) {
+    let tick = shared.stages.iter().filter_map(|s| s.timeout).min().map(|t| {
+        let t = (t / 4).clamp(Duration::from_millis(1), Duration::from_millis(250));
+        rustix::event::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos().into() }
+    });
+    let mut clocks = Clocks::default();
     loop {
         let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(&wake, PollFlags::IN))
             .chain(watched.iter().map(|(_, f)| PollFd::new(f, PollFlags::IN)))
             .collect();
-        if let Err(e) = rustix::event::poll(&mut fds, None) {
+        if let Err(e) = rustix::event::poll(&mut fds, tick.as_ref()) {
             if e == rustix::io::Errno::INTR {
                 continue;
             }
@@ -75,6 +86,9 @@ fn watch(
         let ready: Vec<usize> =
             fds[1..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
         drop(fds);
+        if tick.is_some() {
+            clocks.kill_overdue(shared, workers, &watched);
+        }
         let mut dead = Vec::new();
         for i in ready {
             let mut buf = [0u8; 64];
@@ -87,7 +101,8 @@ fn watch(
             if shared.stopping.load(Ordering::Acquire) {
                 continue;
             }
-            match replace(shared, workers, w, segment) {
+            let timed_out = clocks.killed.remove(&w);
+            match replace(shared, workers, w, segment, timed_out) {
                 Ok(Some(next)) => watched.push(next),
                 Ok(None) => shared.fail(describe_death(shared, workers, w)),
                 Err(failure) => shared.fail(failure),
@@ -104,6 +119,7 @@ fn replace(
     workers: &Mutex<Vec<WorkerProcess>>,
     w: usize,
     segment: &OwnedFd,
+    timed_out: Option<Duration>,
 ) -> Result<Option<(usize, File)>, EngineFailure> {
     let mut workers = workers.lock();
     let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
@@ -114,7 +130,8 @@ fn replace(
     let status = exit_status(&mut workers[w]);
     let name = shared.stages[stage].name.clone();
     let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
-    super::restart::settle(&shared.seg, record, pid, &status).map_err(EngineFailure::Corrupt)?;
+    let death = super::restart::Death { pid, status: &status, timed_out };
+    super::restart::settle(&shared.seg, record, &death).map_err(EngineFailure::Corrupt)?;
     workers[w].lifeline = None;
     let mut next =
         spawn::spawn(segment, record, stage).map_err(|e| died(format!("{status}; restart failed: {e}")))?;
@@ -124,6 +141,46 @@ fn replace(
     workers.push(next);
     shared.restarts.fetch_add(1, Ordering::Relaxed);
     Ok(Some((workers.len() - 1, status_pipe)))
+}
+
+/// When each timed runner was first seen on the item it is working on.
+#[derive(Default)]
+struct Clocks {
+    /// Worker index → (the item's input place, when first seen there).
+    started: HashMap<usize, ((u64, u64), Instant)>,
+    /// Workers killed for running past their stage's timeout, and that timeout.
+    killed: HashMap<usize, Duration>,
+}
+
+impl Clocks {
+    /// Kills every watched worker seen on one item for longer than its stage's timeout.
+    fn kill_overdue(
+        &mut self,
+        shared: &Shared,
+        workers: &Mutex<Vec<WorkerProcess>>,
+        watched: &[(usize, File)],
+    ) {
+        let now = Instant::now();
+        let workers = workers.lock();
+        for &(w, _) in watched {
+            let worker = &workers[w];
+            let Some(timeout) = shared.stages[worker.stage].timeout else { continue };
+            let Some(item) = shared.seg.journal(worker.record).working_on() else {
+                self.started.remove(&w);
+                continue;
+            };
+            let (seen, since) = *self.started.entry(w).or_insert((item, now));
+            if seen != item {
+                self.started.insert(w, (item, now));
+            } else if now - since >= timeout && !self.killed.contains_key(&w) {
+                // Its status pipe reports the death, and `replace` settles the item.
+                if let Some(pid) = rustix::process::Pid::from_raw(worker.child.id() as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                self.killed.insert(w, timeout);
+            }
+        }
+    }
 }
 
 /// How worker `worker` ended, once its process is gone.
