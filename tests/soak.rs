@@ -1,0 +1,107 @@
+//! The soak (issue 5): items through three stages of two replicas each while a thread
+//! kills a random worker every 50 ms. At the end every item is accounted for
+//! (completed, or failed by a worker's death), none twice, and no frame leaked.
+//!
+//! `RINGPIPE_SOAK_ITEMS` (default 1,000,000) and `RINGPIPE_SOAK_SECS` (default 30: no
+//! new items after that long) size it; the figures are printed:
+//!
+//! ```text
+//! RINGPIPE_SOAK_SECS=600 cargo test --release --test soak -- --nocapture
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+
+ringpipe::worker_test_entry!();
+
+// Item: [index: u64, visits: u64]; each stage adds one visit.
+register_stage!(S_VISIT, "s.visit", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+    let visits = u64::from_le_bytes(f.bytes()[8..16].try_into()?);
+    f.bytes_mut()[8..16].copy_from_slice(&(visits + 1).to_le_bytes());
+    Ok(())
+})));
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[test]
+fn soak_with_a_worker_killed_every_50_ms() {
+    let items = knob("RINGPIPE_SOAK_ITEMS", 1_000_000);
+    let budget = Duration::from_secs(knob("RINGPIPE_SOAK_SECS", 30));
+    let in_flight = 512;
+    let p = Arc::new(
+        Pipeline::builder()
+            .stages((0..3).map(|_| StageSpec::process("s.visit").replicas(2)))
+            .max_in_flight(in_flight)
+            .build()
+            .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (p, stop, kills) = (p.clone(), stop.clone(), kills.clone());
+        std::thread::spawn(move || {
+            let mut rng = 0x2545_F491_4F6C_DD1Du64;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let pids = p.worker_pids();
+                let (_, pid) = pids[(rng % pids.len() as u64) as usize];
+                let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+                if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let inputs = (0..items)
+        .take_while(|_| start.elapsed() < budget)
+        .map(|i| bytemuck::cast::<[u64; 2], [u8; 16]>([i, 0]));
+    let (mut completed, mut died, mut next) = (0u64, 0u64, 0u64);
+    for out in p.map(inputs) {
+        let out = out.expect("the pipeline never breaks");
+        let [index, visits]: [u64; 2] = bytemuck::pod_read_unaligned(&out[..16]);
+        assert_eq!(index, next, "every item once, in order");
+        next += 1;
+        match out.failure() {
+            None => {
+                assert_eq!(visits, 3, "item {index} went through every stage once");
+                completed += 1;
+            }
+            Some(f) => {
+                assert!(f.worker_died.is_some(), "only worker deaths fail items: {f}");
+                died += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    let kills = kills.load(Ordering::Relaxed);
+    let p = Arc::into_inner(p).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.restarts() < kills {
+        assert!(Instant::now() < deadline, "{} restarts for {kills} kills", p.restarts());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let leaked = in_flight - p.free_frames();
+    println!(
+        "soak: {next} items in {elapsed:.1?} ({:.0} items/s), {kills} kills, {} restarts, \
+         {completed} completed, {died} failed by a worker's death, 0 duplicates, {leaked} leaked frames",
+        next as f64 / elapsed.as_secs_f64(),
+        p.restarts(),
+    );
+    assert_eq!(completed + died, next, "every item accounted for");
+    assert!(died as usize <= kills, "at most one failure per kill");
+    assert!(kills >= 5 || elapsed < Duration::from_millis(300), "{kills} kills in {elapsed:?}");
+    assert_eq!(leaked, 0, "no frame leaked");
+    let report = p.shutdown();
+    assert!(report.failure.is_none(), "{:?}", report.failure);
+}
