@@ -11,6 +11,9 @@
 #![deny(missing_docs)]
 
 mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod heap;
 pub mod memory;
 mod pair;

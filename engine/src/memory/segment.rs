@@ -129,7 +129,7 @@ enum Backing {
     Memfd { map: MmapRaw, fd: OwnedFd },
     /// Zeroed, page-aligned heap memory: lets the code above run under Miri, which
     /// cannot map files.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     Heap { base: NonNull<u8>, alloc: std::alloc::Layout },
 }
 
@@ -141,7 +141,7 @@ unsafe impl Sync for Backing {}
 
 impl Drop for Backing {
     fn drop(&mut self) {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         if let Backing::Heap { base, alloc } = self {
             // SAFETY: allocated in `Segment::on_heap` with exactly this layout, freed once.
             unsafe { std::alloc::dealloc(base.as_ptr(), *alloc) };
@@ -209,9 +209,9 @@ impl Segment {
         Ok(Self { backing: Backing::Memfd { map, fd }, layout })
     }
 
-    /// A segment on zeroed heap memory with the header written, for unit tests (and
-    /// so Miri can check the code that uses segments).
-    #[cfg(test)]
+    /// A segment on zeroed heap memory with the header written, for unit tests (so
+    /// Miri can check the code that uses segments) and the fuzz target.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn on_heap(layout: Layout) -> Self {
         let alloc = std::alloc::Layout::from_size_align(layout.size(), 4096).expect("layout size fits");
         // SAFETY: the size is non-zero (a header at least).
@@ -222,10 +222,26 @@ impl Segment {
         segment
     }
 
+    /// Overwrites everything after the header with `bytes` (repeated), as a buggy or
+    /// hostile process could: the fuzz target's input.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn scribble(&self, bytes: &[u8]) {
+        let start = std::mem::size_of::<SegmentHeader>();
+        if bytes.is_empty() {
+            return;
+        }
+        for (i, b) in (start..self.layout.size()).zip(bytes.iter().cycle()) {
+            // SAFETY: in bounds of the segment; a heap segment has no other user while
+            // the fuzz input is written, and every byte pattern is valid for the Pod
+            // and atomic types that live there.
+            unsafe { self.base().add(i).write(*b) };
+        }
+    }
+
     fn base(&self) -> *mut u8 {
         match &self.backing {
             Backing::Memfd { map, .. } => map.as_mut_ptr(),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Backing::Heap { base, .. } => base.as_ptr(),
         }
     }
@@ -234,7 +250,7 @@ impl Segment {
     pub fn fd(&self) -> BorrowedFd<'_> {
         match &self.backing {
             Backing::Memfd { fd, .. } => fd.as_fd(),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Backing::Heap { .. } => panic!("a heap segment (unit tests only) has no file descriptor"),
         }
     }

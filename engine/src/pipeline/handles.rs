@@ -141,7 +141,7 @@ impl Ticket {
 
     /// Blocks until the item leaves the pipeline or `timeout` passes.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Output, WaitError> {
-        wait_for(&self.shared, self.ticket, &mut self.taken, Some(Instant::now() + timeout))
+        wait_for(&self.shared, self.ticket, &mut self.taken, Some(crate::wait::deadline_after(timeout)))
     }
 
     /// The result if the item has left the pipeline, without blocking.

@@ -6,7 +6,7 @@
 mod collector;
 mod error;
 mod handles;
-mod restart;
+pub(crate) mod restart;
 mod shared;
 mod spec;
 mod supervisor;
@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -397,7 +397,7 @@ impl Pipeline {
         for (r, _) in local.iter().enumerate().filter(|(_, s)| s.is_none()) {
             workers.push(spawn::spawn(&fd, r, runners[r].stage).map_err(BuildError::Spawn)?);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::wait::deadline_after(timeout);
         for w in workers.iter_mut() {
             let stage = w.stage;
             let name = &self.shared.stages[stage].name;
@@ -630,7 +630,7 @@ impl Pipeline {
         self.finished = true;
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(crate::wait::deadline_after);
         let drained =
             shared.wait_until(deadline, |book| (book.in_flight == 0 || book.failure.is_some()).then_some(()));
         if drained.is_none() {

@@ -140,7 +140,7 @@ impl Pool {
         }
         let restart = |message: String| PoolError::Restart { worker: w, message };
         let mut process = spawn::spawn(&self.fd, w, w).map_err(|e| restart(e.to_string()))?;
-        handshake(&mut process, Instant::now() + self.startup_timeout, w, &self.task)
+        handshake(&mut process, crate::wait::deadline_after(self.startup_timeout), w, &self.task)
             .map_err(|e| restart(e.to_string()))?;
         self.watch.replace(w, &process.status).map_err(|e| restart(e.to_string()))?;
         self.workers[w].process = process;

@@ -149,7 +149,7 @@ impl PoolBuilder {
             let process = spawn::spawn(&fd, w, w).map_err(BuildError::Spawn)?;
             workers.push(Worker { process, input, output, queue: VecDeque::new(), spare: w as u32 });
         }
-        let deadline = Instant::now() + self.startup_timeout;
+        let deadline = crate::wait::deadline_after(self.startup_timeout);
         for (w, worker) in workers.iter_mut().enumerate() {
             handshake(&mut worker.process, deadline, w, &self.task)?;
         }

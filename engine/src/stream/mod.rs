@@ -302,7 +302,7 @@ impl StreamWriter {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_chunk(&mut self, max: usize) -> Result<WriteChunk<'_>, StreamError> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.timeout.map(crate::wait::deadline_after);
         let mut free = self.free()?;
         while free == 0 && max > 0 {
             let ring = self.ring.clone();
@@ -464,7 +464,7 @@ impl StreamReader {
     /// some if there are none. An empty slice means the producer finished: end of
     /// stream. A producer that failed or died gives `Err(ProducerFailed)` instead.
     pub fn read_chunk(&mut self) -> Result<&[u8], StreamError> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.timeout.map(crate::wait::deadline_after);
         let available = loop {
             if let Some(n) = self.available()? {
                 break n;

@@ -198,3 +198,10 @@ mod futex_model {
 
 #[cfg(test)]
 mod tests;
+
+/// `timeout` from now; a timeout too long for the clock (`Duration::MAX`) is as good as
+/// forever, so it becomes about 136 years instead of an overflow panic.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(1 << 32))
+}

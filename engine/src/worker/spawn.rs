@@ -128,7 +128,7 @@ impl WorkerProcess {
     /// Asks the worker to exit by closing its lifeline, and waits up to `timeout`;
     /// then kills it. Returns its exit status and whether it had to be killed.
     pub(crate) fn stop(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, bool) {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::wait::deadline_after(timeout);
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return (Some(status), false),
