@@ -336,12 +336,14 @@ impl Segment {
         match r.role {
             ROLE_PLAIN => {}
             ROLE_PRODUCER => {
-                let region = Layout::pair_size(r.stream_capacity);
+                // The capacity is checked before it is used in arithmetic.
+                let capacity_ok = (1..=MAX_STREAM_CAPACITY as u64).contains(&r.stream_capacity);
                 if i + 1 >= self.layout.stage_count()
-                    || r.stream_capacity == 0
-                    || r.stream_capacity > MAX_STREAM_CAPACITY as u64
+                    || !capacity_ok
                     || r.stream_offset % 128 != 0
-                    || r.stream_offset.checked_add(region).is_none_or(|end| end > self.layout.streams_size())
+                    || r.stream_offset
+                        .checked_add(Layout::pair_size(r.stream_capacity))
+                        .is_none_or(|end| end > self.layout.streams_size())
                 {
                     return Err(LayoutError::Inconsistent("stage stream range"));
                 }

@@ -21,6 +21,10 @@ use crate::heap::HeapBox;
 use crate::sync::{AtomicU64, CachePadded, Ordering};
 use crate::wait::{WaitWord, Wake};
 
+/// Positions past this are corruption: at a billion items a second a ring reaches it
+/// after 292 years. Checking it keeps every `+ 1` on a position from overflowing.
+const MAX_POSITION: u64 = 1 << 63;
+
 /// The shared control block of one ring. All-zero bytes are an empty ring.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -138,9 +142,11 @@ pub unsafe fn from_raw(
     // Relaxed: the caller's contract says nobody else uses the ring while we make its ends.
     let head = h.head.load(Ordering::Relaxed);
     let tail = h.tail.load(Ordering::Relaxed);
+    // The positions are not trusted yet: each end starts with a cached peer position
+    // that makes its first operation re-read and check the real one.
     (
-        Producer { ring: ring.clone(), tail, cached_head: head },
-        Consumer { ring, head, cached_tail: tail, unreleased: false },
+        Producer { ring: ring.clone(), tail, cached_head: tail.wrapping_sub(capacity) },
+        Consumer { ring, head, cached_tail: head, unreleased: false },
     )
 }
 
@@ -167,11 +173,12 @@ impl Producer {
     /// ```
     #[inline]
     pub fn try_push(&mut self, value: u64) -> Result<(), PushError> {
-        if self.tail - self.cached_head == self.ring.capacity() {
+        // Wrapping: a fresh end's cached head is `tail - capacity`, wrapped if need be.
+        if self.tail.wrapping_sub(self.cached_head) == self.ring.capacity() {
             // Acquire pairs with the consumer's Release store of head in `try_pop`: the
             // consumer has finished reading every slot before that position.
             let head = self.ring.header().head.load(Ordering::Acquire);
-            if head > self.tail || self.tail - head > self.ring.capacity() {
+            if head > self.tail || self.tail - head > self.ring.capacity() || self.tail >= MAX_POSITION {
                 return Err(PushError::Corrupt(Corrupt { local: self.tail, remote: head }));
             }
             self.cached_head = head;
@@ -212,7 +219,8 @@ impl Producer {
     pub fn adopt(&mut self, staged: u64) -> Result<(), Corrupt> {
         // Acquire pairs with the consumer's Release store of head in `release`.
         let head = self.ring.header().head.load(Ordering::Acquire);
-        if head > staged.max(self.tail) || staged.saturating_sub(head) > self.ring.capacity() {
+        let tail = staged.max(self.tail);
+        if head > tail || tail - head > self.ring.capacity() || tail > MAX_POSITION {
             return Err(Corrupt { local: staged, remote: head });
         }
         self.cached_head = head;
@@ -254,8 +262,8 @@ impl Producer {
 
     /// Values pushed but not yet published.
     pub fn unpublished(&self) -> u64 {
-        // Relaxed: we are the only writer of tail.
-        self.tail - self.ring.header().tail.load(Ordering::Relaxed)
+        // Relaxed: we are the only writer of tail (saturating: unless memory is corrupt).
+        self.tail.saturating_sub(self.ring.header().tail.load(Ordering::Relaxed))
     }
 
     /// Wakes a parked consumer so that it re-checks conditions other than the ring
@@ -324,7 +332,7 @@ impl Consumer {
     fn refresh(&mut self) -> Result<bool, Corrupt> {
         // Acquire pairs with the producer's Release store in `publish`.
         let tail = self.ring.header().tail.load(Ordering::Acquire);
-        if tail < self.head || tail - self.head > self.ring.capacity() {
+        if tail < self.head || tail - self.head > self.ring.capacity() || tail > MAX_POSITION {
             return Err(Corrupt { local: self.head, remote: tail });
         }
         self.cached_tail = tail;
