@@ -551,51 +551,5 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
-// 11. Workers notice a dead parent and exit; nothing is left on disk.
-#[test]
-fn workers_exit_when_the_parent_is_killed() {
-    const HELPER: &str = "RINGPIPE_TEST_ORPHAN_PARENT";
-    if std::env::var_os(HELPER).is_some() {
-        // We are the parent to be killed: start workers, report them, wait.
-        let p = Pipeline::builder()
-            .stage(StageSpec::process("t.upper"))
-            .stage(StageSpec::process("t.pid"))
-            .build()
-            .unwrap();
-        let pids: Vec<String> = p.worker_pids().iter().map(|(_, pid)| pid.to_string()).collect();
-        println!("pids: {}", pids.join(" "));
-        std::thread::sleep(Duration::from_secs(60));
-        return;
-    }
-    let shm_before = dir_entries("/dev/shm");
-    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["workers_exit_when_the_parent_is_killed", "--exact", "--nocapture", "-q"])
-        .env(HELPER, "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(parent.stdout.take().unwrap()));
-    let pids: Vec<u32> = loop {
-        let line = lines.next().expect("helper printed its worker pids").unwrap();
-        if let Some(rest) = line.strip_prefix("pids: ") {
-            break rest.split(' ').map(|p| p.parse().unwrap()).collect();
-        }
-    };
-    assert_eq!(pids.len(), 2);
-    kill9(parent.id());
-    parent.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while pids.iter().any(|&p| alive(p)) {
-        assert!(Instant::now() < deadline, "workers {pids:?} outlived their parent by a second");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(dir_entries("/dev/shm"), shm_before, "nothing may be left in /dev/shm");
-}
-
-fn dir_entries(dir: &str) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+// 11. Workers notice a dead parent and exit, leaving nothing on disk: see
+// `busy_workers_exit_when_the_parent_is_killed_and_leave_nothing` in tests/faults.rs.

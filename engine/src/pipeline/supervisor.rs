@@ -101,6 +101,7 @@ fn watch(
             if shared.stopping.load(Ordering::Acquire) {
                 continue;
             }
+            clocks.started.remove(&w);
             let timed_out = clocks.killed.remove(&w);
             match replace(shared, workers, w, segment, timed_out) {
                 Ok(Some(next)) => watched.push(next),
