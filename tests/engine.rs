@@ -10,6 +10,10 @@ use ringpipe::{
     TrySubmitError, WaitError,
 };
 
+mod common;
+
+use common::{alive, kill9};
+
 ringpipe::worker_test_entry!();
 
 register_stage!(T_UPPER, "t.upper", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
@@ -519,18 +523,6 @@ fn a_killed_worker_is_restarted_and_only_its_item_fails() {
     let report = p.shutdown();
     assert!(!report.was_graceful(), "a worker died");
     assert!(report.failure.is_none(), "but the pipeline did not break: {:?}", report.failure);
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-fn kill9(pid: u32) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
 }
 
 fn block_on<F: std::future::Future>(fut: F) -> F::Output {

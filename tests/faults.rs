@@ -2,7 +2,6 @@
 //! shutdown under load. Every item resolves exactly once and no frame leaks.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,10 @@ use ringpipe::{
     register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, Output, Pipeline, StageSpec,
     WaitError, MAX_STAGE_TIMEOUT,
 };
+
+mod common;
+
+use common::{alive, await_restarts, kill9, Killer};
 
 ringpipe::worker_test_entry!();
 
@@ -55,12 +58,6 @@ fn item(command: u8, index: u64) -> Vec<u8> {
 
 fn index_of(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes[1..9].try_into().unwrap())
-}
-
-fn kill9(pid: u32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
 }
 
 /// Runs `items` through a one-stage `f.act` pipeline; returns the outputs in order.
@@ -143,21 +140,7 @@ fn killing_batching_workers_mid_stream_loses_and_duplicates_nothing() {
             .build()
             .unwrap(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let kills = Arc::new(AtomicUsize::new(0));
-    let killer = {
-        let (p, stop, kills) = (p.clone(), stop.clone(), kills.clone());
-        std::thread::spawn(move || {
-            let mut round = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-                let pids = p.worker_pids();
-                kill9(pids[round % pids.len()].1);
-                kills.fetch_add(1, Ordering::Relaxed);
-                round += 1;
-            }
-        })
-    };
+    let killer = Killer::every(&p, Duration::from_millis(20));
     let n = 200_000u64;
     let mut died = 0;
     for (i, out) in p.map((0..n).map(|i| item(OK, i))).enumerate() {
@@ -171,17 +154,11 @@ fn killing_batching_workers_mid_stream_loses_and_duplicates_nothing() {
             None => assert!(out.stage_ran(0) && out.stage_ran(1), "both stages ran on item {i}"),
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    killer.join().unwrap();
-    let kills = kills.load(Ordering::Relaxed);
+    let kills = killer.stop();
     assert!(kills >= 3, "only {kills} kills: the test did not test much");
     assert!(died <= kills, "{died} failures for {kills} kills");
     let p = Arc::into_inner(p).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while p.restarts() < kills {
-        assert!(Instant::now() < deadline, "{} restarts for {kills} kills", p.restarts());
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    await_restarts(&p, kills, Duration::from_secs(5));
     assert_eq!(p.free_frames(), 256, "no frame leaked");
     assert!(p.shutdown().failure.is_none());
 }
@@ -323,13 +300,6 @@ fn busy_workers_exit_when_the_parent_is_killed_and_leave_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!((entries("/dev/shm"), entries("/tmp")), before, "nothing may be left behind");
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
 }
 
 /// Names in `dir` that belong to this user (other tests and programs may come and go,

@@ -5,6 +5,10 @@ use std::time::{Duration, Instant};
 
 use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, Pool, PoolError};
 
+mod common;
+
+use common::kill9;
+
 ringpipe::worker_test_entry!();
 
 // Task: [index: u64, sleep_us: u64, fail: u64]; result: the index doubled in word 0.
@@ -107,11 +111,6 @@ fn holding_every_result_is_reported_not_a_deadlock() {
     assert_eq!(pool.map((0..10).map(|i| task(i, 0))).filter(|r| r.is_ok()).count(), 10);
 }
 
-fn kill(pid: u32) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-}
-
 /// A worker SIGKILLed while holding a task: it is replaced, the task it held fails
 /// naming its index and the signal, every other task completes exactly once.
 #[test]
@@ -125,7 +124,7 @@ fn a_killed_worker_is_replaced_and_only_its_task_fails() {
         let mut killed = false;
         for r in pool.map_unordered((0..200).map(|i| task(i, 2_000))) {
             if !killed && started.elapsed() > Duration::from_millis(50) {
-                kill(victim);
+                kill9(victim);
                 killed = true;
             }
             match r {

@@ -9,11 +9,14 @@
 //! RINGPIPE_SOAK_SECS=600 cargo test --release --test soak -- --nocapture
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+
+mod common;
+
+use common::{await_restarts, Killer};
 
 ringpipe::worker_test_entry!();
 
@@ -40,26 +43,7 @@ fn soak_with_a_worker_killed_every_50_ms() {
             .build()
             .unwrap(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let kills = Arc::new(AtomicUsize::new(0));
-    let killer = {
-        let (p, stop, kills) = (p.clone(), stop.clone(), kills.clone());
-        std::thread::spawn(move || {
-            let mut rng = 0x2545_F491_4F6C_DD1Du64;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let pids = p.worker_pids();
-                let (_, pid) = pids[(rng % pids.len() as u64) as usize];
-                let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-                if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
-                    kills.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let killer = Killer::every(&p, Duration::from_millis(50));
     let start = Instant::now();
     let inputs = (0..items)
         .take_while(|_| start.elapsed() < budget)
@@ -82,15 +66,9 @@ fn soak_with_a_worker_killed_every_50_ms() {
         }
     }
     let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    killer.join().unwrap();
-    let kills = kills.load(Ordering::Relaxed);
+    let kills = killer.stop();
     let p = Arc::into_inner(p).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.restarts() < kills {
-        assert!(Instant::now() < deadline, "{} restarts for {kills} kills", p.restarts());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    await_restarts(&p, kills, Duration::from_secs(10));
     let leaked = in_flight - p.free_frames();
     println!(
         "soak: {next} items in {elapsed:.1?} ({:.0} items/s), {kills} kills, {} restarts, \

@@ -14,6 +14,10 @@ use ringpipe::{
     Stage, StageOutcome, StageSpec, WaitError,
 };
 
+mod common;
+
+use common::kill9;
+
 ringpipe::worker_test_entry!();
 
 const NEVER: u64 = u64::MAX;
@@ -544,11 +548,6 @@ fn bad_pair_declarations_are_typed_errors() {
     assert!(p.shutdown().was_graceful());
 }
 
-fn kill(pid: u32) {
-    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-}
-
 fn worker_of(p: &Pipeline, stage: usize) -> u32 {
     p.worker_pids().into_iter().find(|&(s, _)| s == stage).unwrap().1
 }
@@ -600,7 +599,7 @@ fn killing_the_producer_mid_stream_fails_the_consumer_within_a_second() {
     }
     let pid = worker_of(&p, 0);
     let killed = Instant::now();
-    kill(pid);
+    kill9(pid);
     let (when, kind) = await_seen(&seen);
     assert_eq!(kind, ErrorKind::ConnectionAborted, "a cut stream is an error, not end-of-file");
     assert!(when - killed < Duration::from_secs(1), "took {:?}", when - killed);
@@ -649,7 +648,7 @@ fn killing_the_consumer_mid_stream_fails_the_producer_within_a_second() {
     }
     let pid = worker_of(&p, 1);
     let killed = Instant::now();
-    kill(pid);
+    kill9(pid);
     let (when, kind) = await_seen(&seen);
     assert_eq!(kind, ErrorKind::BrokenPipe);
     assert!(when - killed < Duration::from_secs(1), "took {:?}", when - killed);
@@ -669,7 +668,7 @@ fn killing_either_process_of_a_process_pair_never_hangs() {
         std::thread::sleep(Duration::from_millis(100));
         assert!(!ticket.is_finished());
         let killed = Instant::now();
-        kill(worker_of(&p, victim));
+        kill9(worker_of(&p, victim));
         match ticket.wait_timeout(Duration::from_secs(5)) {
             Err(WaitError::Engine(EngineFailure::WorkerDied { stage, .. })) => assert_eq!(stage, victim),
             other => panic!("expected WorkerDied, got {other:?}"),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::frame::OwnedSlot;
-use crate::memory::{Layout, Segment, SegmentHeader, MAX_FRAME_CAPACITY};
+use crate::memory::{Layout, Segment, SegmentHeader};
 use crate::pipeline::restart::{settle, Death};
 use crate::route::Gather;
 
@@ -74,7 +74,7 @@ fn header(bytes: &[u8]) {
 fn frame(seg: &Segment, desc: u64, capacity: usize) {
     let Ok(slot) = OwnedSlot::from_descriptor(seg, desc & !crate::pair::PAIRED) else { return };
     let header = slot.header(seg);
-    if header.len as usize <= capacity.min(MAX_FRAME_CAPACITY) {
+    if header.len as usize <= capacity {
         let _ = &slot.payload(seg)[..header.len as usize];
     }
     let _ = slot.error_text(seg, header.error_len);

@@ -67,6 +67,10 @@ impl Journal {
     /// The runner took the item in slot `item` from position `at` of ring `ring`.
     pub(crate) fn took(&self, item: u32, spare: u32, ring: usize, at: u64) {
         // Release on each store: a later store never shows without the earlier ones.
+        // The previous item is let go first: a runner that batches its publishes still
+        // names it here, and a journal naming it with this item's places would make
+        // the parent fail an item that went on and step past one still queued.
+        self.owned.store(pack(None, spare), Ordering::Release);
         self.pushed_at.store(0, Ordering::Release);
         self.taken_ring.store(ring as u64, Ordering::Release);
         self.taken_at.store(at, Ordering::Release);
@@ -81,10 +85,12 @@ impl Journal {
     /// The item was pushed to position `at` of ring `ring`, output `k` of the runner's
     /// set (not yet published). Call after the descriptor is written.
     pub(crate) fn pushed(&self, k: usize, ring: usize, at: u64) {
-        // Release: the descriptor written before shows before the staged tail.
-        self.staged[k].store(at + 1, Ordering::Release);
+        // Release: the descriptor written before shows first, then where the item went,
+        // then the staged tail that makes the parent publish it. In any other order a
+        // death in between could publish the item *and* fail it again.
         self.pushed_ring.store(ring as u64, Ordering::Release);
         self.pushed_at.store(at + 1, Ordering::Release);
+        self.staged[k].store(at + 1, Ordering::Release);
     }
 
     /// Parent, after the runner's process died: output `k`'s private tail, if the runner

@@ -285,6 +285,7 @@ impl Builder {
                 name: shared.stages[i].name.clone(),
                 message: e.to_string(),
             })?;
+            let runner = runner.in_parent();
             let sh = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ringpipe-stage-{i}.{replica}"))

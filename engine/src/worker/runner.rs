@@ -136,6 +136,13 @@ impl StageRunner {
         Ok(Self { seg, index, stage, input, output, spare, role, publish_every, hold, journal })
     }
 
+    /// For a runner on a thread of the parent: no journal. A thread cannot die alone
+    /// (a panic in a stage is caught per item), so nobody would ever read it.
+    pub(crate) fn in_parent(mut self) -> Self {
+        self.journal = None;
+        self
+    }
+
     /// Serves items until shutdown or breakage.
     pub(crate) fn run(mut self) -> RunEnd {
         loop {
