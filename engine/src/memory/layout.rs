@@ -22,7 +22,7 @@ use crate::ring::RingHeader;
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits),
 /// and most stage records (one per replica) in one segment.
 pub const MAX_STAGES: usize = 256;
@@ -158,10 +158,17 @@ pub struct StageRecord {
 
 impl StageRecord {
     /// True if a replacement can take over this runner after its process died: a
-    /// plain stage (not a pair's half) that does not reorder its input, so the item
-    /// in hand and the place it came from are all its journal needs to name.
+    /// stage that does not reorder its input, so the item in hand and the place it
+    /// came from are all its journal needs to name (and, in a pair, the pair's state).
     pub(crate) fn can_be_taken_over(&self) -> bool {
-        self.role == ROLE_PLAIN && self.flags & FLAG_ORDERED_INPUT == 0
+        self.flags & FLAG_ORDERED_INPUT == 0
+    }
+
+    /// True if the supervisor can time this runner's items: it is taken over after its
+    /// death, and its journal shows when it works on an item (a pair's producer keeps
+    /// streaming after its item went on, so its clock cannot be read).
+    pub(crate) fn can_time_out(&self) -> bool {
+        self.can_be_taken_over() && self.role == ROLE_PLAIN
     }
 }
 

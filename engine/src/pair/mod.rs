@@ -72,6 +72,11 @@ pub struct PairHeader {
     idle: CachePadded<WaitWord>,
     /// The consumer parks here waiting for `PRODUCED`.
     produced: CachePadded<WaitWord>,
+    /// The slot of the item in the pair (+ 1; 0: none yet), stored before `STARTED`.
+    item: AtomicU32,
+    /// Non-zero: the consumer died holding the item; its replacement finishes the
+    /// item's hand-off (waits for `PRODUCED`, stores `IDLE`) before anything else.
+    abandoned: AtomicU32,
     stream: StreamHeader,
 }
 
@@ -109,11 +114,13 @@ impl PairHeader {
         }
     }
 
-    /// Producer, in `IDLE`: makes the stream fresh and marks the item started. Returns
-    /// false if the pipeline broke meanwhile (`broken()`), in which case the stream is
-    /// aborted again so neither half can wait on it.
-    pub(crate) fn start(&self, broken: impl Fn() -> bool) -> bool {
+    /// Producer, in `IDLE`: makes the stream fresh and marks the item in slot `item`
+    /// started. Returns false if the pipeline broke meanwhile (`broken()`), in which
+    /// case the stream is aborted again so neither half can wait on it.
+    pub(crate) fn start(&self, item: u32, broken: impl Fn() -> bool) -> bool {
         self.stream.reset();
+        // Relaxed: published by the Release store of STARTED below.
+        self.item.store(item + 1, Ordering::Relaxed);
         // Release pairs with the consumer's Acquire in `state`: the reset stream is
         // visible to the consumer that sees STARTED (the ring push publishes it too).
         self.state.store(STARTED, Ordering::Release);
@@ -144,6 +151,50 @@ impl PairHeader {
         // its frame or the stream.
         self.state.store(IDLE, Ordering::Release);
         self.idle.notify();
+    }
+
+    /// Parent, after a half's process died: the slot of the item whose hand-off is under
+    /// way, if the pair is not idle. Only meaningful while one half is dead (the other
+    /// cannot move the pair past the dead one's step).
+    pub(crate) fn item_in_flight(&self) -> Option<u32> {
+        // Acquire pairs with the Release store of STARTED in `start`.
+        match self.state() {
+            IDLE => None,
+            _ => self.item.load(Ordering::Acquire).checked_sub(1),
+        }
+    }
+
+    /// Parent, after the producer died before the consumer got the item: back to
+    /// `IDLE` with a fresh stream, for the producer's replacement.
+    pub(crate) fn reset(&self) {
+        self.stream.reset();
+        // Release pairs with the Acquire in `wait_idle` (the replacement's first wait).
+        self.state.store(IDLE, Ordering::Release);
+        self.idle.notify();
+    }
+
+    /// Parent, after the producer died mid-stream with the item gone to the consumer:
+    /// ends the stream with an error and hands the consumer `slot` (the dead producer's
+    /// frame, already marked failed) as its frame, so the consumer fails the item.
+    pub(crate) fn produced_for_dead_producer(&self, slot: u32) {
+        self.stream.fail_writer();
+        self.produced(slot, OUTCOME_FAILED);
+    }
+
+    /// Parent, after the consumer died holding the item: the producer's next write
+    /// fails, and the consumer's replacement finishes the hand-off
+    /// ([`take_abandoned`](Self::take_abandoned)).
+    pub(crate) fn abandon(&self) {
+        // Release pairs with the Acquire swap in `take_abandoned`.
+        self.abandoned.store(1, Ordering::Release);
+        self.stream.close_reader();
+    }
+
+    /// Consumer, as it starts: true if its predecessor died holding an item, in which
+    /// case it must wait for `PRODUCED` and `release` the pair before taking items.
+    pub(crate) fn take_abandoned(&self) -> bool {
+        // Acquire pairs with the Release store in `abandon`.
+        self.abandoned.swap(0, Ordering::Acquire) != 0
     }
 
     /// Engine, when the pipeline breaks: both stream ends fail at their next call, and

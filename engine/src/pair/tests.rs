@@ -233,7 +233,7 @@ mod model {
             let frame = Arc::new(UnsafeCell::new(0u32));
             let (p, f) = (pair.clone(), frame.clone());
             let producer = loom::thread::spawn(move || {
-                assert!(p.start(|| false));
+                assert!(p.start(0, || false));
                 // SAFETY: the producer owns the frame between start and produced.
                 f.with_mut(|v| unsafe { *v = 42 });
                 p.produced(3, OUTCOME_OK);
@@ -266,7 +266,7 @@ mod model {
                 b.store(true, Ordering::Relaxed);
                 p.abort();
             });
-            let started = pair.start(|| broken.load(Ordering::Relaxed));
+            let started = pair.start(0, || broken.load(Ordering::Relaxed));
             engine.join().unwrap();
             let aborted = pair.stream.flags_for_test() & 6 == 6;
             assert!(!started || aborted, "the abort was lost");

@@ -205,7 +205,7 @@ impl Builder {
                     // of its rate publishing each item).
                     r.publish_every = 1;
                 }
-                if spec.timeout.is_some() && !r.can_be_taken_over() {
+                if spec.timeout.is_some() && !r.can_time_out() {
                     return Err(BuildError::BadTimeout {
                         stage: i,
                         reason: "it follows replicas whose items it puts back in order, and such a \
@@ -712,7 +712,9 @@ fn check_timeouts(stages: &[StageSpec]) -> Result<(), BuildError> {
         }
         let follows_producer = i > 0 && stages[i - 1].stream.is_some();
         if spec.stream.is_some() || follows_producer {
-            return bad("it is half of a producer/consumer pair, which cannot be restarted yet".into());
+            return bad("it is half of a producer/consumer pair: the producer streams after its item \
+                 went on, so the pair's clock cannot be read"
+                .into());
         }
     }
     Ok(())

@@ -1,17 +1,28 @@
 //! Taking over from a dead worker process: read its journal, put the item it held
 //! (if any) back on its way as failed, give its frames to its replacement.
 //!
-//! Only runners that journal can be taken over: plain stages (not a pair's halves)
-//! that do not reorder their input. The worker is dead and its replacement not
-//! started, so the parent briefly plays both of its ring ends: it publishes what the
-//! dead runner pushed but had not published yet (its journal's staged tails), and
-//! steps past the input place of the item it held.
+//! Only runners that journal can be taken over: stages that do not reorder their
+//! input. The worker is dead and its replacement not started, so the parent briefly
+//! plays both of its ring ends: it publishes what the dead runner pushed but had not
+//! published yet (its journal's staged tails), and steps past the input place of the
+//! item it held.
+//!
+//! A pair's half may die while the other half lives and streams. The parent then plays
+//! the dead half's part of the pair's hand-off (see [`crate::pair`]) for the item in
+//! the pair, so that the survivor finishes that item and the replacement starts clean:
+//!
+//! - producer dead before its item reached the consumer: the pair goes back to idle;
+//! - producer dead mid-stream: the stream fails and the consumer gets the producer's
+//!   frame marked failed by the death, so the item fails naming the producer;
+//! - consumer dead holding the item: the stream's reader closes (the producer's next
+//!   write fails) and the consumer's replacement waits for the producer to finish the
+//!   item before it takes the next one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{mark_ran, OwnedSlot};
-use crate::memory::{Segment, StageRecord};
+use crate::memory::{Segment, StageRecord, ROLE_CONSUMER, ROLE_PRODUCER};
 use crate::ring::PushError;
 use crate::worker::runner::record_failure;
 
@@ -38,12 +49,32 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Re
             output.publish();
         }
     }
+    let pair = match rec.role {
+        ROLE_PRODUCER => Some(seg.pair(&rec)),
+        ROLE_CONSUMER => {
+            let producer = record.checked_sub(1).map(|p| seg.stage(p));
+            match producer {
+                Some(Ok(p)) if p.role == ROLE_PRODUCER => Some(seg.pair(&p)),
+                _ => return Err(format!("dead consumer's record {record} follows no producer")),
+            }
+        }
+        _ => None,
+    };
+    // The item whose hand-off the pair is in; the dead half cannot move it on.
+    let paired = pair.as_ref().and_then(|p| p.header().item_in_flight());
     let journal = seg.journal(record).recover();
     let slots = seg.layout().slot_count() as u32;
     let spare = journal.spare.unwrap_or(rec.spare_slot);
+    if rec.role == ROLE_PRODUCER && spare == rec.partner_slot {
+        return Err(format!("dead producer's journal names its partner slot {spare} as its spare"));
+    }
     let mut in_hand = false;
     if let Some(item) = journal.item {
-        if item >= slots || spare >= slots || item == spare {
+        if item >= slots
+            || spare >= slots
+            || item == spare
+            || (rec.role == ROLE_PRODUCER && item == rec.partner_slot)
+        {
             return Err(format!("dead worker's journal names slots {item} and {spare}"));
         }
         // Its input place: if not given back yet, step past it (the item is ours now).
@@ -67,6 +98,23 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Re
             }
             None => false,
         };
+        let pair = pair.as_ref().filter(|_| paired == Some(item)).map(|p| p.header());
+        match (pair, rec.role) {
+            // It never reached the consumer: it goes on failed and unpaired.
+            (Some(pair), ROLE_PRODUCER) if !published => pair.reset(),
+            // The consumer streams it: end the stream with our failure.
+            (Some(pair), ROLE_PRODUCER) => {
+                let mut frame = OwnedSlot::assigned(seg, rec.partner_slot).ok_or_else(|| {
+                    format!("dead producer's partner slot {} is out of range", rec.partner_slot)
+                })?;
+                let mut header = frame.header(seg);
+                header.ran = Default::default();
+                mark_failed(seg, &mut frame, &mut header, rec.stage as usize, death);
+                pair.produced_for_dead_producer(frame.index());
+            }
+            (Some(pair), _) if !published => pair.abandon(),
+            _ => {}
+        }
         if !published {
             fail_and_send_on(seg, &rec, item, death)?;
             in_hand = true;
@@ -87,9 +135,29 @@ fn fail_and_send_on(
 ) -> Result<(), String> {
     let mut slot = OwnedSlot::assigned(seg, item).expect("checked against the slot count");
     let mut header = slot.header(seg);
+    mark_failed(seg, &mut slot, &mut header, rec.stage as usize, death);
+    let mut producer = seg.producer_to(rec.output_ring as usize, rec.wake_ring as usize);
+    match producer.try_push(slot.into_descriptor()) {
+        Ok(()) => {
+            producer.publish();
+            Ok(())
+        }
+        Err(PushError::Full(_)) => Err("dead worker's output ring is overfull".into()),
+        Err(PushError::Corrupt(e)) => Err(e.to_string()),
+    }
+}
+
+/// Marks the frame in `slot` failed by stage `stage`'s worker's death.
+fn mark_failed(
+    seg: &Segment,
+    slot: &mut OwnedSlot,
+    header: &mut crate::memory::SlotHeader,
+    stage: usize,
+    death: &Death<'_>,
+) {
     header.len = header.len.min(seg.layout().slot_capacity() as u32);
     header.died_pid = death.pid;
-    mark_ran(&mut header, rec.stage as usize);
+    mark_ran(header, stage);
     let pid = death.pid;
     let msg = match death.timed_out {
         Some(t) => {
@@ -100,14 +168,5 @@ fn fail_and_send_on(
             format!("worker process {pid} died ({}) while running this item; it was restarted", death.status)
         }
     };
-    record_failure(seg, &mut slot, &mut header, rec.stage as usize, &msg);
-    let mut producer = seg.producer_to(rec.output_ring as usize, rec.wake_ring as usize);
-    match producer.try_push(slot.into_descriptor()) {
-        Ok(()) => {
-            producer.publish();
-            Ok(())
-        }
-        Err(PushError::Full(_)) => Err("dead worker's output ring is overfull".into()),
-        Err(PushError::Corrupt(e)) => Err(e.to_string()),
-    }
+    record_failure(seg, slot, header, stage, &msg);
 }

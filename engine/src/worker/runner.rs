@@ -61,16 +61,19 @@ struct Wiring {
 /// What a stage is in a producer/consumer pair.
 enum Role {
     Plain,
-    /// Streams to the next stage, working on its own copy of each item (`partner`).
+    /// Streams to the next stage, working on its own copy of each item (`partner`,
+    /// which is always the record's partner slot when the consumer gets it).
     Producer {
         pair: PairRef,
         partner: OwnedSlot,
+        /// The record's partner slot.
+        home: u32,
     },
-    /// Reads the previous stage's stream; `producer_slots` are the only slots the
-    /// producer's frame can be in (its partner and its spare, which `replace` swaps).
+    /// Reads the previous stage's stream; the producer's frame is always in its
+    /// record's partner slot, `producer_frame`.
     Consumer {
         pair: PairRef,
-        producer_slots: [u32; 2],
+        producer_frame: u32,
     },
 }
 
@@ -106,6 +109,7 @@ impl StageRunner {
         let role = match record.role {
             ROLE_PRODUCER => Role::Producer {
                 pair: seg.pair(&record),
+                home: record.partner_slot,
                 partner: OwnedSlot::assigned(&seg, record.partner_slot)
                     .ok_or(LayoutError::Inconsistent("stage partner slot"))?,
             },
@@ -114,10 +118,7 @@ impl StageRunner {
                 if producer.role != ROLE_PRODUCER {
                     return Err(LayoutError::Inconsistent("consumer stage without a producer before it"));
                 }
-                Role::Consumer {
-                    pair: seg.pair(&producer),
-                    producer_slots: [producer.partner_slot, producer.spare_slot],
-                }
+                Role::Consumer { pair: seg.pair(&producer), producer_frame: producer.partner_slot }
             }
             _ => Role::Plain,
         };
@@ -145,6 +146,17 @@ impl StageRunner {
 
     /// Serves items until shutdown or breakage.
     pub(crate) fn run(mut self) -> RunEnd {
+        if let Role::Consumer { pair, .. } = &self.role {
+            // Our predecessor died holding an item (the parent failed it): let the
+            // producer finish that item's hand-off before we take the next.
+            let seg = self.seg.clone();
+            if pair.header().take_abandoned() {
+                if pair.header().wait_produced(|| Self::broken(&seg)).is_none() {
+                    return RunEnd::Broken;
+                }
+                pair.header().release();
+            }
+        }
         loop {
             let mut unpublished = 0;
             loop {
@@ -303,7 +315,7 @@ impl StageRunner {
     /// the partner slot and starts the stream.
     fn begin_pair(&mut self, mut slot: OwnedSlot) -> Result<Handled, RunEnd> {
         let Some(mut header) = self.admit(&mut slot) else { return Ok(Handled::Done(slot)) };
-        let Role::Producer { pair, partner } = &mut self.role else { unreachable!("producer role") };
+        let Role::Producer { pair, partner, .. } = &mut self.role else { unreachable!("producer role") };
         // The consumer may still read our previous frame (in `partner` or `spare`,
         // which the determiner below may overwrite): wait until it let go.
         let seg = &*self.seg;
@@ -331,7 +343,7 @@ impl StageRunner {
         let len = header.len as usize;
         partner.payload_mut(seg)[..len].copy_from_slice(&slot.payload(seg)[..len]);
         partner.set_header(seg, &header);
-        if !pair.header().start(|| Self::broken(seg)) {
+        if !pair.header().start(slot.index(), || Self::broken(seg)) {
             return Err(RunEnd::Broken);
         }
         Ok(Handled::Paired(slot))
@@ -340,7 +352,7 @@ impl StageRunner {
     /// Producer, after the item went to the consumer: runs `produce` on the partner
     /// frame, ends the stream, and hands the frame and the outcome to the consumer.
     fn produce(&mut self) {
-        let Role::Producer { pair, partner } = &mut self.role else { unreachable!("producer role") };
+        let Role::Producer { pair, partner, home } = &mut self.role else { unreachable!("producer role") };
         let seg = &*self.seg;
         let mut writer = pair.writer();
         let mut header = partner.header(seg);
@@ -348,6 +360,15 @@ impl StageRunner {
         let mut frame = Frame::new(seg, partner, &mut self.spare, header.len as usize);
         let outcome = catch_unwind(AssertUnwindSafe(|| stage.produce(&mut frame, &mut writer)));
         header.len = frame.len() as u32;
+        if partner.index() != *home {
+            // `produce` replaced its frame, which swapped the partner and the spare.
+            // The consumer looks for our frame in the partner slot of our record, and
+            // after a death the parent knows our slots only as that partner and the
+            // spare in our journal: copy the frame home (rare: only `replace` does it).
+            std::mem::swap(partner, &mut self.spare);
+            let len = header.len as usize;
+            partner.payload_mut(seg)[..len].copy_from_slice(&self.spare.payload(seg)[..len]);
+        }
         mark_ran(&mut header, self.index);
         let error = match outcome {
             Ok(Ok(())) => None,
@@ -380,8 +401,8 @@ impl StageRunner {
     /// Consumer: runs `consume` on the item alongside the producer, waits for the
     /// producer, then merges its results or records which half failed.
     fn consume(&mut self, mut slot: OwnedSlot) -> Result<OwnedSlot, RunEnd> {
-        let Role::Consumer { pair, producer_slots } = &self.role else { unreachable!("consumer role") };
-        let (pair, producer_slots) = (pair.clone(), *producer_slots);
+        let Role::Consumer { pair, producer_frame } = &self.role else { unreachable!("consumer role") };
+        let (pair, producer_frame) = (pair.clone(), *producer_frame);
         let state = pair.header().state();
         if state != STARTED && state != PRODUCED {
             return Err(self.corrupt(format!("paired item arrived with the pair in state {state}")));
@@ -403,7 +424,7 @@ impl StageRunner {
         let Some((producer_slot, outcome)) = pair.header().wait_produced(|| Self::broken(&seg)) else {
             return Err(RunEnd::Broken);
         };
-        if !producer_slots.contains(&producer_slot) || producer_slot == slot.index() {
+        if producer_slot != producer_frame || producer_slot == slot.index() {
             return Err(self.corrupt(format!("pair names slot {producer_slot} as the producer's frame")));
         }
         let theirs = OwnedSlot::assigned(&seg, producer_slot).expect("checked against the producer's record");
@@ -416,6 +437,11 @@ impl StageRunner {
         }
         mark_ran(&mut header, self.index);
         let producer_failed = their_header.status == STATUS_FAILED;
+        if producer_failed {
+            // The parent failed it for a dead or timed-out producer: say so on the item.
+            header.died_pid = their_header.died_pid;
+            header.timeout_ms = their_header.timeout_ms;
+        }
         let failure = match consumed {
             Err(msg) if !producer_failed || outcome == OUTCOME_FAILED_AFTER_CLOSE => Some((self.index, msg)),
             _ if producer_failed => Some((self.index - 1, theirs.error_text(&seg, their_header.error_len))),
