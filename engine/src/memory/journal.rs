@@ -30,6 +30,9 @@ pub(crate) struct Journal {
     /// Per output ring (index in the runner's set): the position after the last
     /// descriptor written there, published or not (0: nothing written since the start).
     staged: [AtomicU64; MAX_REPLICAS],
+    /// A reordering runner: the sequence number due next, stored before the item
+    /// before it is journaled as taken. Set by the parent for a replacement.
+    next_seq: AtomicU64,
 }
 
 /// A dead runner's journal, read once.
@@ -55,6 +58,7 @@ impl Default for Journal {
             pushed_ring: zero(),
             pushed_at: zero(),
             staged: std::array::from_fn(|_| zero()),
+            next_seq: zero(),
         }
     }
 }
@@ -75,6 +79,19 @@ impl Journal {
         self.taken_ring.store(ring as u64, Ordering::Release);
         self.taken_at.store(at, Ordering::Release);
         self.owned.store(pack(Some(item), spare), Ordering::Release);
+    }
+
+    /// A reordering runner: items before `seq` went on (or are about to be taken).
+    pub(crate) fn set_next_seq(&self, seq: u64) {
+        // Release: see `took`.
+        self.next_seq.store(seq, Ordering::Release);
+    }
+
+    /// The sequence number due next: for the parent after the runner's death, and for
+    /// its replacement as it starts.
+    pub(crate) fn next_seq(&self) -> u64 {
+        // Acquire pairs with the Release store in `set_next_seq`.
+        self.next_seq.load(Ordering::Acquire)
     }
 
     /// The item now lives in `item` and the spare is `spare` (the stage replaced the frame).
@@ -133,8 +150,10 @@ impl Journal {
         }
     }
 
-    /// Parent, before starting a replacement: back to all-zero.
-    pub(crate) fn reset(&self) {
+    /// Parent, before starting a replacement: back to all-zero, but for the sequence
+    /// number the replacement resumes at.
+    pub(crate) fn reset(&self, next_seq: u64) {
+        self.next_seq.store(next_seq, Ordering::Release);
         let words = [&self.owned, &self.taken_ring, &self.taken_at, &self.pushed_ring, &self.pushed_at];
         for word in words.into_iter().chain(&self.staged) {
             word.store(0, Ordering::Release);
@@ -169,7 +188,10 @@ mod tests {
         assert_eq!(j.recover().spare, Some(7));
         j.took(0, 7, 3, 41);
         assert_eq!(j.recover().pushed, None, "a new item starts unpushed");
-        j.reset();
+        j.set_next_seq(9);
+        assert_eq!(j.next_seq(), 9);
+        j.reset(5);
+        assert_eq!(j.next_seq(), 5, "what the replacement resumes at");
         assert_eq!(j.recover(), Recovered { item: None, spare: None, taken: (0, 0), pushed: None });
         assert_eq!(j.staged(1), None);
     }

@@ -4,6 +4,7 @@
 //! 0        SegmentHeader      (Pod, written once by the parent before any worker starts)
 //! 128      Control            (atomics: pipeline state)
 //! 256      Journal × stages   (atomics: what each runner holds, for restarts)
+//! ...      u32 × slots        (atomics: which reordering runner holds each slot, for restarts)
 //! ...      StageRecord × stages  (Pod)
 //! ...      blob               (stage names and parameters, bytes)
 //! ...      ring × rings       (RingHeader + capacity × u64), 128-aligned
@@ -154,22 +155,6 @@ pub struct StageRecord {
     pub output_count: u32,
     /// [`FLAG_ORDERED_INPUT`] and [`FLAG_HOLD_INPUT`] bits.
     pub flags: u32,
-}
-
-impl StageRecord {
-    /// True if a replacement can take over this runner after its process died: a
-    /// stage that does not reorder its input, so the item in hand and the place it
-    /// came from are all its journal needs to name (and, in a pair, the pair's state).
-    pub(crate) fn can_be_taken_over(&self) -> bool {
-        self.flags & FLAG_ORDERED_INPUT == 0
-    }
-
-    /// True if the supervisor can time this runner's items: it is taken over after its
-    /// death, and its journal shows when it works on an item (a pair's producer keeps
-    /// streaming after its item went on, so its clock cannot be read).
-    pub(crate) fn can_time_out(&self) -> bool {
-        self.can_be_taken_over() && self.role == ROLE_PLAIN
-    }
 }
 
 impl Default for StageRecord {
@@ -331,7 +316,9 @@ impl Layout {
         let header_size = std::mem::size_of::<SegmentHeader>() as u64;
         let of = |_| LayoutError::TooLarge;
         let journals_bytes = (stage_count as u64) * std::mem::size_of::<crate::memory::Journal>() as u64;
-        let stages_offset = align_up(JOURNALS_OFFSET + journals_bytes).ok_or(LayoutError::TooLarge)?;
+        let holders_bytes = 4 * slot_count as u64;
+        let stages_offset =
+            align_up(JOURNALS_OFFSET + journals_bytes + holders_bytes).ok_or(LayoutError::TooLarge)?;
         let stages_bytes = (stage_count as u64)
             .checked_mul(std::mem::size_of::<StageRecord>() as u64)
             .ok_or(LayoutError::TooLarge)?;
@@ -476,6 +463,11 @@ impl Layout {
     pub(crate) fn journal_offset(&self, i: usize) -> usize {
         debug_assert!(i < self.stage_count());
         JOURNALS_OFFSET as usize + i * std::mem::size_of::<crate::memory::Journal>()
+    }
+    /// Offset of slot `i`'s holder word (see [`Segment::holder`](super::Segment::holder)).
+    pub(crate) fn holder_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.slot_count());
+        JOURNALS_OFFSET as usize + self.stage_count() * std::mem::size_of::<crate::memory::Journal>() + 4 * i
     }
     pub(crate) fn stage_offset(&self, i: usize) -> usize {
         debug_assert!(i < self.stage_count());

@@ -289,6 +289,17 @@ impl Segment {
         unsafe { self.ptr::<super::Journal>(self.layout.journal_offset(i)).as_ref() }
     }
 
+    /// Slot `i`'s holder word: `record + 1` while the reordering runner of stage
+    /// record `record` keeps the slot's item off its rings, waiting for its turn; 0
+    /// otherwise. Only that runner writes it (and the parent, once it died), so after a
+    /// death the parent and the replacement find the items it held.
+    pub(crate) fn holder(&self, i: usize) -> &crate::sync::AtomicU32 {
+        assert!(i < self.layout.slot_count());
+        // SAFETY: the layout reserves a 4-aligned u32 per slot at holder_offset(i), in
+        // bounds by the assert; all-zero bytes are valid; only accessed atomically (rule 2).
+        unsafe { self.ptr::<crate::sync::AtomicU32>(self.layout.holder_offset(i)).as_ref() }
+    }
+
     /// Writes stage `i`'s record. Parent only, before the worker that reads it starts
     /// (a pool rewrites a dead worker's record before starting its replacement).
     pub fn write_stage(&self, i: usize, record: StageRecord) {

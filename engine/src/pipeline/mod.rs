@@ -205,14 +205,6 @@ impl Builder {
                     // of its rate publishing each item).
                     r.publish_every = 1;
                 }
-                if spec.timeout.is_some() && !r.can_time_out() {
-                    return Err(BuildError::BadTimeout {
-                        stage: i,
-                        reason: "it follows replicas whose items it puts back in order, and such a \
-                                 stage cannot be restarted yet"
-                            .into(),
-                    });
-                }
                 records.push(r);
             }
             infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete, timeout: spec.timeout });

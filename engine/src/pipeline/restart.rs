@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{mark_ran, OwnedSlot};
-use crate::memory::{Segment, StageRecord, ROLE_CONSUMER, ROLE_PRODUCER};
+use crate::memory::{Segment, StageRecord, FLAG_ORDERED_INPUT, ROLE_CONSUMER, ROLE_PRODUCER};
 use crate::ring::PushError;
+use crate::sync::Ordering;
 use crate::worker::runner::record_failure;
 
 /// How a worker process ended.
@@ -62,6 +63,7 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Re
     };
     // The item whose hand-off the pair is in; the dead half cannot move it on.
     let paired = pair.as_ref().and_then(|p| p.header().item_in_flight());
+    let ordered = rec.flags & FLAG_ORDERED_INPUT != 0;
     let journal = seg.journal(record).recover();
     let slots = seg.layout().slot_count() as u32;
     let spare = journal.spare.unwrap_or(rec.spare_slot);
@@ -84,8 +86,9 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Re
         if !from_input {
             return Err(format!("dead worker's journal names ring {ring}, not one of its inputs"));
         }
+        // (A reordering runner's items left their rings as they arrived.)
         let mut input = seg.ring(ring as usize).1;
-        if input.position() == at {
+        if !ordered && input.position() == at {
             input.try_take().map_err(|e| e.to_string())?;
             input.release();
         }
@@ -116,13 +119,54 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Re
             _ => {}
         }
         if !published {
+            if ordered {
+                // In hand, so no longer waiting for its turn (the runner may have died
+                // before it cleared the mark).
+                let _ = seg.holder(item as usize).compare_exchange(
+                    record as u32 + 1,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
             fail_and_send_on(seg, &rec, item, death)?;
             in_hand = true;
         }
     }
+    let next_seq = if ordered { resume_ordered(seg, record, &rec)? } else { 0 };
     seg.write_stage(record, StageRecord { spare_slot: spare, ..rec });
-    seg.journal(record).reset();
+    seg.journal(record).reset(next_seq);
     Ok(in_hand)
+}
+
+/// A dead reordering runner's items waiting for their turn: steps past the ring places
+/// of those it marked held but had not given back yet, and returns the sequence number
+/// its replacement resumes at (see `Gather::journal_to`). Call once the item in hand
+/// is settled.
+fn resume_ordered(seg: &Arc<Segment>, record: usize, rec: &StageRecord) -> Result<u64, String> {
+    let mark = record as u32 + 1;
+    // Acquire loads below pair with the dead runner's Release stores.
+    let held = |slot: u32| seg.holder(slot as usize).load(Ordering::Acquire) == mark;
+    for k in 0..rec.input_count {
+        // It marks an item held, then gives its place back: only a ring's first place
+        // can be both. A slot is in one place at a time, so a marked slot there is it.
+        let mut input = seg.ring((rec.input_ring + k * rec.input_stride) as usize).1;
+        if let Some(desc) = input.try_take().map_err(|e| e.to_string())? {
+            if OwnedSlot::from_descriptor(seg, desc).is_ok_and(|s| held(s.index())) {
+                input.release();
+            }
+        }
+    }
+    // The journal's next number is stored just before an item is taken: if the runner
+    // died in between, that item is still marked held, and due.
+    let mut next = seg.journal(record).next_seq();
+    for slot in 0..seg.layout().slot_count() as u32 {
+        if held(slot) {
+            let slot = OwnedSlot::assigned(seg, slot).expect("in range");
+            next = next.min(slot.header(seg).seq);
+        }
+    }
+    Ok(next)
 }
 
 /// Marks the item in slot `item` failed by the worker's death and pushes it to the dead

@@ -1,8 +1,9 @@
 //! The parent thread that notices dead worker processes, at no cost on the fast
 //! path: it sleeps in `poll` on each worker's status pipe, whose write end only that
-//! worker holds, so the pipe reports hang-up the moment the process is gone. A worker
-//! whose runner journals is replaced (see `restart.rs`); any other death breaks the
-//! pipeline.
+//! worker holds, so the pipe reports hang-up the moment the process is gone. The dead
+//! worker's item in hand is settled from its journal and a replacement starts on the
+//! same rings (see `restart.rs`); only an impossible journal or a replacement that
+//! fails to start breaks the pipeline.
 //!
 //! If a stage has a [`timeout`](crate::StageSpec::timeout), the supervisor also wakes
 //! every quarter of the shortest one and reads each timed runner's journal: a runner
@@ -104,30 +105,24 @@ fn watch(
             clocks.started.remove(&w);
             let timed_out = clocks.killed.remove(&w);
             match replace(shared, workers, w, segment, timed_out) {
-                Ok(Some(next)) => watched.push(next),
-                Ok(None) => shared.fail(describe_death(shared, workers, w)),
+                Ok(next) => watched.push(next),
                 Err(failure) => shared.fail(failure),
             }
         }
     }
 }
 
-/// Replaces dead worker `w` if its runner can be taken over: settles what it held,
-/// starts a replacement on the same record and returns the new worker's index and
-/// status pipe. `Ok(None)` if it cannot be taken over.
+/// Replaces dead worker `w`: settles what it held, starts a replacement on the same
+/// record and returns the new worker's index and status pipe.
 fn replace(
     shared: &Shared,
     workers: &Mutex<Vec<WorkerProcess>>,
     w: usize,
     segment: &OwnedFd,
     timed_out: Option<Duration>,
-) -> Result<Option<(usize, File)>, EngineFailure> {
+) -> Result<(usize, File), EngineFailure> {
     let mut workers = workers.lock();
     let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
-    let rec = shared.seg.stage(record).map_err(|e| EngineFailure::Corrupt(e.to_string()))?;
-    if !rec.can_be_taken_over() {
-        return Ok(None);
-    }
     let status = exit_status(&mut workers[w]);
     let name = shared.stages[stage].name.clone();
     let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
@@ -141,7 +136,7 @@ fn replace(
     let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);
     workers.push(next);
     shared.restarts.fetch_add(1, Ordering::Relaxed);
-    Ok(Some((workers.len() - 1, status_pipe)))
+    Ok((workers.len() - 1, status_pipe))
 }
 
 /// When each timed runner was first seen on the item it is working on.
@@ -195,17 +190,5 @@ fn exit_status(worker: &mut WorkerProcess) -> String {
             Ok(None) => return "closed its status pipe".into(),
             Err(e) => return e.to_string(),
         }
-    }
-}
-
-fn describe_death(shared: &Shared, workers: &Mutex<Vec<WorkerProcess>>, w: usize) -> EngineFailure {
-    let mut workers = workers.lock();
-    let worker = &mut workers[w];
-    let status = exit_status(worker);
-    EngineFailure::WorkerDied {
-        stage: worker.stage,
-        name: shared.stages[worker.stage].name.clone(),
-        pid: worker.child.id(),
-        status,
     }
 }

@@ -31,6 +31,7 @@ use crate::frame::OwnedSlot;
 use crate::memory::Segment;
 use crate::pair::PAIRED;
 use crate::ring::{Consumer, Corrupt, Doorbell, Producer, PushError};
+use crate::sync::Ordering;
 use crate::wait::Wake;
 
 /// A runner's output rings; see the module docs.
@@ -139,6 +140,10 @@ pub(crate) struct Gather {
 struct Reorder {
     next: u64,
     early: BinaryHeap<Reverse<(u64, u64)>>,
+    /// A worker's runner: its stage record, whose journal keeps `next` and whose
+    /// mark goes on the holder word of each slot in `early` (so that after the
+    /// worker's death the parent and the replacement know what it held).
+    record: Option<usize>,
 }
 
 impl Gather {
@@ -151,8 +156,29 @@ impl Gather {
     /// If `rings` is empty.
     pub(crate) fn new(rings: Vec<Consumer>, ordered: bool, hold: bool) -> Self {
         let doorbell = rings.first().expect("a runner reads at least one ring").doorbell();
-        let order = ordered.then(|| Reorder { next: 0, early: BinaryHeap::new() });
+        let order = ordered.then(|| Reorder { next: 0, early: BinaryHeap::new(), record: None });
         Self { rings, doorbell, cursor: 0, order, hold: hold && !ordered, last: (0, 0) }
+    }
+
+    /// Ordered, in a worker: keeps what the gather holds where the parent finds it
+    /// after the worker's death (stage record `record`'s journal and the slots'
+    /// holder words), and resumes from what a dead predecessor held: the sequence
+    /// number its journal names and the slots marked as held by it.
+    pub(crate) fn journal_to(&mut self, seg: &Segment, record: usize) {
+        if let Some(order) = &mut self.order {
+            order.record = Some(record);
+            order.next = seg.journal(record).next_seq();
+            let mark = record as u32 + 1;
+            for i in 0..seg.layout().slot_count() {
+                // Acquire pairs with the parent's Release stores as it settled the death
+                // (and the dead runner's own, which the parent read before).
+                if seg.holder(i).load(Ordering::Acquire) == mark {
+                    let slot = OwnedSlot::assigned(seg, i as u32).expect("i < slot count");
+                    let seq = slot.header(seg).seq;
+                    order.early.push(Reverse((seq, slot.into_descriptor())));
+                }
+            }
+        }
     }
 
     /// Takes the next item, if one is ready.
@@ -178,6 +204,7 @@ impl Gather {
     }
 
     /// Unordered: the ring (index in this set) and position of the last item taken.
+    /// Ordered: 0 and the last item's sequence number.
     pub(crate) fn last_taken(&self) -> (usize, u64) {
         self.last
     }
@@ -200,6 +227,11 @@ impl Gather {
             Some(&Reverse((seq, desc))) if seq == order.next => {
                 order.early.pop();
                 order.next += 1;
+                if let Some(record) = order.record {
+                    // Before the runner journals the item as taken (see `Journal`).
+                    seg.journal(record).set_next_seq(order.next);
+                }
+                self.last = (0, seq);
                 Ok(Some(desc))
             }
             Some(&Reverse((seq, _))) if seq < order.next => {
@@ -219,11 +251,18 @@ impl Gather {
     fn take_arrived(&mut self, seg: &Segment) -> Result<(), GatherError> {
         let order = self.order.as_mut().expect("ordered gather");
         for ring in &mut self.rings {
-            while let Some(desc) = ring.try_pop()? {
-                let seq = seq_of(seg, desc)?;
+            while let Some(desc) = ring.try_take()? {
+                let (slot, seq) = seq_of(seg, desc)?;
                 if seq < order.next {
                     return Err(GatherError::Sequence { seq, next: order.next });
                 }
+                if let Some(record) = order.record {
+                    // Release: marked held before its place goes back, so at every
+                    // moment the item is on its ring or marked (or both: the parent
+                    // steps past a ring place whose slot is marked).
+                    seg.holder(slot as usize).store(record as u32 + 1, Ordering::Release);
+                }
+                ring.release();
                 order.early.push(Reverse((seq, desc)));
             }
         }
@@ -268,14 +307,14 @@ impl Gather {
     }
 }
 
-/// The sequence number of the item a popped descriptor names.
-fn seq_of(seg: &Segment, desc: u64) -> Result<u64, GatherError> {
+/// The slot and sequence number of the item a popped descriptor names.
+fn seq_of(seg: &Segment, desc: u64) -> Result<(u32, u64), GatherError> {
     // Popping the descriptor made us the slot's owner; we give it straight back.
     let slot =
         OwnedSlot::from_descriptor(seg, desc & !PAIRED).map_err(|bad| GatherError::Descriptor(bad.0))?;
-    let seq = slot.header(seg).seq;
+    let (index, seq) = (slot.index(), slot.header(seg).seq);
     let _ = slot.into_descriptor();
-    Ok(seq)
+    Ok((index, seq))
 }
 
 #[cfg(test)]

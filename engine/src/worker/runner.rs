@@ -15,6 +15,7 @@ use crate::pair::{
 use crate::ring::PushError;
 use crate::route::{Gather, Scatter};
 use crate::stage::{BoxError, Stage};
+use crate::sync::Ordering;
 
 /// Publish at least this often while draining a burst, so downstream starts early.
 const PUBLISH_EVERY: u32 = 16;
@@ -56,6 +57,8 @@ struct Wiring {
     input_ring: u32,
     input_stride: u32,
     output_ring: u32,
+    /// It reorders its input (its gather marks the slots it holds).
+    ordered: bool,
 }
 
 /// What a stage is in a producer/consumer pair.
@@ -127,11 +130,12 @@ impl StageRunner {
             n => n.min(PUBLISH_EVERY),
         };
         let index = record.stage as usize;
-        let journal = record.can_be_taken_over().then_some(Wiring {
+        let journal = Some(Wiring {
             record: record_index,
             input_ring: record.input_ring,
             input_stride: record.input_stride,
             output_ring: record.output_ring,
+            ordered,
         });
         let hold = record.flags & FLAG_HOLD_INPUT != 0;
         Ok(Self { seg, index, stage, input, output, spare, role, publish_every, hold, journal })
@@ -146,6 +150,9 @@ impl StageRunner {
 
     /// Serves items until shutdown or breakage.
     pub(crate) fn run(mut self) -> RunEnd {
+        if let Some(w) = self.journal.filter(|w| w.ordered) {
+            self.input.journal_to(&self.seg, w.record);
+        }
         if let Role::Consumer { pair, .. } = &self.role {
             // Our predecessor died holding an item (the parent failed it): let the
             // producer finish that item's hand-off before we take the next.
@@ -178,6 +185,10 @@ impl StageRunner {
                     let (k, at) = self.input.last_taken();
                     let ring = (w.input_ring + k as u32 * w.input_stride) as usize;
                     self.seg.journal(w.record).took(slot.index(), self.spare.index(), ring, at);
+                    if w.ordered {
+                        // Release: journaled as taken before it stops being marked held.
+                        self.seg.holder(slot.index() as usize).store(0, Ordering::Release);
+                    }
                 }
                 if !self.hold {
                     self.input.release();
