@@ -3,6 +3,8 @@
 
 use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
 
+use crate::chunk::{set_meta, ChunkError, ChunkMeta, CODEC_NONE};
+
 /// Bytes of a BLAKE3 digest.
 pub const DIGEST_LEN: usize = 32;
 
@@ -82,3 +84,55 @@ impl Stage for Blake3Verify {
 
 register_stage!(BLAKE3_SEAL, SEAL, |_: &[u8]| Ok::<_, BoxError>(Blake3Seal));
 register_stage!(BLAKE3_VERIFY, VERIFY, |_: &[u8]| Ok::<_, BoxError>(Blake3Verify));
+
+/// Registered name of [`ChunkId`].
+pub const CHUNK_ID: &str = "ringpipe.chunk.id";
+/// Registered name of [`ChunkCheck`].
+pub const CHUNK_CHECK: &str = "ringpipe.chunk.check";
+
+/// Backup side: sets a plain chunk's [`id`](crate::chunk::ChunkMeta::id) (BLAKE3 of
+/// its bytes) and `raw_len`.
+///
+/// ```
+/// use ringpipe_stages::{chunk::{chunk_frame, ChunkMeta}, hash::ChunkId};
+/// # use ringpipe_engine::{Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("id", ChunkId)).build().unwrap();
+/// let out = p.submit(&chunk_frame(0, b"abc")).unwrap().wait().unwrap();
+/// let (meta, _) = ChunkMeta::parse(&out).unwrap();
+/// assert_eq!(meta.id, *blake3::hash(b"abc").as_bytes());
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChunkId;
+
+impl Stage for ChunkId {
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        let (mut meta, body) = ChunkMeta::parse(frame.bytes())?;
+        meta.id = *blake3::hash(body).as_bytes();
+        meta.raw_len = u32::try_from(body.len()).map_err(|_| "chunk over 4 GiB")?;
+        set_meta(frame, &meta);
+        Ok(())
+    }
+}
+
+/// Restore side, [`ChunkId`]'s inverse: a plain chunk whose bytes do not hash to its
+/// id fails with [`ChunkError::HashMismatch`] naming it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChunkCheck;
+
+impl Stage for ChunkCheck {
+    fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        let (meta, body) = ChunkMeta::parse(frame.bytes())?;
+        if meta.codec != CODEC_NONE {
+            return Err(
+                ChunkError::WrongCodec { seq: meta.seq, found: meta.codec, expected: CODEC_NONE }.into()
+            );
+        }
+        if blake3::hash(body).as_bytes() != &meta.id || body.len() != meta.raw_len as usize {
+            return Err(ChunkError::HashMismatch { seq: meta.seq, id: meta.id_hex() }.into());
+        }
+        Ok(())
+    }
+}
+
+register_stage!(CHUNK_ID_STAGE, CHUNK_ID, |_: &[u8]| Ok::<_, BoxError>(ChunkId));
+register_stage!(CHUNK_CHECK_STAGE, CHUNK_CHECK, |_: &[u8]| Ok::<_, BoxError>(ChunkCheck));

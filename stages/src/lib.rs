@@ -1,8 +1,25 @@
-//! Ready-made ringpipe stages for backup hot paths.
+//! Ready-made ringpipe stages for backup hot paths, on the field's standard crates.
 //!
-//! Each stage is registered by name (so it can run in a worker process) and is a
-//! plain [`Stage`](ringpipe_engine::Stage) value (so it can run on a thread).
+//! Each stage is registered by name (so it runs in worker processes, with replicas:
+//! `StageSpec::process(compress::ZSTD).params(Zstd::params(3)).replicas(2)`) and is a
+//! plain [`Stage`](ringpipe_engine::Stage) value (so it runs on a thread:
+//! `StageSpec::with_stage("zstd", Zstd::new(3))`). Each has its inverse for restore.
+//!
+//! | module | backup | restore |
+//! |---|---|---|
+//! | [`cdc`] | [`Chunker`](cdc::Chunker) (FastCDC cut list) | [`Unchunk`](cdc::Unchunk) |
+//! | [`hash`] | [`ChunkId`](hash::ChunkId) (BLAKE3 id) | [`ChunkCheck`](hash::ChunkCheck) |
+//! | [`compress`] | [`Zstd`](compress::Zstd), [`Lz4`](compress::Lz4) | [`Unzstd`](compress::Unzstd), [`Unlz4`](compress::Unlz4) |
+//! | [`crypt`] | [`Seal`](crypt::Seal) (AES-256-GCM, ChaCha20-Poly1305) | [`Open`](crypt::Open) |
+//!
+//! Chunk stages read and write a [chunk frame](chunk): a [`ChunkMeta`](chunk::ChunkMeta)
+//! (sequence number, id, raw length, codec) followed by the chunk's bytes. A restore
+//! stage that finds a chunk corrupt fails it with a [`ChunkError`](chunk::ChunkError)
+//! naming the chunk.
 #![deny(missing_docs)]
-#![deny(unsafe_code)]
 
+pub mod cdc;
+pub mod chunk;
+pub mod compress;
+pub mod crypt;
 pub mod hash;

@@ -1,0 +1,269 @@
+//! The conformance suite every ready-made stage passes, as a process stage and as a
+//! thread stage: round trip through its inverse, empty input, a 1-byte input, the
+//! largest input its frame allows, and corrupted input on the inverse side (a typed
+//! error naming the chunk, nothing passed on as good).
+//!
+//! A restore chain ends with `ChunkCheck` (BLAKE3 against the chunk's id): that is
+//! what catches a corrupted compressed body that still decodes, so the suite runs
+//! each decompressor's inverse side with it, as a restore does.
+
+use ringpipe_engine::{Pipeline, StageSpec};
+use ringpipe_stages::cdc::{self, Chunker, Unchunk};
+use ringpipe_stages::chunk::{chunk_frame, ChunkMeta, META_LEN};
+use ringpipe_stages::compress::{self, Lz4, Unlz4, Unzstd, Zstd};
+use ringpipe_stages::crypt::{self, Cipher, Key, Open, Seal};
+use ringpipe_stages::hash::{self, ChunkCheck, ChunkId};
+
+ringpipe_engine::worker_test_entry!();
+
+/// Frame capacity for the suite: 1 MiB.
+const CAP: usize = 1 << 20;
+
+/// One stage and its inverse, described both ways.
+struct Case {
+    name: &'static str,
+    /// Stages before the one under test (to make its input), on threads.
+    prepare: fn() -> Vec<StageSpec>,
+    forward: fn(process: bool) -> StageSpec,
+    inverse: fn(process: bool) -> Vec<StageSpec>,
+    /// Bytes the forward stage may add to an input of `n` bytes (the frame must hold them).
+    growth: fn(n: usize) -> usize,
+    /// Chunk frames (meta + body) or raw blocks.
+    chunks: bool,
+    /// What a corruption error says.
+    corrupt_says: &'static str,
+}
+
+const KEY: [u8; 32] = [0x5a; 32];
+const SALT: [u8; 16] = [0xc3; 16];
+
+fn pick(
+    process: bool,
+    name: &str,
+    params: Vec<u8>,
+    value: impl ringpipe_engine::Stage + 'static,
+) -> StageSpec {
+    if process {
+        StageSpec::process(name).params(params)
+    } else {
+        StageSpec::with_stage(name, value)
+    }
+}
+
+fn id() -> Vec<StageSpec> {
+    vec![StageSpec::with_stage("id", ChunkId)]
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "fastcdc",
+            prepare: Vec::new,
+            forward: |p| {
+                let c = Chunker::new(4096, 16384, 65536);
+                pick(p, cdc::CHUNKER, c.params(), c)
+            },
+            inverse: |p| vec![pick(p, cdc::UNCHUNK, vec![], Unchunk)],
+            growth: |n| Chunker::new(4096, 16384, 65536).overhead(n),
+            chunks: false,
+            corrupt_says: "cut",
+        },
+        Case {
+            name: "blake3 id",
+            prepare: Vec::new,
+            forward: |p| pick(p, hash::CHUNK_ID, vec![], ChunkId),
+            inverse: |p| vec![pick(p, hash::CHUNK_CHECK, vec![], ChunkCheck)],
+            growth: |_| 0,
+            chunks: true,
+            corrupt_says: "do not hash to its id",
+        },
+        Case {
+            name: "zstd",
+            prepare: id,
+            forward: |p| pick(p, compress::ZSTD, Zstd::params(3), Zstd::new(3)),
+            inverse: |p| {
+                vec![
+                    pick(p, compress::UNZSTD, vec![], Unzstd),
+                    pick(p, hash::CHUNK_CHECK, vec![], ChunkCheck),
+                ]
+            },
+            growth: |n| Zstd::max_output(n) - n,
+            chunks: true,
+            corrupt_says: "chunk 5",
+        },
+        Case {
+            name: "lz4",
+            prepare: id,
+            forward: |p| pick(p, compress::LZ4, vec![], Lz4),
+            inverse: |p| {
+                vec![pick(p, compress::UNLZ4, vec![], Unlz4), pick(p, hash::CHUNK_CHECK, vec![], ChunkCheck)]
+            },
+            growth: |n| Lz4::max_output(n) - n,
+            chunks: true,
+            corrupt_says: "chunk 5",
+        },
+        Case {
+            name: "aes-256-gcm",
+            prepare: id,
+            forward: |p| {
+                let k = Key::from_bytes(KEY);
+                pick(
+                    p,
+                    crypt::SEAL,
+                    Seal::params(Cipher::Aes256Gcm, &k, SALT),
+                    Seal::new(Cipher::Aes256Gcm, &k, SALT),
+                )
+            },
+            inverse: |p| {
+                let k = Key::from_bytes(KEY);
+                vec![pick(
+                    p,
+                    crypt::OPEN,
+                    Seal::params(Cipher::Aes256Gcm, &k, SALT),
+                    Open::new(Cipher::Aes256Gcm, &k, SALT),
+                )]
+            },
+            growth: |_| crypt::TAG_LEN,
+            chunks: true,
+            corrupt_says: "authentication failed",
+        },
+        Case {
+            name: "chacha20-poly1305",
+            prepare: id,
+            forward: |p| {
+                let (k, c) = (Key::from_bytes(KEY), Cipher::ChaCha20Poly1305);
+                pick(p, crypt::SEAL, Seal::params(c, &k, SALT), Seal::new(c, &k, SALT))
+            },
+            inverse: |p| {
+                let (k, c) = (Key::from_bytes(KEY), Cipher::ChaCha20Poly1305);
+                vec![pick(p, crypt::OPEN, Seal::params(c, &k, SALT), Open::new(c, &k, SALT))]
+            },
+            growth: |_| crypt::TAG_LEN,
+            chunks: true,
+            corrupt_says: "authentication failed",
+        },
+    ]
+}
+
+/// Mixed bytes: compressible runs and noise.
+fn data(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (i / 4096) % 2 == 0 {
+                b"the quick brown fox "[i % 20]
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+fn build(stages: Vec<StageSpec>) -> Pipeline {
+    Pipeline::builder().stages(stages).frame_capacity(CAP).max_in_flight(4).build().unwrap()
+}
+
+fn run(p: &Pipeline, input: &[u8]) -> Result<Vec<u8>, String> {
+    let out = p.submit(input).unwrap().wait().unwrap();
+    match out.failure() {
+        Some(f) => Err(f.message.clone()),
+        None => Ok(out.to_vec()),
+    }
+}
+
+fn conformance(case: &Case, process: bool) {
+    let what = format!("{} as a {} stage", case.name, if process { "process" } else { "thread" });
+    let mut fwd = (case.prepare)();
+    fwd.push((case.forward)(process));
+    let forward = build(fwd);
+    let inverse = build((case.inverse)(process));
+    let frame = |body: &[u8]| if case.chunks { chunk_frame(5, body) } else { body.to_vec() };
+    let body_of =
+        |bytes: &[u8]| if case.chunks { ChunkMeta::parse(bytes).unwrap().1.to_vec() } else { bytes.to_vec() };
+    let meta = if case.chunks { META_LEN } else { 0 };
+    let mut largest = CAP - meta;
+    while largest + (case.growth)(largest) > CAP - meta {
+        largest -= 1024;
+    }
+    for (label, body) in
+        [("empty", vec![]), ("1 byte", vec![42]), ("mixed", data(200_000, 7)), ("largest", data(largest, 9))]
+    {
+        let sealed =
+            run(&forward, &frame(&body)).unwrap_or_else(|e| panic!("{what}, {label}: forward failed: {e}"));
+        let back = run(&inverse, &sealed).unwrap_or_else(|e| panic!("{what}, {label}: inverse failed: {e}"));
+        assert_eq!(body_of(&back), body, "{what}, {label}: round trip");
+        // Corrupt what the forward stage wrote: one byte of the body, or of the cut list.
+        if !body.is_empty() || !case.chunks {
+            let mut bad = sealed.clone();
+            let at = if case.chunks { meta + (bad.len() - meta) / 2 } else { bad.len() - 4 };
+            bad[at] ^= 0x40;
+            match run(&inverse, &bad) {
+                Err(msg) => assert!(msg.contains(case.corrupt_says), "{what}, {label}: {msg}"),
+                Ok(_) if label == "empty" => {} // the cut list of nothing has no byte that matters
+                Ok(out) => panic!("{what}, {label}: corruption passed as good ({} bytes)", out.len()),
+            }
+        }
+    }
+    assert!(forward.shutdown().failure.is_none() && inverse.shutdown().failure.is_none());
+}
+
+#[test]
+fn every_stage_conforms_as_a_thread_stage() {
+    for case in cases() {
+        conformance(&case, false);
+    }
+}
+
+#[test]
+fn every_stage_conforms_as_a_process_stage() {
+    for case in cases() {
+        conformance(&case, true);
+    }
+}
+
+#[test]
+fn a_key_comes_from_a_passphrase_or_a_32_byte_file() {
+    let salt = [1u8; 16];
+    let a = Key::from_passphrase(b"correct horse", &salt).unwrap();
+    let b = Key::from_passphrase(b"correct horse", &salt).unwrap();
+    let c = Key::from_passphrase(b"correct horse", &[2u8; 16]).unwrap();
+    let seal = |k: &Key| {
+        let p = build(vec![
+            StageSpec::with_stage("id", ChunkId),
+            StageSpec::with_stage("s", Seal::new(Cipher::Aes256Gcm, k, SALT)),
+        ]);
+        run(&p, &chunk_frame(0, b"payload")).unwrap()
+    };
+    assert_eq!(seal(&a), seal(&b), "same passphrase and salt, same key");
+    assert_ne!(seal(&a), seal(&c), "another salt, another key");
+    let dir = std::env::temp_dir().join(format!("ringpipe-key-{}", std::process::id()));
+    std::fs::write(&dir, [3u8; 32]).unwrap();
+    assert!(Key::from_file(&dir).is_ok());
+    std::fs::write(&dir, [3u8; 31]).unwrap();
+    assert!(matches!(Key::from_file(&dir), Err(crypt::KeyError::BadKeyFile { len: 31 })));
+    std::fs::remove_file(&dir).unwrap();
+    assert!(matches!(Key::from_file(&dir), Err(crypt::KeyError::Io(_))));
+}
+
+#[test]
+fn a_chunk_under_another_id_or_another_archive_does_not_open() {
+    let k = Key::from_bytes(KEY);
+    let sealer = build(vec![
+        StageSpec::with_stage("id", ChunkId),
+        StageSpec::with_stage("s", Seal::new(Cipher::Aes256Gcm, &k, SALT)),
+    ]);
+    let sealed = run(&sealer, &chunk_frame(3, b"some chunk")).unwrap();
+    // The id is the associated data: moved under another id, it fails.
+    let mut moved = sealed.clone();
+    moved[8] ^= 1;
+    let opener = build(vec![StageSpec::with_stage("o", Open::new(Cipher::Aes256Gcm, &k, SALT))]);
+    let err = run(&opener, &moved).unwrap_err();
+    assert!(err.contains("chunk 3") && err.contains("authentication failed"), "{err}");
+    // Another archive (salt) derives another key.
+    let other = build(vec![StageSpec::with_stage("o", Open::new(Cipher::Aes256Gcm, &k, [0; 16]))]);
+    assert!(run(&other, &sealed).is_err());
+    assert!(run(&opener, &sealed).is_ok());
+}
