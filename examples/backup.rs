@@ -163,12 +163,16 @@ fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         let size = file.metadata()?.len();
         stats.bytes += size;
         // The file's blocks, read lazily as the cut pipeline takes them.
+        let mut read_error = None;
         let blocks = std::iter::from_fn(|| {
             let mut buf = Vec::with_capacity(BLOCK);
             match (&mut file).take(BLOCK as u64).read_to_end(&mut buf) {
                 Ok(0) => None,
                 Ok(_) => Some(buf),
-                Err(e) => panic!("reading {rel}: {e}"),
+                Err(e) => {
+                    read_error = Some(e);
+                    None
+                }
             }
         });
         let mut refs = Vec::new();
@@ -190,17 +194,21 @@ fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
                 });
                 refs.push(seq);
             }
-        }
-        // New chunks: compress, seal, append (in order: chunk numbers are positions).
-        for sealed in seal.map(fresh.drain(..)) {
-            let sealed = sealed?;
-            if let Some(f) = sealed.failure() {
-                return Err(format!("{rel}: {f}").into());
+            // The block's new chunks: compress, seal, append (in order: chunk numbers
+            // are positions). Per block, so memory stays bounded however large the file.
+            for sealed in seal.map(fresh.drain(..)) {
+                let sealed = sealed?;
+                if let Some(f) = sealed.failure() {
+                    return Err(format!("{rel}: {f}").into());
+                }
+                out.write_all(&(sealed.len() as u32).to_le_bytes())?;
+                out.write_all(&sealed)?;
+                chunk_table.push((offset + 4, sealed.len() as u32));
+                offset += 4 + sealed.len() as u64;
             }
-            out.write_all(&(sealed.len() as u32).to_le_bytes())?;
-            out.write_all(&sealed)?;
-            chunk_table.push((offset + 4, sealed.len() as u32));
-            offset += 4 + sealed.len() as u64;
+        }
+        if let Some(e) = read_error {
+            return Err(format!("reading {rel}: {e}").into());
         }
         index.push((rel.clone(), size, refs));
     }

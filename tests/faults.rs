@@ -12,7 +12,7 @@ use ringpipe::{
 
 mod common;
 
-use common::{alive, await_restarts, kill9, Killer};
+use common::{alive, check_after_kills, kill9, Killer};
 
 ringpipe::worker_test_entry!();
 
@@ -154,13 +154,7 @@ fn killing_batching_workers_mid_stream_loses_and_duplicates_nothing() {
             None => assert!(out.stage_ran(0) && out.stage_ran(1), "both stages ran on item {i}"),
         }
     }
-    let kills = killer.stop();
-    assert!(kills >= 3, "only {kills} kills: the test did not test much");
-    assert!(died <= kills, "{died} failures for {kills} kills");
-    let p = Arc::into_inner(p).unwrap();
-    await_restarts(&p, kills, Duration::from_secs(5));
-    assert_eq!(p.free_frames(), 256, "no frame leaked");
-    assert!(p.shutdown().failure.is_none());
+    check_after_kills(p, killer.stop(), died, 256);
 }
 
 #[test]
@@ -199,19 +193,7 @@ fn killing_the_stage_that_reorders_replicas_loses_and_duplicates_nothing() {
             .build()
             .unwrap(),
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let killer = {
-        let (p, stop) = (p.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut kills = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(15));
-                let (_, pid) = p.worker_pids().into_iter().find(|&(s, _)| s == 1).unwrap();
-                kills += usize::from(kill9(pid));
-            }
-            kills
-        })
-    };
+    let killer = Killer::every_in_stage(&p, Duration::from_millis(15), 1);
     let n = 400_000u64;
     let mut died = 0;
     for (i, out) in p.map((0..n).map(|i| item(OK, i))).enumerate() {
@@ -226,15 +208,9 @@ fn killing_the_stage_that_reorders_replicas_loses_and_duplicates_nothing() {
             None => assert!(out.stage_ran(0) && out.stage_ran(1), "both stages ran on item {i}"),
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let kills = killer.join().unwrap();
+    let kills = killer.stop();
     eprintln!("{n} items, {kills} kills of the reordering stage, {died} failed by a death");
-    assert!(kills >= 3, "only {kills} kills: the test did not test much");
-    assert!(died <= kills, "{died} failures for {kills} kills");
-    let p = Arc::into_inner(p).unwrap();
-    await_restarts(&p, kills, Duration::from_secs(5));
-    assert_eq!(p.free_frames(), 256, "no frame leaked");
-    assert!(p.shutdown().failure.is_none());
+    check_after_kills(p, kills, died, 256);
 }
 
 /// A reordering stage can time out too: the hung item fails, the rest go on in order.

@@ -87,6 +87,25 @@ fn recode(
     })
 }
 
+/// Decodes a `codec` body back to exactly its `raw_len` plain bytes with `decode`
+/// (given the body and room for `raw_len` bytes; returns how many it wrote).
+fn decode(
+    frame: &mut Frame<'_>,
+    codec: u32,
+    name: &str,
+    decode: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, String>,
+) -> Result<(), BoxError> {
+    recode(frame, codec, CODEC_NONE, |meta, body, room| {
+        let want = meta.raw_len as usize;
+        let out = room.get_mut(..want).ok_or_else(|| no_room(meta, "raw length exceeds the frame", want))?;
+        match decode(body, out).map_err(|e| no_room(meta, &format!("cannot decode {name}"), e))? {
+            n if n == want => Ok(n),
+            n => Err(no_room(meta, name, format!("{n} bytes, {want} expected"))),
+        }
+    })?;
+    Ok(())
+}
+
 /// The frame's capacity is too small for the encoded chunk.
 fn no_room(meta: &ChunkMeta, what: &str, e: impl std::fmt::Display) -> ChunkError {
     ChunkError::Codec { seq: meta.seq, reason: format!("{what}: {e}") }
@@ -109,19 +128,9 @@ pub struct Unzstd;
 
 impl Stage for Unzstd {
     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
-        recode(frame, CODEC_ZSTD, CODEC_NONE, |meta, body, room| {
-            let want = meta.raw_len as usize;
-            if want > room.len() {
-                return Err(no_room(meta, "raw length exceeds the frame", want));
-            }
-            let n = zstd::bulk::decompress_to_buffer(body, &mut room[..want])
-                .map_err(|e| no_room(meta, "cannot decode zstd", e))?;
-            if n != want {
-                return Err(no_room(meta, "zstd", format!("{n} bytes, {want} expected")));
-            }
-            Ok(n)
-        })?;
-        Ok(())
+        decode(frame, CODEC_ZSTD, "zstd", |body, out| {
+            zstd::bulk::decompress_to_buffer(body, out).map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -153,19 +162,9 @@ pub struct Unlz4;
 
 impl Stage for Unlz4 {
     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
-        recode(frame, CODEC_LZ4, CODEC_NONE, |meta, body, room| {
-            let want = meta.raw_len as usize;
-            if want > room.len() {
-                return Err(no_room(meta, "raw length exceeds the frame", want));
-            }
-            let n = lz4_flex::block::decompress_into(body, &mut room[..want])
-                .map_err(|e| no_room(meta, "cannot decode lz4", e))?;
-            if n != want {
-                return Err(no_room(meta, "lz4", format!("{n} bytes, {want} expected")));
-            }
-            Ok(n)
-        })?;
-        Ok(())
+        decode(frame, CODEC_LZ4, "lz4", |body, out| {
+            lz4_flex::block::decompress_into(body, out).map_err(|e| e.to_string())
+        })
     }
 }
 

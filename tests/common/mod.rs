@@ -22,7 +22,8 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// A thread that kills a pseudo-random live worker of a pipeline every `period`.
+/// A thread that kills a pseudo-random live worker of a pipeline (or of one of its
+/// stages) every `period`.
 pub struct Killer {
     stop: Arc<AtomicBool>,
     kills: Arc<AtomicUsize>,
@@ -31,6 +32,15 @@ pub struct Killer {
 
 impl Killer {
     pub fn every(p: &Arc<Pipeline>, period: Duration) -> Self {
+        Self::spawn(p, period, None)
+    }
+
+    /// Kills only workers of stage `stage`.
+    pub fn every_in_stage(p: &Arc<Pipeline>, period: Duration, stage: usize) -> Self {
+        Self::spawn(p, period, Some(stage))
+    }
+
+    fn spawn(p: &Arc<Pipeline>, period: Duration, stage: Option<usize>) -> Self {
         let (stop, kills) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let thread = {
             let (p, stop, kills) = (p.clone(), stop.clone(), kills.clone());
@@ -41,8 +51,13 @@ impl Killer {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let pids = p.worker_pids();
-                    if kill9(pids[(rng % pids.len() as u64) as usize].1) {
+                    let pids: Vec<u32> = p
+                        .worker_pids()
+                        .into_iter()
+                        .filter(|&(s, _)| stage.is_none_or(|want| s == want))
+                        .map(|(_, pid)| pid)
+                        .collect();
+                    if kill9(pids[(rng % pids.len() as u64) as usize]) {
                         kills.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -57,6 +72,18 @@ impl Killer {
         self.thread.join().unwrap();
         self.kills.load(Ordering::Relaxed)
     }
+}
+
+/// The end of a random-kill test: enough kills to mean something, at most one failed
+/// item per kill, every killed worker replaced, `frames` free again (none leaked), and
+/// a clean shutdown.
+pub fn check_after_kills(p: Arc<Pipeline>, kills: usize, died: usize, frames: usize) {
+    assert!(kills >= 3, "only {kills} kills: the test did not test much");
+    assert!(died <= kills, "{died} failures for {kills} kills");
+    let p = Arc::into_inner(p).expect("the killer let go of the pipeline");
+    await_restarts(&p, kills, Duration::from_secs(5));
+    assert_eq!(p.free_frames(), frames, "no frame leaked");
+    assert!(p.shutdown().failure.is_none());
 }
 
 /// Waits up to `timeout` for the pipeline to have replaced `kills` workers.
