@@ -30,9 +30,9 @@ mod worker;
 pub use frame::{Frame, FrameError};
 pub use pipeline::{
     BuildError, Builder, Completions, EngineFailure, Map, NewFrame, OnComplete, Output, Pipeline,
-    ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, SubmitError, Ticket, TrySubmitError,
-    WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY,
-    DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
+    PipelineStats, ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, StageStats,
+    SubmitError, Ticket, TrySubmitError, WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY, DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
 };
 pub use pool::{
     Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, DEFAULT_POOL_WINDOW, MAX_WORKERS,

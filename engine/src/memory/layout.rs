@@ -4,6 +4,7 @@
 //! 0        SegmentHeader      (Pod, written once by the parent before any worker starts)
 //! 128      Control            (atomics: pipeline state)
 //! 256      Journal × stages   (atomics: what each runner holds, for restarts)
+//! ...      Counters × stages  (atomics: what each runner has done, for statistics)
 //! ...      u32 × slots        (atomics: which reordering runner holds each slot, for restarts)
 //! ...      StageRecord × stages  (Pod)
 //! ...      blob               (stage names and parameters, bytes)
@@ -17,13 +18,15 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::counters::Counters;
+use super::journal::Journal;
 use crate::pair::PairHeader;
 use crate::ring::RingHeader;
 
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits),
 /// and most stage records (one per replica) in one segment.
 pub const MAX_STAGES: usize = 256;
@@ -315,10 +318,10 @@ impl Layout {
         let ring_count = ring_count as u64;
         let header_size = std::mem::size_of::<SegmentHeader>() as u64;
         let of = |_| LayoutError::TooLarge;
-        let journals_bytes = (stage_count as u64) * std::mem::size_of::<crate::memory::Journal>() as u64;
+        let per_record = (std::mem::size_of::<Journal>() + std::mem::size_of::<Counters>()) as u64;
         let holders_bytes = 4 * slot_count as u64;
-        let stages_offset =
-            align_up(JOURNALS_OFFSET + journals_bytes + holders_bytes).ok_or(LayoutError::TooLarge)?;
+        let stages_offset = align_up(JOURNALS_OFFSET + stage_count as u64 * per_record + holders_bytes)
+            .ok_or(LayoutError::TooLarge)?;
         let stages_bytes = (stage_count as u64)
             .checked_mul(std::mem::size_of::<StageRecord>() as u64)
             .ok_or(LayoutError::TooLarge)?;
@@ -462,12 +465,20 @@ impl Layout {
     }
     pub(crate) fn journal_offset(&self, i: usize) -> usize {
         debug_assert!(i < self.stage_count());
-        JOURNALS_OFFSET as usize + i * std::mem::size_of::<crate::memory::Journal>()
+        JOURNALS_OFFSET as usize + i * std::mem::size_of::<Journal>()
+    }
+    /// Offset of stage record `i`'s statistics block.
+    pub(crate) fn counters_offset(&self, i: usize) -> usize {
+        debug_assert!(i < self.stage_count());
+        self.journal_offset(0)
+            + self.stage_count() * std::mem::size_of::<Journal>()
+            + i * std::mem::size_of::<Counters>()
     }
     /// Offset of slot `i`'s holder word (see [`Segment::holder`](super::Segment::holder)).
     pub(crate) fn holder_offset(&self, i: usize) -> usize {
         debug_assert!(i < self.slot_count());
-        JOURNALS_OFFSET as usize + self.stage_count() * std::mem::size_of::<crate::memory::Journal>() + 4 * i
+        let records = self.stage_count() * (std::mem::size_of::<Journal>() + std::mem::size_of::<Counters>());
+        JOURNALS_OFFSET as usize + records + 4 * i
     }
     pub(crate) fn stage_offset(&self, i: usize) -> usize {
         debug_assert!(i < self.stage_count());

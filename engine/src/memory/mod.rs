@@ -4,10 +4,12 @@
 //! layers get typed pointers from [`Segment`] whose bounds were checked against a
 //! [`Layout`] computed locally, never against numbers read from shared memory.
 
+mod counters;
 mod journal;
 mod layout;
 mod segment;
 
+pub(crate) use counters::{Counters, Tally};
 pub(crate) use journal::Journal;
 
 pub use layout::{

@@ -289,6 +289,15 @@ impl Segment {
         unsafe { self.ptr::<super::Journal>(self.layout.journal_offset(i)).as_ref() }
     }
 
+    /// Stage record `i`'s statistics: written by its runner, read by the parent.
+    pub(crate) fn counters(&self, i: usize) -> &super::Counters {
+        assert!(i < self.layout.stage_count());
+        // SAFETY: the layout reserves an aligned Counters per stage record at
+        // counters_offset(i), in bounds by the assert; all-zero bytes are a valid
+        // Counters; it is only accessed atomically (rule 2).
+        unsafe { self.ptr::<super::Counters>(self.layout.counters_offset(i)).as_ref() }
+    }
+
     /// Slot `i`'s holder word: `record + 1` while the reordering runner of stage
     /// record `record` keeps the slot's item off its rings, waiting for its turn; 0
     /// otherwise. Only that runner writes it (and the parent, once it died), so after a

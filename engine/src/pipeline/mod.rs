@@ -9,6 +9,7 @@ mod handles;
 pub(crate) mod restart;
 mod shared;
 mod spec;
+mod stats;
 mod supervisor;
 mod wiring;
 
@@ -16,13 +17,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitError, WaitError};
 pub use handles::{NewFrame, Output, Ticket};
 pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY, MAX_STAGE_TIMEOUT};
+pub use stats::{PipelineStats, StageStats};
 
 use self::shared::{Book, Entry, Shared, StageInfo, State, Submissions};
 use self::spec::Placement;
@@ -157,6 +159,7 @@ impl Builder {
                 name: spec.name.clone(),
                 message: e.to_string(),
             };
+            let on_thread = !matches!(spec.placement, Placement::Process);
             match spec.placement {
                 Placement::Process => {
                     registered()?;
@@ -207,7 +210,13 @@ impl Builder {
                 }
                 records.push(r);
             }
-            infos.push(StageInfo { name: spec.name, on_complete: spec.on_complete, timeout: spec.timeout });
+            infos.push(StageInfo {
+                name: spec.name,
+                on_complete: spec.on_complete,
+                timeout: spec.timeout,
+                records: records.len() - spec.replicas..records.len(),
+                on_thread,
+            });
         }
         let layout = Layout::with_rings(
             records.len(),
@@ -258,6 +267,8 @@ impl Builder {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             restarts: std::sync::atomic::AtomicUsize::new(0),
+            started: Instant::now(),
+            submit_waited_ns: std::sync::atomic::AtomicU64::new(0),
         });
         let mut pipeline = Pipeline {
             shared: shared.clone(),
@@ -446,6 +457,49 @@ impl Pipeline {
         self.shared.restarts.load(Ordering::Relaxed)
     }
 
+    /// What every stage has done so far: items, bytes, and its runners' time busy,
+    /// starved and blocked (see [`PipelineStats`] for an example). Cheap enough to
+    /// call many times a second: it reads a few words per runner and stops nothing.
+    /// A runner stores its totals every 16 items or 256 KiB and whenever it waits, so
+    /// a snapshot taken while items flow lags by at most that much; after
+    /// [`shutdown`](Self::shutdown) began or every item came out, it is exact. A
+    /// replaced worker's successor continues its predecessor's totals.
+    pub fn stats(&self) -> PipelineStats {
+        let seg = &self.shared.seg;
+        let stages = self
+            .shared
+            .stages
+            .iter()
+            .map(|info| {
+                let mut s = StageStats {
+                    name: info.name.clone(),
+                    replicas: info.records.len(),
+                    on_thread: info.on_thread,
+                    items: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    busy: Duration::ZERO,
+                    starved: Duration::ZERO,
+                    blocked: Duration::ZERO,
+                };
+                for t in info.records.clone().map(|r| seg.counters(r).load()) {
+                    s.items += t.items;
+                    s.bytes_in += t.bytes_in;
+                    s.bytes_out += t.bytes_out;
+                    s.busy += Duration::from_nanos(t.busy_ns);
+                    s.starved += Duration::from_nanos(t.starved_ns);
+                    s.blocked += Duration::from_nanos(t.blocked_ns);
+                }
+                s
+            })
+            .collect();
+        PipelineStats {
+            elapsed: self.shared.started.elapsed(),
+            submit_waited: Duration::from_nanos(self.shared.submit_waited_ns.load(Ordering::Relaxed)),
+            stages,
+        }
+    }
+
     fn reserve(&self, len: usize, block: bool) -> Result<Option<NewFrame>, SubmitError> {
         let capacity = self.frame_capacity();
         if len > capacity {
@@ -476,10 +530,13 @@ impl Pipeline {
     /// cannot succeed.
     fn wait_for_space(&self) {
         let closed = &self.shared.closed;
+        let started = Instant::now();
         self.shared.wait_until(None, |book| {
             (!book.free_tickets.is_empty() || book.failure.is_some() || closed.load(Ordering::Acquire))
                 .then_some(())
         });
+        let waited = started.elapsed().as_nanos() as u64;
+        self.shared.submit_waited_ns.fetch_add(waited, Ordering::Relaxed);
     }
 
     /// Reserves a frame of `len` bytes to fill in place, blocking while

@@ -91,6 +91,9 @@ pub(crate) struct StageInfo {
     pub name: String,
     pub on_complete: Option<OnComplete>,
     pub timeout: Option<std::time::Duration>,
+    /// Its runners' stage records (one per replica, next to each other).
+    pub records: std::ops::Range<usize>,
+    pub on_thread: bool,
 }
 
 pub(crate) struct Shared {
@@ -120,6 +123,10 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Worker processes replaced after they died.
     pub restarts: std::sync::atomic::AtomicUsize,
+    /// When the pipeline was built.
+    pub started: Instant,
+    /// Nanoseconds submitters spent waiting for a free frame.
+    pub submit_waited_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {

@@ -202,7 +202,7 @@ pub(crate) unsafe fn writer_from_raw(
 ) -> StreamWriter {
     debug_assert!(capacity > 0);
     let ring = StreamRef { header, data, capacity, _owner: owner };
-    StreamWriter { ring, tail: 0, cached_head: 0, done: false, timeout: None }
+    StreamWriter { ring, tail: 0, cached_head: 0, done: false, timeout: None, waited: Duration::ZERO }
 }
 
 /// Makes only the reading end of a byte ring.
@@ -217,7 +217,7 @@ pub(crate) unsafe fn reader_from_raw(
 ) -> StreamReader {
     debug_assert!(capacity > 0);
     let ring = StreamRef { header, data, capacity, _owner: owner };
-    StreamReader { ring, head: 0, cached_tail: 0, closed: false, timeout: None }
+    StreamReader { ring, head: 0, cached_tail: 0, closed: false, timeout: None, waited: Duration::ZERO }
 }
 
 /// Waits on `word` until `ready()` or the deadline; `Err(TimedOut)` after it.
@@ -252,6 +252,8 @@ pub struct StreamWriter {
     cached_head: u64,
     done: bool,
     timeout: Option<Duration>,
+    /// Time spent waiting for room (the clock is read only when there is none).
+    waited: Duration,
 }
 
 impl StreamWriter {
@@ -308,12 +310,15 @@ impl StreamWriter {
             let ring = self.ring.clone();
             let h = ring.header();
             let tail = self.tail;
-            wait_on(
+            let started = Instant::now();
+            let woke = wait_on(
                 &h.writable,
                 // Acquire: pairs with the reader's Release store of head.
                 || h.head.load(Ordering::Acquire) != tail - ring.capacity || h.flags() & CLOSED != 0,
                 deadline,
-            )?;
+            );
+            self.waited += started.elapsed();
+            woke?;
             free = self.free()?;
         }
         let (ptr, len) = self.ring.run(self.tail, free.min(max as u64));
@@ -342,6 +347,11 @@ impl StreamWriter {
     /// True once the reader stopped reading.
     pub fn is_closed(&self) -> bool {
         self.ring.header().flags() & CLOSED != 0
+    }
+
+    /// Bytes committed so far, and the time spent waiting for room.
+    pub(crate) fn progress(&self) -> (u64, Duration) {
+        (self.tail, self.waited)
     }
 }
 
@@ -423,6 +433,8 @@ pub struct StreamReader {
     cached_tail: u64,
     closed: bool,
     timeout: Option<Duration>,
+    /// Time spent waiting for bytes (the clock is read only when there are none).
+    waited: Duration,
 }
 
 impl StreamReader {
@@ -472,12 +484,15 @@ impl StreamReader {
             let ring = self.ring.clone();
             let h = ring.header();
             let head = self.head;
-            wait_on(
+            let started = Instant::now();
+            let woke = wait_on(
                 &h.readable,
                 // Acquire: pairs with the writer's Release stores of tail and flags.
                 || h.tail.load(Ordering::Acquire) != head || h.flags() & (FINISHED | FAILED) != 0,
                 deadline,
-            )?;
+            );
+            self.waited += started.elapsed();
+            woke?;
         };
         let (ptr, len) = self.ring.run(self.head, available);
         // SAFETY: `head..head + available` is published data inside the ring, which only
@@ -511,6 +526,11 @@ impl StreamReader {
     /// True once the producer finished cleanly (bytes may still be unread).
     pub fn is_finished(&self) -> bool {
         self.ring.header().flags() & FINISHED != 0
+    }
+
+    /// Bytes consumed so far, and the time spent waiting for bytes.
+    pub(crate) fn progress(&self) -> (u64, Duration) {
+        (self.head, self.waited)
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`worker_test_entry!`](crate::worker_test_entry)) turns it into the worker.
 
 pub(crate) mod child;
+pub(crate) mod meter;
 pub(crate) mod runner;
 pub(crate) mod spawn;
 

@@ -2,8 +2,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::meter::{Meter, Waited};
 use crate::frame::{mark_ran, Frame, OwnedSlot, STATUS_FAILED};
 use crate::memory::{
     LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
@@ -48,6 +49,9 @@ pub(crate) struct StageRunner {
     hold: bool,
     /// Keep the journal (a runner a replacement can take over after its process dies).
     journal: Option<Wiring>,
+    meter: Meter,
+    /// The current item's bytes in and out, as the handler that ran saw them.
+    bytes: (u64, u64),
 }
 
 /// A journaling runner's record index and ring numbering.
@@ -138,7 +142,21 @@ impl StageRunner {
             ordered,
         });
         let hold = record.flags & FLAG_HOLD_INPUT != 0;
-        Ok(Self { seg, index, stage, input, output, spare, role, publish_every, hold, journal })
+        let meter = Meter::new(&seg, record_index);
+        Ok(Self {
+            seg,
+            index,
+            stage,
+            input,
+            output,
+            spare,
+            role,
+            publish_every,
+            hold,
+            journal,
+            meter,
+            bytes: (0, 0),
+        })
     }
 
     /// For a runner on a thread of the parent: no journal. A thread cannot die alone
@@ -205,7 +223,11 @@ impl StageRunner {
                     },
                     // Failed earlier, or the producer's determiner declined it: both
                     // halves skip it.
-                    Role::Consumer { .. } => Handled::Done(slot),
+                    Role::Consumer { .. } => {
+                        let len = u64::from(slot.header(&self.seg).len);
+                        self.bytes = (len, len);
+                        Handled::Done(slot)
+                    }
                 };
                 let (slot, tag) = match handled {
                     Handled::Done(slot) => (slot, 0),
@@ -231,11 +253,17 @@ impl StageRunner {
                 }
                 unpublished += 1;
                 if tag == PAIRED {
-                    // The consumer must start now: it runs alongside `produce`.
+                    // The consumer must start now: it runs alongside `produce` (which
+                    // counts the item, stream included, before handing it over).
                     self.output.publish();
                     unpublished = 0;
                     self.produce();
-                } else if unpublished >= self.publish_every {
+                    continue;
+                }
+                self.meter.item(&self.seg, self.bytes.0, self.bytes.1);
+                if unpublished >= self.publish_every {
+                    // Counts first: whoever sees these items sees them counted.
+                    self.meter.store_counts(&self.seg);
                     self.output.publish();
                     unpublished = 0;
                     if let Some(w) = self.journal {
@@ -243,6 +271,7 @@ impl StageRunner {
                     }
                 }
             }
+            self.meter.pause(&self.seg);
             if unpublished > 0 {
                 self.output.publish();
             }
@@ -260,6 +289,7 @@ impl StageRunner {
                 }
             }
             self.input.wait(&self.seg, || control.state() != STATE_RUNNING, Some(PARK_TIMEOUT));
+            self.meter.resume(Waited::Starved);
         }
     }
 
@@ -274,13 +304,16 @@ impl StageRunner {
 
     /// The item's header if it should be worked on; `None` if it passes on untouched
     /// (an earlier stage failed it, or it was failed here for a bad length).
-    fn admit(&self, slot: &mut OwnedSlot) -> Option<SlotHeader> {
+    fn admit(&mut self, slot: &mut OwnedSlot) -> Option<SlotHeader> {
         let mut header = slot.header(&self.seg);
+        let len = u64::from(header.len);
+        self.bytes = (len, len);
         if header.status == STATUS_FAILED {
             return None; // an earlier stage failed it: pass it on untouched
         }
         let capacity = self.seg.layout().slot_capacity();
         if header.len as usize > capacity {
+            self.bytes = (0, 0);
             let msg = format!("corrupt frame: length {} exceeds capacity {capacity}", header.len);
             self.fail(slot, &mut header, self.index, &msg);
             return None;
@@ -302,6 +335,7 @@ impl StageRunner {
             stage.process(&mut frame).map(|()| true)
         }));
         header.len = frame.len() as u32;
+        self.bytes.1 = u64::from(header.len);
         match outcome {
             Ok(Ok(ran)) => {
                 if ran {
@@ -330,13 +364,16 @@ impl StageRunner {
         // The consumer may still read our previous frame (in `partner` or `spare`,
         // which the determiner below may overwrite): wait until it let go.
         let seg = &*self.seg;
+        let started = Instant::now();
         if !pair.header().wait_idle(|| Self::broken(seg)) {
             return Err(RunEnd::Broken);
         }
+        self.meter.waited(Waited::Blocked, started.elapsed());
         let stage = &mut self.stage;
         let mut frame = Frame::new(seg, &mut slot, &mut self.spare, header.len as usize);
         let wanted = catch_unwind(AssertUnwindSafe(|| stage.wants(&mut frame)));
         header.len = frame.len() as u32;
+        self.bytes.1 = u64::from(header.len);
         match wanted {
             Ok(true) => {}
             Ok(false) => {
@@ -405,7 +442,12 @@ impl StageRunner {
             }
         };
         partner.set_header(seg, &header);
+        let (streamed, waited) = writer.progress();
         drop(writer);
+        self.bytes.1 += streamed;
+        self.meter.waited(Waited::Blocked, waited);
+        self.meter.item(seg, self.bytes.0, self.bytes.1);
+        self.meter.store_counts(seg); // before the consumer, and so the parent, can see the item
         pair.header().produced(partner.index(), result);
     }
 
@@ -420,6 +462,7 @@ impl StageRunner {
         }
         let seg = self.seg.clone();
         let mut header = slot.header(&seg);
+        self.bytes.0 = u64::from(header.len);
         let capacity = seg.layout().slot_capacity();
         let mut reader = pair.reader();
         let consumed: Result<(), String> = if header.len as usize > capacity {
@@ -431,10 +474,14 @@ impl StageRunner {
             header.len = frame.len() as u32;
             flatten(outcome)
         };
+        let (streamed, waited) = reader.progress();
         drop(reader); // closes the stream: a producer still writing gets an error now
+        self.bytes.0 += streamed;
+        let started = Instant::now();
         let Some((producer_slot, outcome)) = pair.header().wait_produced(|| Self::broken(&seg)) else {
             return Err(RunEnd::Broken);
         };
+        self.meter.waited(Waited::Starved, waited + started.elapsed());
         if producer_slot != producer_frame || producer_slot == slot.index() {
             return Err(self.corrupt(format!("pair names slot {producer_slot} as the producer's frame")));
         }
@@ -469,6 +516,7 @@ impl StageRunner {
             Some((stage, msg)) => self.fail(&mut slot, &mut header, stage, &msg),
             None => slot.set_header(&seg, &header),
         }
+        self.bytes.1 = u64::from(header.len);
         pair.header().release();
         Ok(slot)
     }
