@@ -948,6 +948,7 @@ where
         // lock of the book for the whole run of results.
         let shared = &self.pipeline.shared;
         let (queue, ready) = (&mut self.queue, &mut self.ready);
+        let started = Instant::now();
         shared.wait_until(None, |book| {
             let mut taken = false;
             let first = handles::take(shared, book, ticket, &mut taken)?;
@@ -964,6 +965,8 @@ where
             }
             Some(())
         });
+        // Back-pressure as `map` feels it: its window is full until the oldest is done.
+        shared.submit_waited_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.ready.pop_front()
     }
 }

@@ -99,9 +99,10 @@ impl StageStats {
 pub struct PipelineStats {
     /// Time since the pipeline was built.
     pub elapsed: Duration,
-    /// Time submitters spent blocked waiting for a free frame (`max_in_flight`
-    /// items were in flight): near `elapsed`, the stages are the bottleneck; near 0,
-    /// whatever feeds the pipeline is.
+    /// Time callers spent blocked on the pipeline: submitting while `max_in_flight`
+    /// items were in flight, or in [`map`](super::Pipeline::map) waiting for the
+    /// oldest result. Near `elapsed` (per submitting thread), the stages are the
+    /// bottleneck; near 0, whatever feeds the pipeline is.
     pub submit_waited: Duration,
     /// One entry per stage, in pipeline order.
     pub stages: Vec<StageStats>,
@@ -161,6 +162,6 @@ impl fmt::Display for PipelineStats {
         } else {
             100.0 * self.submit_waited.as_secs_f64() / self.elapsed.as_secs_f64()
         };
-        write!(f, "submitters waited for a free frame {waited:.1}% of {:.2?}", self.elapsed)
+        write!(f, "callers waited on the pipeline {waited:.1}% of {:.2?}", self.elapsed)
     }
 }
