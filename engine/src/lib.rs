@@ -38,8 +38,8 @@ pub use pool::{
     Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, DEFAULT_POOL_WINDOW, MAX_WORKERS,
 };
 pub use stage::{
-    consumer_fn, find_stage, producer_fn, stage_fn, BoxError, ConsumerFn, FnStage, KeepConsumer, MakeStage,
-    ProducerFn, Stage, StageFactory, STAGES,
+    consumer_fn, find_stage, producer_fn, stage_fn, BoxError, Chain, ChainError, ConsumerFn, FnStage,
+    KeepConsumer, MakeStage, ProducerFn, Stage, StageFactory, CHAIN, STAGES,
 };
 pub use sync::CachePadded;
 pub use worker::{worker_hook, TEST_ENTRY, WORKER_ENV};

@@ -5,8 +5,10 @@
 //! [`StageFactory`] into a link-time table ([`linkme`]) that every process running
 //! the same executable sees, with no start-up code to run.
 
+mod chain;
 mod halves;
 
+pub use chain::{Chain, ChainError, CHAIN};
 pub use halves::{consumer_fn, producer_fn, ConsumerFn, KeepConsumer, ProducerFn};
 
 use crate::frame::Frame;
