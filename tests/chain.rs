@@ -40,6 +40,7 @@ fn links_run_in_order_in_one_replicated_worker() {
     assert_eq!(p.worker_pids().len(), 2, "one process per replica, not per link");
     let stats = p.stats();
     assert_eq!((stats.stages.len(), stats.stages[0].items), (1, 3));
+    assert_eq!(stats.stages[0].name, "c.append+c.picky+c.append", "a chain shows its links");
     assert!(p.shutdown().was_graceful());
 }
 

@@ -211,7 +211,7 @@ impl Builder {
                 records.push(r);
             }
             infos.push(StageInfo {
-                name: spec.name,
+                name: display_name(&spec.name, &spec.params),
                 on_complete: spec.on_complete,
                 timeout: spec.timeout,
                 records: records.len() - spec.replicas..records.len(),
@@ -312,6 +312,16 @@ impl Builder {
         pipeline.supervisor =
             Some(Supervisor::start(shared, pipeline.workers.clone()).map_err(BuildError::Spawn)?);
         Ok(pipeline)
+    }
+}
+
+/// The name statistics and events show: a chain's is its links' names joined by `+`.
+fn display_name(name: &str, params: &[u8]) -> String {
+    match crate::Chain::parse_params(params) {
+        Ok(links) if name == crate::CHAIN && !links.is_empty() => {
+            links.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+")
+        }
+        _ => name.to_owned(),
     }
 }
 
