@@ -160,7 +160,8 @@ mod tests {
             [("x".to_owned(), b"12".to_vec()), (String::new(), vec![])]
         );
         assert!(Chain::parse_params(&[]).unwrap().is_empty());
-        for cut in 1..p.len() {
+        let first_link = 4 + 1 + 4 + 2; // a whole link: a valid chain of one
+        for cut in (1..p.len()).filter(|&c| c != first_link) {
             let e = Chain::parse_params(&p[..cut]).unwrap_err().to_string();
             assert!(e.contains("truncated"), "{cut}: {e}");
         }
@@ -169,6 +170,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot read linkme's link-time stage table")]
     fn unknown_links_and_nested_chains_are_refused() {
         let e = Chain::from_params(&Chain::params([("no.such.stage", &[][..])])).err().unwrap();
         assert!(e.to_string().contains("no.such.stage"), "{e}");
