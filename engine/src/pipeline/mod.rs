@@ -317,12 +317,12 @@ impl Builder {
 
 /// The name statistics and events show: a chain's is its links' names joined by `+`.
 fn display_name(name: &str, params: &[u8]) -> String {
-    match crate::Chain::parse_params(params) {
-        Ok(links) if name == crate::CHAIN && !links.is_empty() => {
-            links.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+")
+    if name == crate::CHAIN {
+        if let Ok(links) = crate::Chain::parse_params(params).map(|l| l.into_iter().map(|(n, _)| n)) {
+            return links.collect::<Vec<_>>().join("+");
         }
-        _ => name.to_owned(),
     }
+    name.to_owned()
 }
 
 /// How a pipeline ended; see [`Pipeline::shutdown`].
@@ -470,10 +470,11 @@ impl Pipeline {
     /// What every stage has done so far: items, bytes, and its runners' time busy,
     /// starved and blocked (see [`PipelineStats`] for an example). Cheap enough to
     /// call many times a second: it reads a few words per runner and stops nothing.
-    /// A runner stores its totals every 16 items or 256 KiB and whenever it waits, so
-    /// a snapshot taken while items flow lags by at most that much; after
-    /// [`shutdown`](Self::shutdown) began or every item came out, it is exact. A
-    /// replaced worker's successor continues its predecessor's totals.
+    /// Item and byte counts include every item that came out of the pipeline (a
+    /// runner stores them before it hands items on); times lag by at most 16 items or
+    /// 256 KiB of a runner's work, and are complete once it waits. A replaced
+    /// worker's successor continues its predecessor's totals (less what it counted
+    /// and had not stored yet).
     pub fn stats(&self) -> PipelineStats {
         let seg = &self.shared.seg;
         let stages = self

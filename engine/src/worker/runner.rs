@@ -462,8 +462,8 @@ impl StageRunner {
         }
         let seg = self.seg.clone();
         let mut header = slot.header(&seg);
-        self.bytes.0 = u64::from(header.len);
         let capacity = seg.layout().slot_capacity();
+        self.bytes.0 = u64::from(header.len).min(capacity as u64);
         let mut reader = pair.reader();
         let consumed: Result<(), String> = if header.len as usize > capacity {
             Err(format!("corrupt frame: length {} exceeds capacity {capacity}", header.len))
