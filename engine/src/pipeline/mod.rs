@@ -493,13 +493,15 @@ impl Pipeline {
                     starved: Duration::ZERO,
                     blocked: Duration::ZERO,
                 };
+                // Saturating: the words are shared memory a buggy worker may have
+                // scribbled on, and a statistic must not panic the parent.
                 for t in info.records.clone().map(|r| seg.counters(r).load()) {
-                    s.items += t.items;
-                    s.bytes_in += t.bytes_in;
-                    s.bytes_out += t.bytes_out;
-                    s.busy += Duration::from_nanos(t.busy_ns);
-                    s.starved += Duration::from_nanos(t.starved_ns);
-                    s.blocked += Duration::from_nanos(t.blocked_ns);
+                    s.items = s.items.saturating_add(t.items);
+                    s.bytes_in = s.bytes_in.saturating_add(t.bytes_in);
+                    s.bytes_out = s.bytes_out.saturating_add(t.bytes_out);
+                    s.busy = s.busy.saturating_add(Duration::from_nanos(t.busy_ns));
+                    s.starved = s.starved.saturating_add(Duration::from_nanos(t.starved_ns));
+                    s.blocked = s.blocked.saturating_add(Duration::from_nanos(t.blocked_ns));
                 }
                 s
             })

@@ -63,7 +63,7 @@ impl StageStats {
     /// The share of its runners' time spent busy, in `0.0..=1.0` (0 before any time
     /// was counted).
     pub fn busy_fraction(&self) -> f64 {
-        let total = self.busy + self.starved + self.blocked;
+        let total = self.busy.saturating_add(self.starved).saturating_add(self.blocked);
         if total.is_zero() {
             return 0.0;
         }
@@ -134,7 +134,7 @@ impl fmt::Display for PipelineStats {
         for (i, s) in self.stages.iter().enumerate() {
             let runs_on = format!("{} x{}", if s.on_thread { "thread" } else { "process" }, s.replicas);
             let pct = |d: Duration| {
-                let total = (s.busy + s.starved + s.blocked).as_secs_f64();
+                let total = s.busy.as_secs_f64() + s.starved.as_secs_f64() + s.blocked.as_secs_f64();
                 if total == 0.0 {
                     0.0
                 } else {
@@ -163,5 +163,28 @@ impl fmt::Display for PipelineStats {
             100.0 * self.submit_waited.as_secs_f64() / self.elapsed.as_secs_f64()
         };
         write!(f, "callers waited on the pipeline {waited:.1}% of {:.2?}", self.elapsed)
+    }
+}
+
+#[cfg(all(test, not(loom), not(miri)))]
+mod tests {
+    use crate::memory::Tally;
+    use crate::{Chain, Pipeline, StageSpec, CHAIN};
+
+    #[test]
+    fn scribbled_counters_saturate_instead_of_panicking() {
+        let empty_chain = StageSpec::thread(CHAIN).params(Chain::params([])).replicas(2);
+        let p = Pipeline::builder().stage(empty_chain).build().unwrap();
+        let max = u64::MAX;
+        let junk =
+            Tally { items: max, bytes_in: max, bytes_out: 1, busy_ns: max, starved_ns: max, blocked_ns: 0 };
+        for record in 0..2 {
+            p.shared.seg.counters(record).store(&junk);
+        }
+        let stats = p.stats();
+        assert_eq!((stats.stages[0].items, stats.stages[0].bytes_out), (max, 2));
+        assert!(stats.stages[0].busy_fraction() <= 1.0);
+        assert!(!stats.to_string().is_empty());
+        p.shutdown();
     }
 }
