@@ -189,11 +189,9 @@ fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
     let mut out = BufWriter::with_capacity(4 << 20, File::create(archive)?);
     out.write_all(MAGIC)?;
     out.write_all(&salt)?;
-    let mut sizes = 0;
-    for (_, path) in &files {
-        sizes += std::fs::metadata(path)?.len();
-    }
-    let bar = progress("backup", sizes);
+    let listed: u64 =
+        files.iter().map(|(_, path)| std::fs::metadata(path).map(|m| m.len())).sum::<Result<_, _>>()?;
+    let bar = progress("backup", listed);
 
     // Every file's blocks, in order, read as the cut pipeline takes them. `owner`
     // says whose each block is (outputs come back in input order).
@@ -231,6 +229,7 @@ fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
 
     let mut stats = Stats { bytes: 0, chunks: 0, unique: 0, archive: 0 };
     let mut refs: Vec<Vec<u32>> = vec![Vec::new(); files.len()];
+    // Bytes actually read per file (the index records these, not the listed sizes).
     let mut sizes: Vec<u64> = vec![0; files.len()];
     let (out, table, index_at) = std::thread::scope(|s| -> Result<Written, Error> {
         // New chunks go to `seal` as they are found; this thread appends what comes
