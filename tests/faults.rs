@@ -12,7 +12,7 @@ use ringpipe::{
 
 mod common;
 
-use common::{alive, check_after_kills, kill9, Killer};
+use common::{alive, check_after_kills, kill9, Killer, Marks, HANG as HANG_BOUND};
 
 ringpipe::worker_test_entry!();
 
@@ -34,7 +34,10 @@ register_stage!(F_ACT, "f.act", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut F
             unsafe { (16usize as *mut u8).write_volatile(1) };
             unreachable!("writing to address 16 faults");
         }
-        Some(&HANG) => std::thread::sleep(Duration::from_secs(3600)),
+        Some(&HANG) => {
+            common::mark(&format!("hang-{}", index_of(f.bytes())));
+            std::thread::sleep(Duration::from_secs(3600))
+        }
         Some(&NAP) => std::thread::sleep(Duration::from_millis(1)),
         _ => {}
     }
@@ -97,12 +100,8 @@ fn a_worker_that_aborts_or_segfaults_fails_only_its_item_and_is_restarted() {
 fn a_worker_killed_while_idle_is_restarted_before_it_is_needed() {
     let p = Pipeline::builder().stage(StageSpec::process("f.act")).max_in_flight(16).build().unwrap();
     let (_, pid) = p.worker_pids()[0];
-    kill9(pid);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while p.restarts() == 0 {
-        assert!(Instant::now() < deadline, "the death was noticed");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(kill9(pid));
+    common::await_restarts(&p, 1);
     let outs = run_one(&p, (0..10).map(|i| item(OK, i)).collect());
     assert!(outs.iter().all(|o| o.failure().is_none()), "no item was in hand");
     assert_ne!(p.worker_pids()[0].1, pid);
@@ -110,19 +109,22 @@ fn a_worker_killed_while_idle_is_restarted_before_it_is_needed() {
     assert!(p.shutdown().failure.is_none());
 }
 
+/// The supervisor wakes on the status pipe's hang-up, not on a poll: the item the
+/// dead worker held fails without anything else happening (about a millisecond on an
+/// idle machine; the bound only tells a prompt notice from none before shutdown).
 #[test]
-fn a_dead_worker_is_noticed_within_100_ms() {
+fn a_dead_worker_is_noticed_at_once() {
+    let marks = Marks::new();
     let p = Pipeline::builder().stage(StageSpec::process("f.act")).max_in_flight(4).build().unwrap();
     let (_, pid) = p.worker_pids()[0];
     let ticket = p.submit(&item(HANG, 0)).unwrap();
-    std::thread::sleep(Duration::from_millis(20)); // let it take the item
+    marks.wait("hang-0"); // the worker holds the item
     let killed = Instant::now();
-    kill9(pid);
+    assert!(kill9(pid));
     let out = ticket.wait().unwrap();
     let noticed = killed.elapsed();
     assert_eq!(out.failure().and_then(|f| f.worker_died), Some(pid));
-    // Generous on a loaded CI machine: the supervisor wakes on the pipe's hang-up.
-    assert!(noticed < Duration::from_millis(100), "took {noticed:?}");
+    assert!(noticed < Duration::from_secs(5), "took {noticed:?}");
     drop(out);
     p.shutdown();
 }
@@ -164,7 +166,8 @@ fn an_item_that_runs_past_the_timeout_fails_and_its_worker_is_restarted() {
     let (_, pid) = p.worker_pids()[0];
     let start = Instant::now();
     let outs = run_one(&p, (0..6).map(|i| item(if i == 2 { HANG } else { NAP }, i)).collect());
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    // The hung item sleeps an hour: coming back at all is the timeout's work.
+    assert!(start.elapsed() < HANG_BOUND, "took {:?}", start.elapsed());
     for (i, out) in outs.iter().enumerate() {
         match out.failure() {
             Some(f) => {
@@ -287,7 +290,9 @@ fn aborting_shutdown_fails_every_unfinished_item_with_a_typed_error() {
     let tickets: Vec<_> = (0..3_000).map(|i| p.submit(&item(NAP, i)).unwrap()).collect();
     let start = Instant::now();
     let report = p.shutdown_timeout(Duration::from_millis(50));
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    // Close to 50 ms: the busy worker is killed, not waited for (it used to take the
+    // 5 s a worker gets to exit after a graceful shutdown).
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
     assert!(!report.was_graceful());
     assert!(matches!(report.failure, Some(EngineFailure::Aborted)), "{:?}", report.failure);
     let (mut done, mut aborted) = (0, 0);
@@ -311,13 +316,16 @@ fn aborting_shutdown_fails_every_unfinished_item_with_a_typed_error() {
 fn busy_workers_exit_when_the_parent_is_killed_and_leave_nothing() {
     const HELPER: &str = "RINGPIPE_TEST_BUSY_ORPHAN";
     if std::env::var_os(HELPER).is_some() {
+        let marks = Marks::new();
         let p = Pipeline::builder()
             .stage(StageSpec::process("f.act").replicas(2))
             .stage(StageSpec::process("f.act"))
             .build()
             .unwrap();
         let tickets: Vec<_> = (0..4).map(|i| p.submit(&item(HANG, i)).unwrap()).collect();
-        std::thread::sleep(Duration::from_millis(50)); // both replicas are in an item
+        // Each replica takes the first item routed to it: items 0 and 1.
+        marks.wait("hang-0");
+        marks.wait("hang-1");
         let pids: Vec<String> = p.worker_pids().iter().map(|(_, pid)| pid.to_string()).collect();
         println!("pids: {}", pids.join(" "));
         std::thread::sleep(Duration::from_secs(60));
@@ -341,9 +349,12 @@ fn busy_workers_exit_when_the_parent_is_killed_and_leave_nothing() {
     assert_eq!(pids.len(), 3);
     kill9(parent.id());
     parent.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1);
+    common::remove_marks_of(parent.id());
+    // They exit within milliseconds on an idle machine; the bound catches a worker
+    // that never notices.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|&p| alive(p)) {
-        assert!(Instant::now() < deadline, "workers {pids:?} outlived their parent by a second");
+        assert!(Instant::now() < deadline, "workers {pids:?} outlived their parent by 10 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!((entries("/dev/shm"), entries("/tmp")), before, "nothing may be left behind");

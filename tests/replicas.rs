@@ -7,12 +7,24 @@ use std::time::Duration;
 
 use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, StageSpec};
 
+mod common;
+
 ringpipe::worker_test_entry!();
 
-// Item: [index: u64, sleep_us: u64]; the stage sleeps, then appends its pid (u64).
+/// `sleep_us` that means: mark `r.hold-<index>`, then wait to be released.
+const HOLD: u64 = u64::MAX;
+
+// Item: [index: u64, sleep_us: u64]; the stage sleeps (or holds, see `HOLD`), then
+// appends its pid (u64).
 register_stage!(R_WORK, "r.work", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
     let words: &[u64] = bytemuck::try_cast_slice(&f.bytes()[..16]).map_err(|e| format!("{e}"))?;
-    std::thread::sleep(Duration::from_micros(words[1]));
+    if words[1] == HOLD {
+        let tag = format!("r.hold-{}", words[0]);
+        common::mark(&tag);
+        common::await_release(&tag);
+    } else {
+        std::thread::sleep(Duration::from_micros(words[1]));
+    }
     let n = f.len();
     f.set_len(n + 8)?;
     f.bytes_mut()[n..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
@@ -140,24 +152,22 @@ fn replicated_stages_next_to_each_other_restore_order_after_both() {
 
 #[test]
 fn a_slow_item_does_not_hold_up_the_other_replicas() {
-    // Item 0 takes 300 ms on one replica. The replica working on it counts it as
-    // queued, so the 40 quick items after it all go to the other one (unordered: in
-    // order, they would be processed just as fast but handed on after item 0).
+    // Item 0 holds one replica until the test releases it. The replica working on it
+    // counts it as queued, so the 40 quick items after it all go to the other one and
+    // come back while item 0 is still held (unordered: in order, they would be
+    // processed just as fast but handed on after item 0).
+    let marks = common::Marks::new();
     let p = Pipeline::builder().stage(StageSpec::process("r.work").replicas(2).unordered()).build().unwrap();
-    let started = std::time::Instant::now();
-    let slow = p.submit(&item(0, 300_000)).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    let slow = p.submit(&item(0, HOLD)).unwrap();
+    marks.wait("r.hold-0");
     let mut pids = HashSet::new();
     for i in 1..41 {
         let out = p.submit(&item(i, 1_000)).unwrap().wait().unwrap();
         pids.insert(u64::from_le_bytes(out[16..24].try_into().unwrap()));
     }
-    let quick_done = started.elapsed();
+    assert!(!slow.is_finished(), "the quick items did not wait behind the slow one");
+    marks.release("r.hold-0");
     let slow = slow.wait().unwrap();
-    assert!(
-        quick_done < Duration::from_millis(290),
-        "quick items waited behind the slow one: {quick_done:?}"
-    );
     assert_eq!(pids.len(), 1, "all quick items went to the free replica");
     assert!(!pids.contains(&u64::from_le_bytes(slow[16..24].try_into().unwrap())));
     drop(slow);
@@ -239,11 +249,7 @@ fn a_killed_replica_is_restarted_and_only_its_item_fails() {
     let mut died = Vec::new();
     for (i, out) in p.map((0..400).map(|i| item(i, 500))).enumerate() {
         if i == 100 {
-            rustix::process::kill_process(
-                rustix::process::Pid::from_raw(victim as i32).unwrap(),
-                rustix::process::Signal::KILL,
-            )
-            .unwrap();
+            assert!(common::kill9(victim));
         }
         let out = out.unwrap();
         let index = index_of(&out);
@@ -261,6 +267,7 @@ fn a_killed_replica_is_restarted_and_only_its_item_fails() {
     }
     assert_eq!(seen.len(), 400, "no item lost");
     assert!(died.len() <= 1, "only the item the dead replica held fails: {died:?}");
+    common::await_restarts(&p, 1); // the last items may come out before it is counted
     assert_eq!(p.restarts(), 1);
     let after: HashSet<u32> = p.worker_pids().iter().map(|&(_, pid)| pid).collect();
     assert_eq!(after.len(), 2);

@@ -68,7 +68,7 @@ fn soak_with_a_worker_killed_every_50_ms() {
     let elapsed = start.elapsed();
     let kills = killer.stop();
     let p = Arc::into_inner(p).unwrap();
-    await_restarts(&p, kills, Duration::from_secs(10));
+    await_restarts(&p, kills);
     let leaked = in_flight - p.free_frames();
     println!(
         "soak: {next} items in {elapsed:.1?} ({:.0} items/s), {kills} kills, {} restarts, \

@@ -152,7 +152,7 @@ fn a_replacement_continues_its_predecessors_totals() {
     assert_eq!(before.stages[0].items, 100);
     let (_, pid) = p.worker_pids()[0];
     assert!(common::kill9(pid));
-    common::await_restarts(&p, 1, Duration::from_secs(10));
+    common::await_restarts(&p, 1);
     run(&p, 50, 4);
     let after = p.stats();
     assert_eq!(after.stages[0].items, 150, "{after}");

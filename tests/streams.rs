@@ -108,6 +108,9 @@ fn produce(job: &mut Job, out: &mut StreamWriter) -> Result<(), BoxError> {
         hash.update(&p[at..at + n]);
         sent += n as u64;
         if job.pace_us > 0 {
+            if sent == n as u64 {
+                common::mark(&format!("s.produce-{}", job.stop_ok));
+            }
             std::thread::sleep(Duration::from_micros(job.pace_us.into()));
         }
     }
@@ -143,6 +146,9 @@ fn consume(job: &mut Job, input: &mut StreamReader) -> Result<(), BoxError> {
         };
         if job.chunks == 1 {
             input.consume(n);
+        }
+        if job.pace_us > 0 && got == 0 && n > 0 {
+            common::mark(&format!("s.consume-{}", job.stop_ok));
         }
         if n == 0 {
             job.eof = 1;
@@ -610,9 +616,10 @@ fn killing_the_producer_mid_stream_fails_the_item_and_the_pair_goes_on() {
     kill9(pid);
     let (when, kind) = await_seen(&seen);
     assert_eq!(kind, ErrorKind::ConnectionAborted, "a cut stream is an error, not end-of-file");
-    assert!(when - killed < Duration::from_secs(1), "took {:?}", when - killed);
+    // Within milliseconds on an idle machine; the bound tells a prompt error from a hang.
+    assert!(when - killed < Duration::from_secs(10), "took {:?}", when - killed);
     expect_killed(ticket.wait().unwrap().failure(), 0, pid);
-    common::await_restarts(&p, 1, Duration::from_secs(5));
+    common::await_restarts(&p, 1);
     let before = progress.load(Ordering::Relaxed);
     let (_, failure) = run(&p, Job::new(100_000, 1000, false));
     assert!(failure.is_none(), "{failure:?}");
@@ -666,9 +673,10 @@ fn killing_the_consumer_mid_stream_fails_the_item_and_the_pair_goes_on() {
     kill9(pid);
     let (when, kind) = await_seen(&seen);
     assert_eq!(kind, ErrorKind::BrokenPipe);
-    assert!(when - killed < Duration::from_secs(1), "took {:?}", when - killed);
+    // Within milliseconds on an idle machine; the bound tells a prompt error from a hang.
+    assert!(when - killed < Duration::from_secs(10), "took {:?}", when - killed);
     expect_killed(ticket.wait().unwrap().failure(), 1, pid);
-    common::await_restarts(&p, 1, Duration::from_secs(5));
+    common::await_restarts(&p, 1);
     let (job, failure) = run(&p, Job::new(100_000, 1000, false));
     assert!(failure.is_none(), "{failure:?}");
     assert_eq!((job.got, job.eof), (100_000, 1), "the replacement consumer read it all");
@@ -680,20 +688,22 @@ fn killing_the_consumer_mid_stream_fails_the_item_and_the_pair_goes_on() {
 #[test]
 fn killing_either_process_of_a_process_pair_fails_one_item_and_recovers() {
     for victim in [0, 1] {
+        let marks = common::Marks::new();
         let p = pair(true, true, 4096);
         let mut job = Job::new(NEVER, 1000, false);
         job.pace_us = 100;
+        job.stop_ok = 1_000 + victim as u32; // a tag for the marks (unused while `stop_after` is NEVER)
         let mut ticket = p.submit(bytemuck::bytes_of(&job)).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        // Both halves are streaming.
+        marks.wait(&format!("s.produce-{}", job.stop_ok));
+        marks.wait(&format!("s.consume-{}", job.stop_ok));
         assert!(!ticket.is_finished());
         let pid = worker_of(&p, victim);
-        let killed = Instant::now();
-        kill9(pid);
-        let out = ticket.wait_timeout(Duration::from_secs(5)).expect("the item resolves");
-        assert!(killed.elapsed() < Duration::from_secs(1), "took {:?}", killed.elapsed());
+        assert!(kill9(pid));
+        let out = ticket.wait_timeout(common::HANG).expect("the item resolves");
         expect_killed(out.failure(), victim, pid);
         drop(out);
-        common::await_restarts(&p, 1, Duration::from_secs(5));
+        common::await_restarts(&p, 1);
         let (job, failure) = run(&p, Job::new(300_000, 1000, false));
         assert!(failure.is_none(), "{failure:?}");
         expect_exact(&job, 300_000);

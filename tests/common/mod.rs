@@ -8,10 +8,110 @@ use std::time::{Duration, Instant};
 
 use ringpipe::Pipeline;
 
-/// Sends SIGKILL to `pid`, if it still exists.
+/// How long a test waits for something that must happen (a death noticed, a worker
+/// taking its item) before it calls it a hang. Only a hang fails on it: a slow or
+/// loaded machine takes longer than an idle one but never this long.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// SIGKILLs `pid` and waits until it is dead. True if this call killed it: false if
+/// it was gone or already dead (a zombie not yet reaped, say by a kill a moment
+/// earlier), so a count of `true`s counts deaths, not signals sent.
+///
+/// The signal goes through a pidfd, so between the check and the kill the pid cannot
+/// come to name another process.
 pub fn kill9(pid: u32) -> bool {
-    rustix::process::Pid::from_raw(pid as i32)
-        .is_some_and(|pid| rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok())
+    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+    let Some(fd) = Pid::from_raw(pid as i32).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok()) else {
+        return false;
+    };
+    // A pidfd is readable once its process has exited (zombies included).
+    let exited = |timeout: Option<&rustix::event::Timespec>| {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+    };
+    if exited(Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        return false;
+    }
+    if pidfd_send_signal(&fd, Signal::KILL).is_err() {
+        return false;
+    }
+    let wait = rustix::event::Timespec { tv_sec: HANG.as_secs() as i64, tv_nsec: 0 };
+    assert!(exited(Some(&wait)), "{pid} outlived SIGKILL by {HANG:?}");
+    true
+}
+
+/// Marks: a worker tells its test that it holds an item, so that the test kills it
+/// then and not "after a while" (a sleep orders nothing on a loaded machine).
+///
+/// The test creates `Marks`; a stage calls [`mark`] with a tag; the test's
+/// [`Marks::wait`] returns once that tag was marked. Marks live in a directory of
+/// the test process's own under Cargo's temporary directory, removed on drop.
+pub struct Marks {
+    dir: std::path::PathBuf,
+}
+
+fn marks_dir(pid: u32) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("marks-{pid}"))
+}
+
+impl Marks {
+    /// One per test process at a time (tests of one binary share it): tags must be
+    /// unique within a test binary.
+    pub fn new() -> Self {
+        let dir = marks_dir(std::process::id());
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    /// Waits until a worker marked `tag`, and takes the mark away.
+    pub fn wait(&self, tag: &str) {
+        let path = self.dir.join(tag);
+        let deadline = Instant::now() + HANG;
+        while std::fs::remove_file(&path).is_err() {
+            assert!(Instant::now() < deadline, "no worker marked {tag:?} in {HANG:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets a worker waiting in [`await_release`] for `tag` go on.
+    pub fn release(&self, tag: &str) {
+        std::fs::write(self.dir.join(format!("release-{tag}")), b"").unwrap();
+    }
+}
+
+/// Removes the marks of test process `pid`, which was killed before it could.
+pub fn remove_marks_of(pid: u32) {
+    let _ = std::fs::remove_dir_all(marks_dir(pid));
+}
+
+impl Drop for Marks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// In a worker (process or thread): marks `tag` for the test process that started
+/// the pipeline, if that test is waiting for marks.
+pub fn mark(tag: &str) {
+    for pid in [rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32), std::process::id()]
+    {
+        let dir = marks_dir(pid);
+        if dir.is_dir() {
+            let _ = std::fs::write(dir.join(tag), b"");
+            return;
+        }
+    }
+}
+
+/// In a worker: waits until the test calls [`Marks::release`] for `tag`.
+pub fn await_release(tag: &str) {
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    let paths = [marks_dir(ppid), marks_dir(std::process::id())].map(|d| d.join(format!("release-{tag}")));
+    let deadline = Instant::now() + HANG;
+    while !paths.iter().any(|p| p.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// True if `pid` runs (not gone, not a zombie).
@@ -57,6 +157,9 @@ impl Killer {
                         .filter(|&(s, _)| stage.is_none_or(|want| s == want))
                         .map(|(_, pid)| pid)
                         .collect();
+                    // `kill9` returns once the worker is dead, and only if this call
+                    // killed it: a listed worker may already be dead but not yet
+                    // noticed (see `Pipeline::worker_pids`).
                     if kill9(pids[(rng % pids.len() as u64) as usize]) {
                         kills.fetch_add(1, Ordering::Relaxed);
                     }
@@ -66,7 +169,7 @@ impl Killer {
         Self { stop, kills, thread }
     }
 
-    /// Stops killing; returns how many kills were sent.
+    /// Stops killing; returns how many workers it killed (deaths, not signals).
     pub fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
@@ -81,14 +184,14 @@ pub fn check_after_kills(p: Arc<Pipeline>, kills: usize, died: usize, frames: us
     assert!(kills >= 3, "only {kills} kills: the test did not test much");
     assert!(died <= kills, "{died} failures for {kills} kills");
     let p = Arc::into_inner(p).expect("the killer let go of the pipeline");
-    await_restarts(&p, kills, Duration::from_secs(5));
+    await_restarts(&p, kills);
     assert_eq!(p.free_frames(), frames, "no frame leaked");
     assert!(p.shutdown().failure.is_none());
 }
 
-/// Waits up to `timeout` for the pipeline to have replaced `kills` workers.
-pub fn await_restarts(p: &Pipeline, kills: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+/// Waits for the pipeline to have replaced `kills` workers (a hang after [`HANG`]).
+pub fn await_restarts(p: &Pipeline, kills: usize) {
+    let deadline = Instant::now() + HANG;
     while p.restarts() < kills {
         assert!(Instant::now() < deadline, "{} restarts for {kills} kills", p.restarts());
         std::thread::sleep(Duration::from_millis(1));

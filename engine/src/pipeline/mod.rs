@@ -435,7 +435,13 @@ impl Pipeline {
         self.shared.tickets
     }
 
-    /// `(stage, pid)` of every live worker process (replacements included).
+    /// `(stage, pid)` of every worker process whose death the pipeline has not yet
+    /// handled: the workers running now, replacements included, and for a moment a
+    /// worker that has just died (its status pipe's hang-up not yet read; it may be a
+    /// zombie). A worker leaves the list when the supervisor reaps it, in the same
+    /// step that starts its replacement, so a listed pid is never reused by another
+    /// process. Sending a signal to a listed pid does not mean a process died: count
+    /// deaths (a pidfd turning readable), or [`restarts`](Self::restarts).
     pub fn worker_pids(&self) -> Vec<(usize, u32)> {
         self.workers.lock().iter().filter(|w| w.lifeline.is_some()).map(|w| (w.stage, w.child.id())).collect()
     }
@@ -719,9 +725,13 @@ impl Pipeline {
                 Err(_) => graceful = false,
             }
         }
+        // A broken or aborted pipeline has failed every unfinished item already: nobody
+        // waits for what a worker still holds, so its workers are stopped at once and
+        // `shutdown_timeout(t)` returns close to `t`.
+        let exit_wait = if failure.is_some() { Duration::ZERO } else { WORKER_EXIT_TIMEOUT };
         let mut exits = Vec::new();
         for w in self.workers.lock().iter_mut() {
-            let (status, killed) = w.stop(WORKER_EXIT_TIMEOUT);
+            let (status, killed) = w.stop(exit_wait);
             w.lifeline = None;
             graceful &= !killed && status.is_some_and(|s| s.success());
             exits.push(WorkerExit { stage: w.stage, pid: w.child.id(), status, killed });

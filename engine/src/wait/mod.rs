@@ -137,7 +137,7 @@ fn spin(ready: &mut impl FnMut() -> bool, start: Instant) -> bool {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, miri)))]
 fn futex_wait(word: &WaitWord, expected: u32, timeout: Option<Duration>) {
     use rustix::thread::futex;
     let ts = timeout.map(|t| futex::Timespec {
@@ -150,11 +150,39 @@ fn futex_wait(word: &WaitWord, expected: u32, timeout: Option<Duration>) {
     let _ = futex::wait(&word.seq, futex::Flags::empty(), expected, ts.as_ref());
 }
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, miri)))]
 fn futex_wake_all(word: &WaitWord) {
     use rustix::thread::futex;
     // Cannot fail on a valid, aligned address; a failure would only cost a timeout.
     let _ = futex::wake(&word.seq, futex::Flags::empty(), u32::MAX);
+}
+
+/// The same futex calls, made through `libc::syscall` with the argument types of
+/// futex(2) that Miri checks c-variadic arguments against (`uint32_t *uaddr, int op,
+/// uint32_t val, const struct timespec *timeout`). Under Miri rustix takes its libc backend,
+/// whose futex passes `*const AtomicU32`, which newer Miri rejects as a c-variadic
+/// type mismatch; these keep Miri interpreting the real wait protocol.
+#[cfg(all(miri, not(loom)))]
+fn futex_wait(word: &WaitWord, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: the word is a live, aligned u32 for the whole call (borrowed from
+    // `word`); `ts_ptr` is null or points at `ts`, which outlives the call. The
+    // result is ignored for the same reason as in the non-Miri version.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.seq.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr);
+    }
+}
+
+#[cfg(all(miri, not(loom)))]
+fn futex_wake_all(word: &WaitWord) {
+    // SAFETY: the word is a live, aligned u32 for the whole call.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.seq.as_ptr(), libc::FUTEX_WAKE, i32::MAX as u32);
+    }
 }
 
 #[cfg(loom)]
