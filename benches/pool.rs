@@ -5,7 +5,7 @@
 //! group `pool_tiny` (20,000 tasks of 64 bytes that do no work, 2 workers):
 //! - `ringpipe_pool`: [`Pool`] over shared-memory rings, results in task order;
 //! - `rayon`: the same tasks on a 2-thread rayon pool (copy in, copy out);
-//! - `ipc_channel`: the seed's pattern by hand over ipc-channel: 2 child processes,
+//! - `ipc_channel`: the MPI master-worker pattern by hand over ipc-channel: 2 child processes,
 //!   32 tasks out per worker (the pool's default window of 64), the next task to
 //!   whichever worker answered.
 //!
@@ -94,7 +94,7 @@ fn pool_tiny(c: &mut Criterion) {
     g.finish();
 }
 
-/// The seed's master-worker pool by hand: a task channel to each worker, one shared
+/// The MPI master-worker pool's pattern by hand: a task channel to each worker, one shared
 /// result channel back; results carry the task index and the worker.
 struct IpcPool {
     to_workers: Vec<IpcBytesSender>,

@@ -1,4 +1,4 @@
-//! The seed's "Basic/Simple Pipeline Example": one work item through three process
+//! `atbu.mp_pipeline`'s "Basic/Simple Pipeline Example": one work item through three process
 //! stages. Each stage gets the parent's pid as its parameter bytes and refuses to run
 //! in the parent; the item's fields are a `bytemuck::Pod` struct read and written in
 //! place in shared memory.
@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
 
-/// The work item (`wi.user_obj` in the seed).
+/// The work item (`wi.user_obj` in `atbu.mp_pipeline`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct BasicItem {

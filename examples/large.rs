@@ -1,4 +1,4 @@
-//! The seed's "Large Pipeline Example": 100 process stages, each with a determiner
+//! `atbu.mp_pipeline`'s "Large Pipeline Example": 100 process stages, each with a determiner
 //! that flips a flag in the item and says no to every other request, so the item is
 //! processed by 50 of them and moves past the other 50 without its bytes moving.
 //!

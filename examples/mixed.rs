@@ -1,4 +1,4 @@
-//! The seed's "Mixed Pipeline Example": 10 process stages alternating with 10 thread
+//! `atbu.mp_pipeline`'s "Mixed Pipeline Example": 10 process stages alternating with 10 thread
 //! stages. Process stages refuse to run in the parent's pid; thread stages (plain
 //! closures) refuse to run anywhere else, so the item only completes if each kind
 //! ran where it should.

@@ -1,4 +1,4 @@
-//! The seed's MPI master-worker pool in Rust: a master hands tasks (arrays of f64) to
+//! The MPI master-worker pool in Rust: a master hands tasks (arrays of f64) to
 //! whichever worker process is free; each worker sleeps a random 0 to 5 ms and
 //! returns its array doubled; results come back tagged with the task index. The
 //! output shows which worker did which task and that every index came back once.

@@ -1,6 +1,6 @@
-//! The seed's dual-stage producer/consumer example: two process stages run on the
+//! `atbu.mp_pipeline`'s dual-stage producer/consumer example: two process stages run on the
 //! same item at once, the first streaming 10 random bytes to the second through a
-//! byte ring in shared memory (the seed used an OS pipe). Item #0 goes through the
+//! byte ring in shared memory (`atbu.mp_pipeline` uses an OS pipe). Item #0 goes through the
 //! `Read`/`Write` interfaces, item #1 through the zero-copy chunk API.
 //!
 //! ```text
@@ -13,11 +13,11 @@ use bytemuck::{Pod, Zeroable};
 use ringpipe::stream::{StreamReader, StreamWriter};
 use ringpipe::{register_stage, BoxError, Frame, Pipeline, Stage, StageSpec};
 
-/// The work item (the seed's `ProducerConsumerWorkItem`).
+/// The work item (`atbu.mp_pipeline`'s `ProducerConsumerWorkItem`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 struct Item {
-    /// 0: through `io::Write`/`io::Read` (the seed's `PipeConnectionIO`); 1: chunks.
+    /// 0: through `io::Write`/`io::Read` (`atbu.mp_pipeline`'s `PipeConnectionIO`); 1: chunks.
     use_chunks: u32,
     producer_bytes_written: u32,
     /// What the producer sent.

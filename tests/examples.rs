@@ -1,5 +1,5 @@
-//! The seed's examples are the first acceptance tests: run each example binary and
-//! compare what it prints with the seed's "Output" blocks (pids aside).
+//! The `atbu.mp_pipeline` examples, ported, are the first acceptance tests: run each example binary and
+//! compare what it prints with the "Output" blocks of `atbu.mp_pipeline`'s documentation (pids aside).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,7 +34,7 @@ fn without_pid(lines: &[String]) -> Vec<String> {
 }
 
 #[test]
-fn basic_prints_what_the_seed_prints() {
+fn basic_prints_what_atbu_mp_pipeline_prints() {
     assert_eq!(
         run("basic"),
         [
@@ -47,7 +47,7 @@ fn basic_prints_what_the_seed_prints() {
 }
 
 #[test]
-fn large_prints_what_the_seed_prints() {
+fn large_prints_what_atbu_mp_pipeline_prints() {
     assert_eq!(
         without_pid(&run("large")),
         [
@@ -61,17 +61,17 @@ fn large_prints_what_the_seed_prints() {
 }
 
 #[test]
-fn mixed_prints_what_the_seed_prints() {
+fn mixed_prints_what_atbu_mp_pipeline_prints() {
     assert_eq!(
         without_pid(&run("mixed")),
         ["Pipeline has 20 stages.", "Work item completed successfully:", "  r_wi.num=20", "  r_wi.pid=<pid>"]
     );
 }
 
-/// The seed's dual-stage example: both items succeed, 10 random bytes each, and what
+/// `atbu.mp_pipeline`'s dual-stage example: both items succeed, 10 random bytes each, and what
 /// the consumer received is what the producer sent.
 #[test]
-fn producer_consumer_prints_what_the_seed_prints() {
+fn producer_consumer_prints_what_atbu_mp_pipeline_prints() {
     let lines = run("producer_consumer");
     assert_eq!(lines.len(), 8, "{lines:?}");
     for (i, item) in lines.chunks(4).enumerate() {
@@ -96,7 +96,7 @@ fn stream_compress_round_trips_every_file() {
     assert!(lines.last().unwrap().ends_with("graceful shutdown: true"), "{lines:?}");
 }
 
-/// The seed's master-worker pool: every task index comes back exactly once, doubled.
+/// The MPI master-worker pool example: every task index comes back exactly once, doubled.
 #[test]
 fn pool_returns_every_task_once() {
     let lines = run("pool");

@@ -745,7 +745,7 @@ fn random_kills_of_a_streaming_pair_lose_and_duplicate_nothing() {
     common::check_after_kills(p, kills, died, 8);
 }
 
-/// The seed's shape, with outcome events: both halves run and the callback sees them.
+/// The shape of `atbu.mp_pipeline`'s dual-stage example, with outcome events: both halves run and the callback sees them.
 #[test]
 fn both_halves_report_ran() {
     let events: Arc<Mutex<Vec<(usize, StageOutcome<'static>)>>> = Arc::default();

@@ -3,9 +3,11 @@
 //! that ties them together.
 //!
 //! Modules in dependency order, each building only on those before it:
-//! [`memory`] (segment, layout) → [`ring`] (SPSC over any memory) → [`wait`] (spin,
-//! then futex) → `frame` → `stage` → `worker` → `pipeline` (the user API, no
-//! `unsafe`). `ARCHITECTURE.md` at the repository root walks through them.
+//! `sync` → `wait` (spin, then futex) → `ring` (SPSC over any memory) → `stream`
+//! (byte ring) → `pair` (a pair's hand-off) → `memory` (the segment, whose layout
+//! places the headers of the three before it) → `frame` → `route` → `stage` →
+//! `worker` → `pipeline` (the user API, no `unsafe`) → `pool`. `ARCHITECTURE.md` at
+//! the repository root walks through them.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]

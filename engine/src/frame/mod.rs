@@ -31,9 +31,17 @@ impl OwnedSlot {
         }
     }
 
-    /// A slot the caller knows it owns: the parent's free list or a stage's spare,
-    /// assigned once at build time.
-    pub(crate) fn assigned(seg: &Segment, index: u32) -> Option<Self> {
+    /// Mints the ownership token for slot `index` (`None` if it is out of range).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns slot `index` and no other `OwnedSlot` for it exists, in this
+    /// process or another: it is one of the slots the layout gives the caller (the
+    /// parent's free frames at build, a record's spare or partner slot for the runner
+    /// of that record), or one a dead runner held, which only its replacement or the
+    /// parent settling its death may take. Two tokens for one slot would hand out two
+    /// `&mut` to the same bytes.
+    pub(crate) unsafe fn assigned(seg: &Segment, index: u32) -> Option<Self> {
         ((index as usize) < seg.layout().slot_count()).then_some(Self(index))
     }
 

@@ -16,13 +16,21 @@ fn descriptors_name_slots_or_are_refused() {
     assert_eq!(OwnedSlot::from_descriptor(&seg, 4), Err(BadDescriptor(4)));
     assert_eq!(OwnedSlot::from_descriptor(&seg, 1 << 32), Err(BadDescriptor(1 << 32)));
     assert_eq!(OwnedSlot::from_descriptor(&seg, u64::MAX), Err(BadDescriptor(u64::MAX)));
-    assert!(OwnedSlot::assigned(&seg, 4).is_none());
+    assert!({
+        // SAFETY: a test segment of this test alone; each slot is minted once.
+        unsafe { OwnedSlot::assigned(&seg, 4) }
+    }
+    .is_none());
 }
 
 #[test]
 fn header_payload_and_error_text_round_trip() {
     let seg = seg();
-    let mut slot = OwnedSlot::assigned(&seg, 2).unwrap();
+    let mut slot = {
+        // SAFETY: a test segment of this test alone; each slot is minted once.
+        unsafe { OwnedSlot::assigned(&seg, 2) }
+    }
+    .unwrap();
     let mut h = SlotHeader::zeroed();
     h.len = 5;
     h.ticket = 9;
@@ -53,8 +61,16 @@ struct Head {
 #[test]
 fn frame_length_headers_and_replacement() {
     let seg = seg();
-    let mut slot = OwnedSlot::assigned(&seg, 1).unwrap();
-    let mut spare = OwnedSlot::assigned(&seg, 0).unwrap();
+    let mut slot = {
+        // SAFETY: a test segment of this test alone; each slot is minted once.
+        unsafe { OwnedSlot::assigned(&seg, 1) }
+    }
+    .unwrap();
+    let mut spare = {
+        // SAFETY: a test segment of this test alone; each slot is minted once.
+        unsafe { OwnedSlot::assigned(&seg, 0) }
+    }
+    .unwrap();
     slot.payload_mut(&seg)[..12].copy_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0, 9, 9, 9, 9]);
     let mut f = Frame::new(&seg, &mut slot, &mut spare, 12);
     assert_eq!(f.header::<Head>().unwrap(), &Head { a: 1, b: 2 });

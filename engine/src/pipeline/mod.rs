@@ -82,7 +82,7 @@ impl Builder {
     }
 
     /// Most items in flight (submitted, or finished but not yet released); `submit`
-    /// blocks and `try_submit` gives the item back beyond it (the seed's
+    /// blocks and `try_submit` gives the item back beyond it (`atbu.mp_pipeline`'s
     /// `max_simultaneous_work_items`). At least 1.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
@@ -233,7 +233,9 @@ impl Builder {
             seg.write_stage(i, *r);
         }
 
-        let slot = |i: usize| OwnedSlot::assigned(&seg, i as u32).expect("within the layout");
+        // SAFETY: the layout gives the parent the slots past the runners' spare and
+        // partner slots, and this segment was created just now: no token exists yet.
+        let slot = |i: usize| unsafe { OwnedSlot::assigned(&seg, i as u32) }.expect("within the layout");
         let book = Book {
             free_slots: (reserved..reserved + self.max_in_flight).rev().map(slot).collect(),
             free_tickets: (0..self.max_in_flight as u32).rev().collect(),
@@ -337,7 +339,7 @@ pub struct ShutdownReport {
 }
 
 impl ShutdownReport {
-    /// The seed's `was_graceful_shutdown`.
+    /// `atbu.mp_pipeline`'s `was_graceful_shutdown`.
     pub fn was_graceful(&self) -> bool {
         self.graceful
     }
@@ -683,7 +685,7 @@ impl Pipeline {
     }
 
     /// Finishes every item in flight, stops every stage, and reports whether all went
-    /// as asked (the seed's `was_graceful_shutdown`).
+    /// as asked (`atbu.mp_pipeline`'s `was_graceful_shutdown`).
     pub fn shutdown(mut self) -> ShutdownReport {
         self.finish(None)
     }
@@ -771,7 +773,7 @@ fn check_replicas(stages: &[StageSpec]) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Checks every stage's timeout, as far as the specs tell (`build` checks the wiring).
+/// Checks every stage's timeout against what its placement allows.
 fn check_timeouts(stages: &[StageSpec]) -> Result<(), BuildError> {
     for (i, spec) in stages.iter().enumerate() {
         let Some(timeout) = spec.timeout else { continue };

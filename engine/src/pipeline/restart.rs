@@ -1,8 +1,8 @@
 //! Taking over from a dead worker process: read its journal, put the item it held
 //! (if any) back on its way as failed, give its frames to its replacement.
 //!
-//! Only runners that journal can be taken over: stages that do not reorder their
-//! input. The worker is dead and its replacement not started, so the parent briefly
+//! Every process runner journals, so every one can be taken over, the stage that
+//! reorders replicas' items included. The worker is dead and its replacement not started, so the parent briefly
 //! plays both of its ring ends: it publishes what the dead runner pushed but had not
 //! published yet (its journal's staged tails), and steps past the input place of the
 //! item it held.
@@ -107,7 +107,10 @@ pub(crate) fn settle(seg: &Arc<Segment>, record: usize, death: &Death<'_>) -> Re
             (Some(pair), ROLE_PRODUCER) if !published => pair.reset(),
             // The consumer streams it: end the stream with our failure.
             (Some(pair), ROLE_PRODUCER) => {
-                let mut frame = OwnedSlot::assigned(seg, rec.partner_slot).ok_or_else(|| {
+                // SAFETY: the partner slot is the dead producer's own; it is dead and
+                // its replacement not started, so the parent settling its death is
+                // the only one that holds it.
+                let mut frame = unsafe { OwnedSlot::assigned(seg, rec.partner_slot) }.ok_or_else(|| {
                     format!("dead producer's partner slot {} is out of range", rec.partner_slot)
                 })?;
                 let mut header = frame.header(seg);
@@ -162,7 +165,9 @@ fn resume_ordered(seg: &Arc<Segment>, record: usize, rec: &StageRecord) -> Resul
     let mut next = seg.journal(record).next_seq();
     for slot in 0..seg.layout().slot_count() as u32 {
         if held(slot) {
-            let slot = OwnedSlot::assigned(seg, slot).expect("in range");
+            // SAFETY: a slot the dead runner held; it is dead and its replacement not
+            // started, and the token is dropped at once, after a read of its header.
+            let slot = unsafe { OwnedSlot::assigned(seg, slot) }.expect("in range");
             next = next.min(slot.header(seg).seq);
         }
     }
@@ -177,7 +182,9 @@ fn fail_and_send_on(
     item: u32,
     death: &Death<'_>,
 ) -> Result<(), String> {
-    let mut slot = OwnedSlot::assigned(seg, item).expect("checked against the slot count");
+    // SAFETY: the item the dead runner held (its journal says so); it is dead and its
+    // replacement not started, so the parent is the only holder until it pushes it on.
+    let mut slot = unsafe { OwnedSlot::assigned(seg, item) }.expect("checked against the slot count");
     let mut header = slot.header(seg);
     mark_failed(seg, &mut slot, &mut header, rec.stage as usize, death);
     let mut producer = seg.producer_to(rec.output_ring as usize, rec.wake_ring as usize);

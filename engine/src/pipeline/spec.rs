@@ -16,7 +16,7 @@ pub(crate) enum Placement {
 }
 
 /// Called in the parent for each stage of each item, in stage order, when the item
-/// leaves the pipeline and before its ticket resolves (the seed's `stage_complete`).
+/// leaves the pipeline and before its ticket resolves (`atbu.mp_pipeline`'s `stage_complete`).
 pub type OnComplete = Arc<dyn Fn(&StageEvent<'_>) + Send + Sync>;
 
 /// One stage of a pipeline, before it is built.
@@ -111,7 +111,7 @@ impl StageSpec {
         self
     }
 
-    /// Makes this stage the producer half of a pair with the next stage (the seed's
+    /// Makes this stage the producer half of a pair with the next stage (`atbu.mp_pipeline`'s
     /// `is_pipe_with_next_stage`): for each item both run at the same time, this one
     /// in [`Stage::produce`](crate::Stage::produce) writing a byte stream, the next
     /// in [`Stage::consume`](crate::Stage::consume) reading it, through a byte ring in
@@ -199,10 +199,10 @@ impl StageSpec {
     /// checked every quarter of the timeout (at least every 250 ms), without cost to
     /// the workers.
     ///
-    /// Only a process stage that can be restarted may have one: a thread cannot be
-    /// killed, and the halves of a producer/consumer pair and a stage that puts
-    /// replicas' items back in order are not restarted yet
-    /// ([`BuildError::BadTimeout`](crate::BuildError::BadTimeout)).
+    /// Only a process stage may have one, and not a half of a producer/consumer pair
+    /// ([`BuildError::BadTimeout`](crate::BuildError::BadTimeout)): a thread cannot be
+    /// killed, and a producer streams after its item went on, so its clock cannot be
+    /// read. A stage that puts replicas' items back in order can time out.
     ///
     /// ```
     /// use std::time::Duration;

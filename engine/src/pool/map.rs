@@ -136,7 +136,9 @@ impl Pool {
         seg.write_stage(w, StageRecord { spare_slot: worker.spare, ..record });
         self.in_flight -= held.len();
         for p in &held {
-            self.free.lock().push(OwnedSlot::assigned(&seg, p.slot).expect("slot of ours"));
+            // SAFETY: the slot of the task the dead worker held; it is dead and its
+            // replacement not started.
+            self.free.lock().push(unsafe { OwnedSlot::assigned(&seg, p.slot) }.expect("slot of ours"));
         }
         let restart = |message: String| PoolError::Restart { worker: w, message };
         let mut process = spawn::spawn(&self.fd, w, w).map_err(|e| restart(e.to_string()))?;

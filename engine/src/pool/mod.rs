@@ -1,4 +1,4 @@
-//! The master-worker process pool (the seed's MPI pool): a registered task function
+//! The master-worker process pool (the MPI master-worker pool): a registered task function
 //! on `n` worker processes; the parent hands each task to the least loaded worker and
 //! takes the results back tagged with the task's index, in order or as they complete.
 //!
@@ -72,7 +72,7 @@ impl PoolBuilder {
     /// Most tasks handed out and not yet taken back (default: [`DEFAULT_POOL_WINDOW`],
     /// or 4 per worker if that is more). A deep window keeps tiny tasks flowing (the
     /// workers rarely run dry, so rarely park); `workers` makes each next task go to
-    /// whichever worker finished first, as in the seed.
+    /// whichever worker finished first, as in an MPI master-worker pool.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n);
         self
@@ -156,7 +156,13 @@ impl PoolBuilder {
         let watch = watch::Watch::start(workers.iter().map(|w| &w.process.status), seg.clone(), DOORBELL)
             .map_err(BuildError::Spawn)?;
         let free = Arc::new(Mutex::new(
-            (n..n + in_flight).map(|i| OwnedSlot::assigned(&seg, i as u32).expect("in layout")).collect(),
+            (n..n + in_flight)
+                .map(|i| {
+                    // SAFETY: the slots past the workers' spares are the parent's, in a
+                    // segment created just now.
+                    unsafe { OwnedSlot::assigned(&seg, i as u32) }.expect("in layout")
+                })
+                .collect(),
         ));
         Ok(Pool {
             seg,

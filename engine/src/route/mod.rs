@@ -173,7 +173,10 @@ impl Gather {
                 // Acquire pairs with the parent's Release stores as it settled the death
                 // (and the dead runner's own, which the parent read before).
                 if seg.holder(i).load(Ordering::Acquire) == mark {
-                    let slot = OwnedSlot::assigned(seg, i as u32).expect("i < slot count");
+                    // SAFETY: the slot carries this record's mark: its dead predecessor
+                    // held it off its rings, and this runner, its replacement, is the
+                    // only one that takes it over (the parent only reads the marks).
+                    let slot = unsafe { OwnedSlot::assigned(seg, i as u32) }.expect("i < slot count");
                     let seq = slot.header(seg).seq;
                     order.early.push(Reverse((seq, slot.into_descriptor())));
                 }

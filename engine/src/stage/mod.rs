@@ -32,7 +32,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// }
 /// ```
 pub trait Stage: Send {
-    /// Whether this stage wants `frame` (the seed's `is_for_stage`). It may read and
+    /// Whether this stage wants `frame` (`atbu.mp_pipeline`'s `is_for_stage`). It may read and
     /// change the frame. An item not wanted moves on untouched by `process`.
     fn wants(&mut self, frame: &mut Frame<'_>) -> bool {
         let _ = frame;
@@ -173,7 +173,7 @@ where
 }
 
 impl<W, D> FnStage<W, D> {
-    /// Adds a determiner (the seed's `fn_determiner`).
+    /// Adds a determiner (`atbu.mp_pipeline`'s `fn_determiner`).
     pub fn with_determiner<D2>(self, determiner: D2) -> FnStage<W, D2>
     where
         D2: FnMut(&mut Frame<'_>) -> bool + Send,

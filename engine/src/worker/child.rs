@@ -12,7 +12,7 @@ use crate::memory::Segment;
 use crate::stage::find_stage;
 
 /// Turns this process into a ringpipe worker if it was started as one, and returns
-/// at once otherwise. Call it first thing in `main` (the seed's `freeze_support()`),
+/// at once otherwise. Call it first thing in `main` (`multiprocessing.freeze_support()` in Python),
 /// before anything else looks at arguments or starts threads.
 ///
 /// ```

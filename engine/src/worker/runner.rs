@@ -111,13 +111,18 @@ impl StageRunner {
             .map(|k| seg.producer_to((record.output_ring + k) as usize, (record.wake_ring + k) as usize))
             .collect();
         let output = Scatter::new(outputs);
-        let spare = OwnedSlot::assigned(&seg, record.spare_slot)
+        // SAFETY: the spare slot is this record's own, and one runner at a time runs a
+        // record (a replacement starts only after its predecessor died and the parent
+        // settled it).
+        let spare = unsafe { OwnedSlot::assigned(&seg, record.spare_slot) }
             .ok_or(LayoutError::Inconsistent("stage spare slot"))?;
         let role = match record.role {
             ROLE_PRODUCER => Role::Producer {
                 pair: seg.pair(&record),
                 home: record.partner_slot,
-                partner: OwnedSlot::assigned(&seg, record.partner_slot)
+                // SAFETY: the partner slot is this producer record's own (as the
+                // spare slot above).
+                partner: unsafe { OwnedSlot::assigned(&seg, record.partner_slot) }
                     .ok_or(LayoutError::Inconsistent("stage partner slot"))?,
             },
             ROLE_CONSUMER => {
@@ -485,7 +490,10 @@ impl StageRunner {
         if producer_slot != producer_frame || producer_slot == slot.index() {
             return Err(self.corrupt(format!("pair names slot {producer_slot} as the producer's frame")));
         }
-        let theirs = OwnedSlot::assigned(&seg, producer_slot).expect("checked against the producer's record");
+        // SAFETY: the producer published PRODUCED with its partner slot: it let go of
+        // that frame, and the hand-off gives it to this consumer until it merges.
+        let theirs = unsafe { OwnedSlot::assigned(&seg, producer_slot) }
+            .expect("checked against the producer's record");
         let their_header = theirs.header(&seg);
         if their_header.len as usize > capacity {
             return Err(self.corrupt(format!("producer frame length {} exceeds capacity", their_header.len)));

@@ -64,9 +64,7 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
     unsafe {
         cmd.pre_exec(move || {
             for (from, to) in raw {
-                if libc_dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                dup2_raw(from, to)?;
             }
             Ok(())
         });
@@ -78,18 +76,16 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
     Ok(WorkerProcess { child, status: File::from(status_read), lifeline: Some(life_write), record, stage })
 }
 
-/// dup2 without allocation, for use between fork and exec.
-fn libc_dup2(from: i32, to: i32) -> i32 {
+/// dup2 without allocation, for use between fork and exec. rustix returns the error
+/// (it does not set `errno`), so it is passed on as is.
+fn dup2_raw(from: i32, to: i32) -> std::io::Result<()> {
     // SAFETY: plain syscall on integer descriptors; neither is owned by Rust code in
     // the forked child, which is about to exec.
     let mut target =
         std::mem::ManuallyDrop::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to) });
     // SAFETY: `from` is open in the child (inherited from the parent, which holds it).
     let src = unsafe { rustix::fd::BorrowedFd::borrow_raw(from) };
-    match rustix::io::dup2(src, &mut target) {
-        Ok(()) => 0,
-        Err(_) => -1,
-    }
+    rustix::io::dup2(src, &mut target).map_err(std::io::Error::from)
 }
 
 impl WorkerProcess {
