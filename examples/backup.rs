@@ -46,7 +46,7 @@ use ringpipe::stages::chunk::{ChunkMeta, CODEC_NONE, META_LEN};
 use ringpipe::stages::compress::{self, Zstd};
 use ringpipe::stages::crypt::{self, random_salt, Cipher, Key, Seal, SALT_LEN, TAG_LEN};
 use ringpipe::stages::hash;
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -239,10 +239,7 @@ fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
             let mut offset = (MAGIC.len() + SALT_LEN) as u64;
             let mut table = Vec::new();
             for ticket in rx {
-                let sealed = ticket.wait()?;
-                if let Some(f) = sealed.failure() {
-                    return Err(format!("sealing chunk {}: {f}", table.len()).into());
-                }
+                let sealed = ticket.wait().map_err(|e| format!("sealing chunk {}: {e}", table.len()))?;
                 out.write_all(&(sealed.len() as u32).to_le_bytes())?;
                 out.write_all(&sealed)?;
                 table.push((offset + 4, sealed.len() as u32));
@@ -253,11 +250,8 @@ fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         let mut known: HashMap<[u8; 32], u32> = HashMap::new();
         let found = (|| -> Result<(), Error> {
             for block in cut.map(blocks) {
-                let block = block?;
                 let file = owner.borrow_mut().pop_front().expect("one owner per block");
-                if let Some(f) = block.failure() {
-                    return Err(format!("{}: {f}", files[file].0).into());
-                }
+                let block = block.map_err(|e| format!("{}: {e}", files[file].0))?;
                 for (r, id) in ids_of(&block)? {
                     stats.chunks += 1;
                     sizes[file] += r.len() as u64;
@@ -424,10 +418,13 @@ fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> {
                     for (i, (rel, _, refs)) in files.iter().enumerate() {
                         tx.send(Piece::File(i))?;
                         for k in refs {
-                            let out = outs.next().ok_or("the pipeline ended early")??;
-                            if let Some(e) = out.failure() {
-                                return Err(format!("{rel}: chunk {k}: {}", e.message).into());
-                            }
+                            let out = match outs.next().ok_or("the pipeline ended early")? {
+                                Ok(out) => out,
+                                Err(ItemError::Stage { failure, .. }) => {
+                                    return Err(format!("{rel}: chunk {k}: {}", failure.message).into())
+                                }
+                                Err(e) => return Err(e.into()),
+                            };
                             tx.send(Piece::Chunk(out))?;
                         }
                     }
@@ -443,10 +440,12 @@ fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> {
         None => {
             let chunks = sealed_lens.len() as u32;
             for (k, out) in open.map((0..chunks).map(read_chunk)).enumerate() {
-                let out = out?;
-                match out.failure() {
-                    Some(e) => bad.push(format!("chunk {k}: {}", e.message)),
-                    None => bytes += (out.len() - META_LEN) as u64,
+                match out {
+                    Ok(out) => bytes += (out.len() - META_LEN) as u64,
+                    Err(ItemError::Stage { failure, .. }) => {
+                        bad.push(format!("chunk {k}: {}", failure.message))
+                    }
+                    Err(e) => return Err(e.into()),
                 }
                 bar.inc(sealed_lens[k]);
             }

@@ -6,7 +6,7 @@
 //! Run with `cargo run --example basic`.
 
 use bytemuck::{Pod, Zeroable};
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
 
 /// The work item (`wi.user_obj` in `atbu.mp_pipeline`).
 #[repr(C)]
@@ -64,9 +64,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (wi, _) = frame.split::<BasicItem>()?;
     *wi = BasicItem::zeroed();
     put(&mut wi.parent, "This is from parent");
-    let r_wi = frame.submit()?.wait()?;
-    match r_wi.failure() {
-        None => {
+    match frame.submit()?.wait() {
+        Ok(r_wi) => {
             let wi: &BasicItem = r_wi.header()?;
             assert_eq!(get(&wi.parent), "This is from parent"); // should not change
             assert_eq!(wi.value, 400);
@@ -75,12 +74,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  wi.user_obj[1]={}", get(&wi.field1));
             println!("  wi.user_obj[2]={}", get(&wi.field2));
         }
-        Some(ex) => {
+        Err(ItemError::Stage { failure: ex, .. }) => {
             println!("Something did not go as planned:");
             println!(" ex={ex}");
         }
+        Err(e) => return Err(e.into()),
     }
-    drop(r_wi);
     let report = sp.shutdown();
     assert!(report.was_graceful(), "{report:?}");
     Ok(())

@@ -5,7 +5,7 @@
 //! Run with `cargo run --example large`.
 
 use bytemuck::{Pod, Zeroable};
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -49,9 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     println!("Pipeline has {} stages.", mpp.num_stages());
     let item = LargeItem { is_ok: 1, num: 0, pid: std::process::id() };
-    let r_wi = mpp.submit(bytemuck::bytes_of(&item))?.wait()?;
-    match r_wi.failure() {
-        None => {
+    match mpp.submit(bytemuck::bytes_of(&item))?.wait() {
+        Ok(r_wi) => {
             let r: &LargeItem = r_wi.header()?;
             assert_eq!(r.is_ok, 1);
             assert_eq!(r.num, 50);
@@ -60,12 +59,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  r_wi.pid={}", r.pid);
             println!("  r_wi.num={}", r.num);
         }
-        Some(ex) => {
+        Err(ItemError::Stage { failure: ex, .. }) => {
             println!("Something did not go as planned:");
             println!(" ex={ex}");
         }
+        Err(e) => return Err(e.into()),
     }
-    drop(r_wi);
     let report = mpp.shutdown();
     assert!(report.was_graceful(), "{report:?}");
     Ok(())

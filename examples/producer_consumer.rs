@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::stream::{StreamReader, StreamWriter};
-use ringpipe::{register_stage, BoxError, Frame, Pipeline, Stage, StageSpec};
+use ringpipe::{register_stage, BoxError, Frame, ItemError, Pipeline, Stage, StageSpec};
 
 /// The work item (`atbu.mp_pipeline`'s `ProducerConsumerWorkItem`).
 #[repr(C)]
@@ -105,9 +105,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tickets = [0u32, 1]
         .map(|use_chunks| pipeline.submit(bytemuck::bytes_of(&Item { use_chunks, ..Zeroable::zeroed() })));
     for (i, ticket) in tickets.into_iter().enumerate() {
-        let out = ticket?.wait()?;
-        match out.failure() {
-            None => {
+        match ticket?.wait() {
+            Ok(out) => {
                 let item: &Item = out.header()?;
                 assert_eq!(item.producer_bytes_written, 10);
                 assert_eq!(item.consumer_len, 10);
@@ -117,10 +116,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("  {i}: p_bytes={}", hex(&item.producer_data));
                 println!("  {i}: c_bytes={}", hex(&item.consumer_data));
             }
-            Some(failure) => {
+            Err(ItemError::Stage { failure, .. }) => {
                 println!("Something did not go as planned for #{i}:");
                 println!("  {i}: Bad thing happened: {failure}");
             }
+            Err(e) => return Err(e.into()),
         }
     }
     let report = pipeline.shutdown();

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::stream::{StreamReader, StreamWriter};
-use ringpipe::{register_stage, BoxError, Frame, Pipeline, Stage, StageSpec};
+use ringpipe::{register_stage, BoxError, Frame, ItemError, Pipeline, Stage, StageSpec};
 
 /// Leads every item; the input and output paths follow it, separated by a NUL byte.
 #[repr(C)]
@@ -201,12 +201,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut total = (0u64, 0u64);
     let mut all_ok = true;
     for ((ticket, input), output) in tickets.into_iter().zip(&inputs).zip(&outputs) {
-        let out = ticket.wait()?;
-        if let Some(failure) = out.failure() {
-            println!("{}: FAILED: {failure}", input.display());
-            all_ok = false;
-            continue;
-        }
+        let out = match ticket.wait() {
+            Ok(out) => out,
+            Err(ItemError::Stage { failure, .. }) => {
+                println!("{}: FAILED: {failure}", input.display());
+                all_ok = false;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let job: &Job = out.header()?;
         let verified = job.read == job.consumed && round_trips(input, output)?;
         all_ok &= verified;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ringpipe::memory::{LayoutError, MAX_FRAME_CAPACITY, MAX_SLOTS, MAX_STAGES};
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, Pool, StageSpec, SubmitError, WaitError,
+    register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, Pool, StageSpec, SubmitError,
     MAX_WORKERS,
 };
 
@@ -110,7 +110,7 @@ fn durations_zero_and_huge() {
     let mut t = p.submit(b"slow?").unwrap();
     match t.wait_timeout(Duration::ZERO) {
         Ok(out) => assert_eq!(&out[..], b"slow?"),
-        Err(WaitError::TimedOut) => assert_eq!(&t.wait_timeout(Duration::MAX).unwrap()[..], b"slow?"),
+        Err(ItemError::TimedOut) => assert_eq!(&t.wait_timeout(Duration::MAX).unwrap()[..], b"slow?"),
         Err(e) => panic!("expected TimedOut, got {e}"),
     }
     assert!(p.shutdown_timeout(Duration::MAX).was_graceful());

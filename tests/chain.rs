@@ -1,7 +1,7 @@
 //! Chained stages (issue 6): registered stages run one after another in one worker
 //! process, replicated, with each link's determiner and failures named by link.
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
 
 ringpipe::worker_test_entry!();
 
@@ -47,7 +47,7 @@ fn links_run_in_order_in_one_replicated_worker() {
 #[test]
 fn a_failing_link_fails_the_item_naming_the_link() {
     let p = Pipeline::builder().stage(chain()).build().unwrap();
-    let out = p.submit(b"!x").unwrap().wait().unwrap();
+    let out = p.submit(b"!x").unwrap().wait().or_else(ItemError::into_output).unwrap();
     let failure = out.failure().expect("c.picky refuses it");
     assert_eq!(failure.stage, 0);
     assert_eq!(failure.message, "c.picky: refused");

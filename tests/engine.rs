@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, StageOutcome, StageSpec, SubmitError,
-    TrySubmitError, WaitError,
+    register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, StageOutcome, StageSpec,
+    SubmitError, TrySubmitError,
 };
 
 mod common;
@@ -197,11 +197,11 @@ fn frames_typed_in_place_zero_length_and_replaced() {
     drop(out);
     // Zero-length frames work.
     let out = p.submit(b"").unwrap().wait().unwrap();
-    assert!(out.is_empty() && out.is_ok());
+    assert!(out.is_empty());
     drop(out);
     // A replacement that does not fit fails the item, and nothing else.
     let big = vec![1u8; 200];
-    let out = p.submit(&big).unwrap().wait().unwrap();
+    let out = p.submit(&big).unwrap().wait().or_else(ItemError::into_output).unwrap();
     assert_eq!(out.failure().unwrap().message, "frame too small to double");
     assert_eq!(&out[..], &big[..], "a failed replacement leaves the frame as it was");
     drop(out);
@@ -222,7 +222,7 @@ fn growing_past_capacity_fails_the_item_with_a_typed_message() {
         .frame_capacity(64)
         .build()
         .unwrap();
-    let out = p.submit(b"abc").unwrap().wait().unwrap();
+    let out = p.submit(b"abc").unwrap().wait().or_else(ItemError::into_output).unwrap();
     let failure = out.failure().unwrap();
     assert!(failure.message.contains("does not fit the frame capacity of 64"), "{failure}");
     drop(out);
@@ -270,15 +270,16 @@ fn errors_and_panics_fail_only_their_item() {
         .build()
         .unwrap();
     let before = p.worker_pids();
-    let e = p.submit(b"Eabc").unwrap().wait().unwrap();
+    let e = p.submit(b"Eabc").unwrap().wait();
+    assert!(matches!(e, Err(ItemError::Stage { .. })), "a stage failure is an error");
+    let e = e.or_else(ItemError::into_output).unwrap();
     let f = e.failure().expect("E items fail");
     assert_eq!((f.stage, f.name.as_str()), (0, "t.picky"));
     assert_eq!(f.message, "items starting with E are refused");
     assert!(e.stage_ran(0) && !e.stage_ran(1), "later stages do not run a failed item");
     assert_eq!(&e[..], b"Eabc");
-    assert!(e.into_result().is_err());
 
-    let pn = p.submit(b"Pxyz").unwrap().wait().unwrap();
+    let pn = p.submit(b"Pxyz").unwrap().wait().or_else(ItemError::into_output).unwrap();
     let f = pn.failure().expect("P items panic");
     assert_eq!(f.stage, 0);
     assert!(f.message.contains("told to panic"), "{f}");
@@ -286,7 +287,6 @@ fn errors_and_panics_fail_only_their_item() {
     drop(pn);
 
     let ok = p.submit(b"abc").unwrap().wait().unwrap();
-    assert!(ok.is_ok());
     assert_eq!(&ok[..3], b"cba");
     drop(ok);
     assert_eq!(p.worker_pids(), before, "the worker survived the panic and kept serving");
@@ -316,7 +316,7 @@ fn ticket_try_wait_and_future() {
         std::thread::yield_now();
     };
     assert_eq!(&out[..], b"ABC");
-    assert!(matches!(t.try_wait(), Some(Err(WaitError::AlreadyTaken))));
+    assert!(matches!(t.try_wait(), Some(Err(ItemError::AlreadyTaken))));
     drop(out);
 
     let t = p.submit(b"fut").unwrap();
@@ -386,12 +386,12 @@ fn map_reports_saturation_instead_of_hanging() {
         }
     }
     assert_eq!(held.len(), 2);
-    assert_eq!(saw, Some(WaitError::Saturated));
+    assert!(matches!(saw, Some(ItemError::Saturated)), "{saw:?}");
     drop(held);
     // Saturation ends the iteration: `collect()` holding every result terminates.
     let all: Vec<_> = p.map((0..5u8).map(|i| [i])).collect();
     assert_eq!(all.len(), 3);
-    assert!(matches!(all[2], Err(WaitError::Saturated)));
+    assert!(matches!(all[2], Err(ItemError::Saturated)));
     drop(all);
     graceful(p);
 }
@@ -494,7 +494,7 @@ fn bad_input_gets_typed_errors() {
     assert!(matches!(p.try_submit(&big[..]), Err(TrySubmitError::Failed(SubmitError::TooLarge { .. }, _))));
     let mut results = p.map([vec![1u8; 10], big.clone()]);
     assert!(results.next().unwrap().is_ok());
-    assert!(matches!(results.next(), Some(Err(WaitError::Submit(SubmitError::TooLarge { .. })))));
+    assert!(matches!(results.next(), Some(Err(ItemError::Submit(SubmitError::TooLarge { .. })))));
     drop(results);
     // Nothing was lost: the pipeline still works.
     assert_eq!(&p.submit(&[b'a'; 100]).unwrap().wait().unwrap()[..], &[b'A'; 100][..]);
@@ -511,7 +511,10 @@ fn a_killed_worker_is_restarted_and_only_its_item_fails() {
     let tickets: Vec<_> = (0..3u8).map(|i| p.submit(&[i]).unwrap()).collect();
     marks.wait("t.hold-0");
     assert!(kill9(pid));
-    let outs: Vec<_> = tickets.into_iter().map(|t| t.wait().expect("the pipeline goes on")).collect();
+    let outs: Vec<_> = tickets
+        .into_iter()
+        .map(|t| t.wait().or_else(ItemError::into_output).expect("the pipeline goes on"))
+        .collect();
     let f = outs[0].failure().expect("the item the dead worker held fails");
     assert_eq!((f.stage, f.name.as_str(), f.worker_died), (0, "t.hold", Some(pid)));
     assert!(f.message.contains("SIGKILL"), "{}", f.message);

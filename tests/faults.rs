@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, Output, Pipeline, StageSpec,
-    WaitError, MAX_STAGE_TIMEOUT,
+    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, ItemError, Output, Pipeline,
+    StageSpec, MAX_STAGE_TIMEOUT,
 };
 
 mod common;
@@ -66,7 +66,8 @@ fn index_of(bytes: &[u8]) -> u64 {
 /// Runs `items` through a one-stage `f.act` pipeline; returns the outputs in order.
 fn run_one(p: &Pipeline, items: Vec<Vec<u8>>) -> Vec<Output> {
     let n = items.len() as u64;
-    let outs: Vec<Output> = p.map(items).map(|r| r.expect("the pipeline goes on")).collect();
+    let outs: Vec<Output> =
+        p.map(items).map(|r| r.or_else(ItemError::into_output).expect("the pipeline goes on")).collect();
     assert_eq!(outs.iter().map(|o| index_of(o)).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
     outs
 }
@@ -121,11 +122,14 @@ fn a_dead_worker_is_noticed_at_once() {
     marks.wait("hang-0"); // the worker holds the item
     let killed = Instant::now();
     assert!(kill9(pid));
-    let out = ticket.wait().unwrap();
+    let result = ticket.wait();
     let noticed = killed.elapsed();
-    assert_eq!(out.failure().and_then(|f| f.worker_died), Some(pid));
+    assert!(
+        matches!(&result, Err(ItemError::Stage { failure, .. }) if failure.worker_died == Some(pid)),
+        "{result:?}"
+    );
     assert!(noticed < Duration::from_secs(5), "took {noticed:?}");
-    drop(out);
+    drop(result);
     p.shutdown();
 }
 
@@ -146,7 +150,7 @@ fn killing_batching_workers_mid_stream_loses_and_duplicates_nothing() {
     let n = 200_000u64;
     let mut died = 0;
     for (i, out) in p.map((0..n).map(|i| item(OK, i))).enumerate() {
-        let out = out.expect("the pipeline goes on");
+        let out = out.or_else(ItemError::into_output).expect("the pipeline goes on");
         assert_eq!(index_of(&out), i as u64, "in order, none lost, none twice");
         match out.failure() {
             Some(f) => {
@@ -200,7 +204,7 @@ fn killing_the_stage_that_reorders_replicas_loses_and_duplicates_nothing() {
     let n = 400_000u64;
     let mut died = 0;
     for (i, out) in p.map((0..n).map(|i| item(OK, i))).enumerate() {
-        let out = out.expect("the pipeline goes on");
+        let out = out.or_else(ItemError::into_output).expect("the pipeline goes on");
         assert_eq!(index_of(&out), i as u64, "in order, none lost, none twice");
         match out.failure() {
             Some(f) => {
@@ -226,7 +230,8 @@ fn a_reordering_stage_that_hangs_times_out() {
         .build()
         .unwrap();
     let items = (0..40).map(|i| item(if i == 7 { HANG } else { NAP }, i)).collect::<Vec<_>>();
-    let outs: Vec<Output> = p.map(items).map(|r| r.expect("the pipeline goes on")).collect();
+    let outs: Vec<Output> =
+        p.map(items).map(|r| r.or_else(ItemError::into_output).expect("the pipeline goes on")).collect();
     for (i, out) in outs.iter().enumerate() {
         assert_eq!(index_of(out), i as u64);
         match out.failure() {
@@ -262,7 +267,7 @@ fn timeouts_that_cannot_be_honoured_are_typed_errors() {
     for t in [Duration::from_millis(1), MAX_STAGE_TIMEOUT] {
         let p =
             Pipeline::builder().stage(StageSpec::process("f.act").replicas(2).timeout(t)).build().unwrap();
-        assert!(p.submit(&item(OK, 0)).unwrap().wait().unwrap().failure().is_none());
+        assert!(p.submit(&item(OK, 0)).unwrap().wait().is_ok());
         p.shutdown();
     }
 }
@@ -302,7 +307,7 @@ fn aborting_shutdown_fails_every_unfinished_item_with_a_typed_error() {
                 assert!(out.failure().is_none());
                 done += 1;
             }
-            Err(WaitError::Engine(EngineFailure::Aborted)) => aborted += 1,
+            Err(ItemError::Engine(EngineFailure::Aborted)) => aborted += 1,
             Err(e) => panic!("expected Aborted, got {e}"),
         }
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, StageSpec};
 
 mod common;
 
@@ -136,14 +136,14 @@ fn replicated_stages_next_to_each_other_restore_order_after_both() {
         .build()
         .unwrap();
     for (i, out) in p.map((0..200).map(|i| item(i, jitter(i) / 4))).enumerate() {
-        let out = out.unwrap();
+        let out = out.or_else(ItemError::into_output).unwrap();
         assert_eq!(index_of(&out), i as u64);
         if i % 7 == 0 {
             let failure = out.failure().expect("refused");
             assert_eq!((failure.stage, failure.name.as_str()), (1, "r.picky"), "the stage, not the replica");
             assert!(!out.stage_ran(2));
         } else {
-            assert!(out.is_ok() && out.stage_ran(0) && out.stage_ran(1) && out.stage_ran(2));
+            assert!(out.failure().is_none() && out.stage_ran(0) && out.stage_ran(1) && out.stage_ran(2));
         }
     }
     assert_eq!(*seen.lock().unwrap(), (0..200).filter(|i| i % 7 != 0).collect::<Vec<_>>());
@@ -231,7 +231,7 @@ fn bad_replica_counts_are_typed_errors() {
     assert!(matches!(build(many), Err(BuildError::Config(_))));
     // The largest count works.
     let p = build(vec![StageSpec::thread("r.picky").replicas(64)]).unwrap();
-    assert!(p.submit(&item(1, 0)).unwrap().wait().unwrap().is_ok());
+    assert!(p.submit(&item(1, 0)).unwrap().wait().is_ok());
     assert!(p.shutdown().was_graceful());
 }
 
@@ -251,7 +251,7 @@ fn a_killed_replica_is_restarted_and_only_its_item_fails() {
         if i == 100 {
             assert!(common::kill9(victim));
         }
-        let out = out.unwrap();
+        let out = out.or_else(ItemError::into_output).unwrap();
         let index = index_of(&out);
         assert_eq!(index, i as u64, "order kept across the restart");
         assert!(seen.insert(index), "item {index} came back twice");
@@ -273,7 +273,7 @@ fn a_killed_replica_is_restarted_and_only_its_item_fails() {
     assert_eq!(after.len(), 2);
     assert!(!after.contains(&victim) && after.intersection(&before).count() == 1, "{before:?} -> {after:?}");
     // The pipeline goes on with the replacement.
-    let out = p.submit(&item(7_000, 0)).unwrap().wait().unwrap();
+    let out = p.submit(&item(7_000, 0)).unwrap().wait().or_else(ItemError::into_output).unwrap(); // r.picky refuses 7,000
     assert_eq!(index_of(&out), 7_000);
     drop(out);
     let report = p.shutdown();

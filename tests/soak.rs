@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
 
 mod common;
 
@@ -50,7 +50,7 @@ fn soak_with_a_worker_killed_every_50_ms() {
         .map(|i| bytemuck::cast::<[u64; 2], [u8; 16]>([i, 0]));
     let (mut completed, mut died, mut next) = (0u64, 0u64, 0u64);
     for out in p.map(inputs) {
-        let out = out.expect("the pipeline never breaks");
+        let out = out.or_else(ItemError::into_output).expect("the pipeline never breaks");
         let [index, visits]: [u64; 2] = bytemuck::pod_read_unaligned(&out[..16]);
         assert_eq!(index, next, "every item once, in order");
         next += 1;

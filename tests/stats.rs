@@ -63,7 +63,7 @@ fn run(p: &Pipeline, items: usize, len: usize) {
     std::thread::scope(|s| {
         s.spawn(move || {
             for t in rx {
-                assert!(t.wait().unwrap().is_ok());
+                assert!(t.wait().is_ok());
             }
         });
         for i in 0..items {

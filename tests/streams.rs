@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytemuck::{Pod, Zeroable};
 use ringpipe::stream::{StreamReader, StreamWriter};
 use ringpipe::{
-    consumer_fn, producer_fn, register_stage, stage_fn, BoxError, BuildError, Frame, Pipeline, Stage,
-    StageOutcome, StageSpec,
+    consumer_fn, producer_fn, register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline,
+    Stage, StageOutcome, StageSpec,
 };
 
 mod common;
@@ -226,7 +226,7 @@ fn pair(producer_process: bool, consumer_process: bool, ring: usize) -> Pipeline
 }
 
 fn run(p: &Pipeline, job: Job) -> (Job, Option<ringpipe::StageFailure>) {
-    let out = p.submit(bytemuck::bytes_of(&job)).unwrap().wait().unwrap();
+    let out = p.submit(bytemuck::bytes_of(&job)).unwrap().wait().or_else(ItemError::into_output).unwrap();
     (*out.header::<Job>().unwrap(), out.failure())
 }
 
@@ -268,7 +268,6 @@ fn many_items_reuse_one_ring() {
     let jobs: Vec<Job> = (0..64).map(|i| Job::new(5_000 + i * 37, 300, i % 2 == 1)).collect();
     for (i, out) in p.map(jobs.iter().map(bytemuck::bytes_of)).enumerate() {
         let out = out.unwrap();
-        assert!(out.is_ok(), "{:?}", out.failure());
         expect_exact(out.header::<Job>().unwrap(), 5_000 + i as u64 * 37);
     }
     assert!(p.shutdown().was_graceful());
@@ -448,11 +447,9 @@ fn empty_streams_and_misuse_are_handled() {
         .build()
         .unwrap();
     let out = p.submit(b"empty").unwrap().wait().unwrap();
-    assert!(out.is_ok(), "{:?}", out.failure());
     assert_eq!(&out[..], b"");
     drop(out);
     let out = p.submit(b"full!").unwrap().wait().unwrap();
-    assert!(out.is_ok(), "{:?}", out.failure());
     assert_eq!(&out[..], b"abc");
     drop(out);
     let broken = format!("Err({:?})", ErrorKind::BrokenPipe);
@@ -505,15 +502,14 @@ fn declined_and_failed_items_pass_the_pair_untouched() {
     // s.mark as a consumer does not implement `consume`: its default says so.
     let p = p.unwrap();
     let out = p.submit(b"skip").unwrap().wait().unwrap();
-    assert!(out.is_ok());
     assert_eq!(&out[..], b"skip", "neither half touched it");
     assert!(!out.stage_ran(1) && !out.stage_ran(2));
     drop(out);
-    let out = p.submit(b"fail").unwrap().wait().unwrap();
+    let out = p.submit(b"fail").unwrap().wait().or_else(ItemError::into_output).unwrap();
     assert_eq!(out.failure().unwrap().stage, 0);
     assert_eq!(&out[..], b"fail");
     drop(out);
-    let out = p.submit(b"go").unwrap().wait().unwrap();
+    let out = p.submit(b"go").unwrap().wait().or_else(ItemError::into_output).unwrap();
     let failure = out.failure().unwrap();
     assert_eq!(failure.stage, 2);
     assert!(failure.message.contains("does not implement Stage::consume"), "{failure}");
@@ -618,7 +614,7 @@ fn killing_the_producer_mid_stream_fails_the_item_and_the_pair_goes_on() {
     assert_eq!(kind, ErrorKind::ConnectionAborted, "a cut stream is an error, not end-of-file");
     // Within milliseconds on an idle machine; the bound tells a prompt error from a hang.
     assert!(when - killed < Duration::from_secs(10), "took {:?}", when - killed);
-    expect_killed(ticket.wait().unwrap().failure(), 0, pid);
+    expect_killed(ticket.wait().or_else(ItemError::into_output).unwrap().failure(), 0, pid);
     common::await_restarts(&p, 1);
     let before = progress.load(Ordering::Relaxed);
     let (_, failure) = run(&p, Job::new(100_000, 1000, false));
@@ -675,7 +671,7 @@ fn killing_the_consumer_mid_stream_fails_the_item_and_the_pair_goes_on() {
     assert_eq!(kind, ErrorKind::BrokenPipe);
     // Within milliseconds on an idle machine; the bound tells a prompt error from a hang.
     assert!(when - killed < Duration::from_secs(10), "took {:?}", when - killed);
-    expect_killed(ticket.wait().unwrap().failure(), 1, pid);
+    expect_killed(ticket.wait().or_else(ItemError::into_output).unwrap().failure(), 1, pid);
     common::await_restarts(&p, 1);
     let (job, failure) = run(&p, Job::new(100_000, 1000, false));
     assert!(failure.is_none(), "{failure:?}");
@@ -700,7 +696,8 @@ fn killing_either_process_of_a_process_pair_fails_one_item_and_recovers() {
         assert!(!ticket.is_finished());
         let pid = worker_of(&p, victim);
         assert!(kill9(pid));
-        let out = ticket.wait_timeout(common::HANG).expect("the item resolves");
+        let out =
+            ticket.wait_timeout(common::HANG).or_else(ItemError::into_output).expect("the item resolves");
         expect_killed(out.failure(), victim, pid);
         drop(out);
         common::await_restarts(&p, 1);
@@ -729,7 +726,7 @@ fn random_kills_of_a_streaming_pair_lose_and_duplicate_nothing() {
         .collect();
     let mut died = 0;
     for (i, out) in p.map(jobs).enumerate() {
-        let out = out.expect("the pipeline goes on");
+        let out = out.or_else(ItemError::into_output).expect("the pipeline goes on");
         let job = *out.header::<Job>().unwrap();
         assert_eq!(job.stop_ok, i as u32, "in order, none lost, none twice");
         match out.failure() {

@@ -31,10 +31,10 @@ mod worker;
 
 pub use frame::{Frame, FrameError};
 pub use pipeline::{
-    BuildError, Builder, Completions, EngineFailure, Map, NewFrame, OnComplete, Output, Pipeline,
+    BuildError, Builder, Completions, EngineFailure, ItemError, Map, NewFrame, OnComplete, Output, Pipeline,
     PipelineStats, ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, StageStats,
-    SubmitError, Ticket, TrySubmitError, WaitError, WorkerExit, DEFAULT_FRAME_CAPACITY,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY, DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
+    SubmitError, Ticket, TrySubmitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_STREAM_CAPACITY, DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
 };
 pub use pool::{
     Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, DEFAULT_POOL_WINDOW, MAX_WORKERS,

@@ -7,7 +7,7 @@
 //! what catches a corrupted compressed body that still decodes, so the suite runs
 //! each decompressor's inverse side with it, as a restore does.
 
-use ringpipe_engine::{Pipeline, StageSpec};
+use ringpipe_engine::{ItemError, Pipeline, StageSpec};
 use ringpipe_stages::cdc::{self, Chunker, Unchunk};
 use ringpipe_stages::chunk::{chunk_frame, ChunkMeta, META_LEN};
 use ringpipe_stages::compress::{self, Lz4, Unlz4, Unzstd, Zstd};
@@ -167,7 +167,7 @@ fn build(stages: Vec<StageSpec>) -> Pipeline {
 }
 
 fn run(p: &Pipeline, input: &[u8]) -> Result<Vec<u8>, String> {
-    let out = p.submit(input).unwrap().wait().unwrap();
+    let out = p.submit(input).unwrap().wait().or_else(ItemError::into_output).unwrap();
     match out.failure() {
         Some(f) => Err(f.message.clone()),
         None => Ok(out.to_vec()),

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::handles::Output;
+
 /// Why the whole pipeline stopped working; every item still in it fails with this.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineFailure {
@@ -105,10 +107,43 @@ impl<T> fmt::Display for TrySubmitError<T> {
 
 impl<T: fmt::Debug> std::error::Error for TrySubmitError<T> {}
 
-/// Why waiting for an item's result gave no result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WaitError {
-    /// The engine failed the item (a worker died, memory was corrupted, shutdown aborted it).
+/// Why an item gave no good result: the one failure channel of
+/// [`Ticket::wait`](crate::Ticket::wait), its `Future`, [`Map`](crate::Map),
+/// [`Completions`](crate::Completions) and the [`Pool`](crate::Pool)'s maps.
+///
+/// A stage's failure carries the item's [`Output`]: its bytes stay readable as the
+/// failing stage left them, and [`into_output`](Self::into_output) gives them back.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, ItemError, Pipeline, StageSpec};
+/// let p = Pipeline::builder()
+///     .stage(StageSpec::with_stage("picky", stage_fn(|f| match f.bytes() {
+///         b"bad" => Err("no thanks".into()),
+///         _ => Ok(()),
+///     })))
+///     .build()?;
+/// match p.submit(b"bad")?.wait() {
+///     Err(ItemError::Stage { failure, output }) => {
+///         assert_eq!((failure.stage, failure.message.as_str()), (0, "no thanks"));
+///         assert_eq!(&output[..], b"bad");
+///     }
+///     other => panic!("expected a stage failure, got {other:?}"),
+/// }
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ItemError {
+    /// A stage failed the item: it returned an error or panicked, ran past its
+    /// timeout, or its worker process died holding it. Later stages skipped it.
+    Stage {
+        /// Which stage, and why.
+        failure: StageFailure,
+        /// The item, as the failing stage left it. Dropping it recycles the frame.
+        output: Output,
+    },
+    /// The engine failed the item (the pipeline broke, or shutdown aborted it).
     Engine(EngineFailure),
     /// `wait_timeout` ran out; the item is still in flight.
     TimedOut,
@@ -122,9 +157,29 @@ pub enum WaitError {
     Saturated,
 }
 
-impl fmt::Display for WaitError {
+impl ItemError {
+    /// The item's output if a stage failed it (`Ok`), else the error back (`Err`):
+    /// `result.or_else(ItemError::into_output)` reads failed items' bytes like any.
+    pub fn into_output(self) -> Result<Output, Self> {
+        match self {
+            Self::Stage { output, .. } => Ok(output),
+            other => Err(other),
+        }
+    }
+
+    /// The stage failure, if that is what this is.
+    pub fn stage_failure(&self) -> Option<&StageFailure> {
+        match self {
+            Self::Stage { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ItemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Stage { failure, .. } => failure.fmt(f),
             Self::Engine(e) => e.fmt(f),
             Self::TimedOut => write!(f, "timed out waiting for the item"),
             Self::Submit(e) => e.fmt(f),
@@ -137,7 +192,16 @@ impl fmt::Display for WaitError {
     }
 }
 
-impl std::error::Error for WaitError {}
+impl std::error::Error for ItemError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Stage { failure, .. } => Some(failure),
+            Self::Engine(e) => Some(e),
+            Self::Submit(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The error an item carries when a stage failed it.
 #[derive(Clone, Debug, PartialEq, Eq)]

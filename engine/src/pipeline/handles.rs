@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use super::error::{StageFailure, SubmitError, WaitError};
+use super::error::{ItemError, StageFailure, SubmitError};
 use super::shared::{Shared, State};
 use crate::frame::{header_of, split_of, FrameError, OwnedSlot, STATUS_FAILED};
 use crate::memory::SlotHeader;
@@ -135,19 +135,19 @@ impl std::fmt::Debug for Ticket {
 
 impl Ticket {
     /// Blocks until the item leaves the pipeline.
-    pub fn wait(mut self) -> Result<Output, WaitError> {
+    pub fn wait(mut self) -> Result<Output, ItemError> {
         wait_for(&self.shared, self.ticket, &mut self.taken, None)
     }
 
     /// Blocks until the item leaves the pipeline or `timeout` passes.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Output, WaitError> {
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Output, ItemError> {
         wait_for(&self.shared, self.ticket, &mut self.taken, Some(crate::wait::deadline_after(timeout)))
     }
 
     /// The result if the item has left the pipeline, without blocking.
-    pub fn try_wait(&mut self) -> Option<Result<Output, WaitError>> {
+    pub fn try_wait(&mut self) -> Option<Result<Output, ItemError>> {
         if self.taken {
-            return Some(Err(WaitError::AlreadyTaken));
+            return Some(Err(ItemError::AlreadyTaken));
         }
         self.shared.collect_now();
         let mut book = self.shared.book.lock();
@@ -168,7 +168,7 @@ pub(crate) fn take(
     book: &mut super::shared::Book,
     ticket: u32,
     taken: &mut bool,
-) -> Option<Result<Output, WaitError>> {
+) -> Option<Result<Output, ItemError>> {
     let entry = &mut book.entries[ticket as usize];
     match std::mem::replace(&mut entry.state, State::Taken) {
         State::Pending { waker, detached } => {
@@ -177,20 +177,34 @@ pub(crate) fn take(
         }
         State::Done { slot, header } => {
             *taken = true;
-            Some(Ok(Output { shared: shared.clone(), slot: Some(slot), ticket, header }))
+            let output =
+                Output { shared: shared.clone(), slot: Some(slot), ticket, index: header.seq, header };
+            Some(match output.failure() {
+                None => Ok(output),
+                Some(failure) => Err(ItemError::Stage { failure, output }),
+            })
         }
         State::Failed(f) => {
             *taken = true;
             entry.state = State::Free;
             book.free_tickets.push(ticket);
-            Some(Err(WaitError::Engine(f)))
+            Some(Err(ItemError::Engine(f)))
         }
         other => {
             entry.state = other;
             *taken = true;
-            Some(Err(WaitError::AlreadyTaken))
+            Some(Err(ItemError::AlreadyTaken))
         }
     }
+}
+
+/// Tags a taken result with the index its taker knows it by (a map's input position).
+pub(crate) fn with_index(mut result: Result<Output, ItemError>, index: u64) -> Result<Output, ItemError> {
+    match &mut result {
+        Ok(output) | Err(ItemError::Stage { output, .. }) => output.index = index,
+        Err(_) => {}
+    }
+    result
 }
 
 /// Waits for `ticket`, collecting results meanwhile (see `Shared::wait_until`).
@@ -199,11 +213,11 @@ pub(crate) fn wait_for(
     ticket: u32,
     taken: &mut bool,
     deadline: Option<Instant>,
-) -> Result<Output, WaitError> {
+) -> Result<Output, ItemError> {
     if *taken {
-        return Err(WaitError::AlreadyTaken);
+        return Err(ItemError::AlreadyTaken);
     }
-    shared.wait_until(deadline, |book| take(shared, book, ticket, taken)).unwrap_or(Err(WaitError::TimedOut))
+    shared.wait_until(deadline, |book| take(shared, book, ticket, taken)).unwrap_or(Err(ItemError::TimedOut))
 }
 
 impl Drop for Ticket {
@@ -231,12 +245,12 @@ impl Drop for Ticket {
 }
 
 impl Future for Ticket {
-    type Output = Result<Output, WaitError>;
+    type Output = Result<Output, ItemError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if this.taken {
-            return Poll::Ready(Err(WaitError::AlreadyTaken));
+            return Poll::Ready(Err(ItemError::AlreadyTaken));
         }
         // Collect whatever is ready, if no one else is collecting.
         this.shared.collect_now();
@@ -266,13 +280,30 @@ impl Future for Ticket {
 
 /// A finished item, read in place in shared memory. Dropping it recycles the frame.
 ///
-/// Derefs to the item's bytes. If a stage failed the item,
-/// [`failure`](Output::failure) says which one and why; the bytes are as that stage
-/// left them.
+/// Derefs to the item's bytes. A result is `Ok(Output)` when every stage that
+/// wanted the item ran it; a stage's failure comes as
+/// [`ItemError::Stage`](crate::ItemError::Stage), which holds the output as that stage
+/// left it (there [`failure`](Output::failure) says which stage and why).
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("rev", stage_fn(|f| {
+///     f.bytes_mut().reverse();
+///     Ok(())
+/// }))).build()?;
+/// let out = p.submit(b"abc")?.wait()?;
+/// assert_eq!((&out[..], out.index(), out.stage_ran(0)), (&b"cba"[..], 0, true));
+/// drop(out); // the frame goes back to the pipeline
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping an Output recycles its frame: read the result first"]
 pub struct Output {
     pub(crate) shared: Arc<Shared>,
     pub(crate) slot: Option<OwnedSlot>,
     pub(crate) ticket: u32,
+    /// See [`Output::index`].
+    pub(crate) index: u64,
     pub(crate) header: SlotHeader,
 }
 
@@ -294,17 +325,11 @@ impl Output {
         })
     }
 
-    /// True if no stage failed the item.
-    pub fn is_ok(&self) -> bool {
-        self.header.status != STATUS_FAILED
-    }
-
-    /// `Ok(self)` if no stage failed the item, else the failure.
-    pub fn into_result(self) -> Result<Self, StageFailure> {
-        match self.failure() {
-            None => Ok(self),
-            Some(f) => Err(f),
-        }
+    /// The item's index: its position among the inputs of the [`Map`](crate::Map)
+    /// or pool map that yielded it, or else its submission number (the pipeline's
+    /// items counted from 0).
+    pub fn index(&self) -> u64 {
+        self.index
     }
 
     /// True if stage `stage` processed the item (its determiner wanted it).

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-pub use error::{BuildError, EngineFailure, StageFailure, SubmitError, TrySubmitError, WaitError};
+pub use error::{BuildError, EngineFailure, ItemError, StageFailure, SubmitError, TrySubmitError};
 pub use handles::{NewFrame, Output, Ticket};
 pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY, MAX_STAGE_TIMEOUT};
 pub use stats::{PipelineStats, StageStats};
@@ -650,13 +650,23 @@ impl Pipeline {
     /// keeping up to `max_in_flight` items in flight. The fastest way to stream
     /// items through: submission is batched, and the caller never deadlocks itself.
     ///
-    /// ```no_run
-    /// # fn demo(p: &ringpipe_engine::Pipeline) -> Result<(), Box<dyn std::error::Error>> {
-    /// for out in p.map((0..1000u32).map(|i| i.to_le_bytes())) {
-    ///     let out = out?;
-    ///     assert!(out.is_ok());
+    /// ```
+    /// use ringpipe_engine::{stage_fn, ItemError, Pipeline, StageSpec};
+    /// let p = Pipeline::builder()
+    ///     .stage(StageSpec::with_stage("odd only", stage_fn(|f| match f.bytes()[0] % 2 {
+    ///         1 => Ok(()),
+    ///         _ => Err("even".into()),
+    ///     })))
+    ///     .build()?;
+    /// for result in p.map((0..100u8).map(|i| [i])) {
+    ///     match result {
+    ///         Ok(out) => assert_eq!(out.index() % 2, 1),
+    ///         Err(ItemError::Stage { output, .. }) => assert_eq!(output.index() % 2, 0),
+    ///         Err(e) => return Err(e.into()),
+    ///     }
     /// }
-    /// # Ok(()) }
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn map<I>(&self, inputs: I) -> Map<'_, I::IntoIter>
     where
@@ -668,6 +678,7 @@ impl Pipeline {
             inputs: inputs.into_iter(),
             exhausted: false,
             queue: VecDeque::new(),
+            submitted: 0,
             ready: VecDeque::new(),
             error: None,
             scratch: Scratch::default(),
@@ -843,7 +854,7 @@ pub struct Completions<'p> {
 }
 
 impl Iterator for Completions<'_> {
-    type Item = Result<Output, WaitError>;
+    type Item = Result<Output, ItemError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let shared = &self.pipeline.shared;
@@ -866,10 +877,12 @@ pub struct Map<'p, I> {
     pipeline: &'p Pipeline,
     inputs: I,
     exhausted: bool,
-    /// Tickets submitted and not yet taken, in input order.
-    queue: VecDeque<u32>,
+    /// Tickets submitted and not yet taken, with their input positions, in input order.
+    queue: VecDeque<(u32, u64)>,
+    /// Inputs submitted so far: the next one's index.
+    submitted: u64,
     /// Results taken from the book, in input order, not yet yielded.
-    ready: VecDeque<Result<Output, WaitError>>,
+    ready: VecDeque<Result<Output, ItemError>>,
     error: Option<SubmitError>,
     scratch: Scratch,
 }
@@ -901,7 +914,8 @@ where
             match self.inputs.next() {
                 Some(data) if data.as_ref().len() <= capacity => {
                     fill(&shared.seg, &mut slot, ticket, generation, data.as_ref());
-                    self.queue.push_back(ticket);
+                    self.queue.push_back((ticket, self.submitted));
+                    self.submitted += 1;
                     launch.push((slot, ticket, false));
                 }
                 Some(data) => {
@@ -938,7 +952,7 @@ where
     I: Iterator,
     I::Item: AsRef<[u8]>,
 {
-    type Item = Result<Output, WaitError>;
+    type Item = Result<Output, ItemError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(r) = self.ready.pop_front() {
@@ -948,9 +962,9 @@ where
         if !self.exhausted && self.queue.len() <= window / 2 {
             self.fill();
         }
-        let Some(&ticket) = self.queue.front() else {
+        let Some(&(ticket, index)) = self.queue.front() else {
             if let Some(e) = self.error.take() {
-                return Some(Err(WaitError::Submit(e)));
+                return Some(Err(ItemError::Submit(e)));
             }
             if self.exhausted {
                 return None;
@@ -963,7 +977,7 @@ where
                     // Terminal: waiting would deadlock, and yielding it again forever
                     // would make `collect()` grow without end.
                     self.exhausted = true;
-                    return Some(Err(WaitError::Saturated));
+                    return Some(Err(ItemError::Saturated));
                 }
             }
             self.pipeline.wait_for_space();
@@ -978,12 +992,12 @@ where
             let mut taken = false;
             let first = handles::take(shared, book, ticket, &mut taken)?;
             queue.pop_front();
-            ready.push_back(first);
-            while let Some(&t) = queue.front() {
+            ready.push_back(handles::with_index(first, index));
+            while let Some(&(t, index)) = queue.front() {
                 match handles::take(shared, book, t, &mut taken) {
                     Some(r) => {
                         queue.pop_front();
-                        ready.push_back(r);
+                        ready.push_back(handles::with_index(r, index));
                     }
                     None => break,
                 }
