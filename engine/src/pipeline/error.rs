@@ -138,8 +138,8 @@ pub enum ItemError {
     /// A stage failed the item: it returned an error or panicked, ran past its
     /// timeout, or its worker process died holding it. Later stages skipped it.
     Stage {
-        /// Which stage, and why.
-        failure: StageFailure,
+        /// Which stage, and why (boxed: a result stays the size of an `Output`).
+        failure: Box<StageFailure>,
         /// The item, as the failing stage left it. Dropping it recycles the frame.
         output: Output,
     },
@@ -195,7 +195,7 @@ impl fmt::Display for ItemError {
 impl std::error::Error for ItemError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Stage { failure, .. } => Some(failure),
+            Self::Stage { failure, .. } => Some(&**failure),
             Self::Engine(e) => Some(e),
             Self::Submit(e) => Some(e),
             _ => None,

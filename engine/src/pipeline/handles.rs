@@ -181,7 +181,7 @@ pub(crate) fn take(
                 Output { shared: shared.clone(), slot: Some(slot), ticket, index: header.seq, header };
             Some(match output.failure() {
                 None => Ok(output),
-                Some(failure) => Err(ItemError::Stage { failure, output }),
+                Some(failure) => Err(ItemError::Stage { failure: Box::new(failure), output }),
             })
         }
         State::Failed(f) => {
