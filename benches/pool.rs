@@ -65,7 +65,7 @@ fn pool_tiny(c: &mut Criterion) {
     g.throughput(Throughput::Elements(TASKS as u64));
     let tasks = tasks();
 
-    let mut pool = Pool::builder("bench.pool.noop").workers(WORKERS).build().unwrap();
+    let pool = Pool::builder("bench.pool.noop").workers(WORKERS).build().unwrap();
     assert_eq!(WORKERS * DEPTH, ringpipe::DEFAULT_POOL_WINDOW, "both pools keep as many tasks out");
     g.bench_function(BenchmarkId::from_parameter("ringpipe_pool"), |b| {
         b.iter(|| {

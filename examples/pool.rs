@@ -30,7 +30,7 @@ register_stage!(DOUBLE, "example.double", |_: &[u8]| {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     // One task per worker in flight: the next task goes to whichever worker finishes first.
-    let mut pool = Pool::builder("example.double").workers(WORKERS).max_in_flight(WORKERS).build()?;
+    let pool = Pool::builder("example.double").workers(WORKERS).max_in_flight(WORKERS).build()?;
     let pids = pool.worker_pids();
     println!("master: {} workers, pids {:?}", pool.workers(), pids);
     let tasks = (0..TASKS).map(|i| [i as f64, i as f64 + 0.5, 100.0 * i as f64]);
@@ -39,22 +39,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for result in pool.map_unordered(tasks) {
         let result = result?;
         let i = result.index() as usize;
-        let values: &[f64] = result.cast()?;
+        let values: &[f64] = result.cast_slice()?;
         assert_eq!(values, [2.0 * i as f64, 2.0 * i as f64 + 1.0, 200.0 * i as f64]);
-        println!("task {i:2} done by worker {} (pid {}): {values:?}", result.worker(), result.pid());
+        let worker = result.ran_on().ok_or("a worker ran every task")?;
+        println!("task {i:2} done by worker {} (pid {}): {values:?}", worker.replica, worker.pid);
         seen[i] += 1;
-        per_worker[result.worker()] += 1;
+        per_worker[worker.replica] += 1;
     }
     assert!(seen.iter().all(|&n| n == 1), "every index exactly once");
     println!(
         "every one of the {TASKS} task indices came back exactly once; tasks per worker: {per_worker:?}"
     );
-    for w in pool.shutdown() {
+    for (w, exit) in pool.shutdown().workers.iter().enumerate() {
         println!(
-            "worker {} (pid {}) stopped: {}",
-            w.worker,
-            w.pid,
-            w.status.map_or("unknown".into(), |s| s.to_string())
+            "worker {w} (pid {}) stopped: {}",
+            exit.pid,
+            exit.status.map_or("unknown".into(), |s| s.to_string())
         );
     }
     Ok(())

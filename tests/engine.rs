@@ -494,7 +494,11 @@ fn bad_input_gets_typed_errors() {
     assert!(matches!(p.try_submit(&big[..]), Err(TrySubmitError::Failed(SubmitError::TooLarge { .. }, _))));
     let mut results = p.map([vec![1u8; 10], big.clone()]);
     assert!(results.next().unwrap().is_ok());
-    assert!(matches!(results.next(), Some(Err(ItemError::Submit(SubmitError::TooLarge { .. })))));
+    assert!(matches!(
+        results.next(),
+        Some(Err(ItemError::TooLarge { index: 1, requested: 101, capacity: 100 }))
+    ));
+    assert!(results.next().is_none(), "the inputs after it go on (there are none)");
     drop(results);
     // Nothing was lost: the pipeline still works.
     assert_eq!(&p.submit(&[b'a'; 100]).unwrap().wait().unwrap()[..], &[b'A'; 100][..]);

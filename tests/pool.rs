@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, Pool, PoolError};
+use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pool};
 
 mod common;
 
@@ -32,23 +32,26 @@ fn jitter(i: u64) -> u64 {
 
 #[test]
 fn ordered_map_yields_task_order_despite_random_times() {
-    let mut pool = Pool::builder("p.task").workers(3).build().unwrap();
+    let pool = Pool::builder("p.task").workers(3).build().unwrap();
     let mut next = 0;
     for r in pool.map((0..300).map(|i| task(i, jitter(i)))) {
         let r = r.unwrap();
         assert_eq!(r.index(), next);
-        assert_eq!(r.cast::<u64>().unwrap()[0], 2 * next);
+        assert_eq!(r.cast_slice::<u64>().unwrap()[0], 2 * next);
         next += 1;
     }
     assert_eq!(next, 300);
+    // A pool is a pipeline of one replicated stage: its statistics come with it.
+    let stats = pool.stats();
+    assert_eq!((stats.stages.len(), stats.stages[0].replicas, stats.stages[0].items), (1, 3, 300), "{stats}");
     let report = pool.shutdown();
-    assert_eq!(report.len(), 3);
-    assert!(report.iter().all(|w| !w.killed && w.status.is_some_and(|s| s.success())), "{report:?}");
+    assert_eq!(report.workers.len(), 3);
+    assert!(report.was_graceful(), "{report:?}");
 }
 
 #[test]
 fn unordered_map_yields_each_index_once_and_uses_every_worker() {
-    let mut pool = Pool::builder("p.task").workers(3).max_in_flight(3).build().unwrap();
+    let pool = Pool::builder("p.task").workers(3).max_in_flight(3).build().unwrap();
     let mut seen = HashSet::new();
     let mut workers = HashSet::new();
     let mut out_of_order = false;
@@ -56,7 +59,7 @@ fn unordered_map_yields_each_index_once_and_uses_every_worker() {
     for r in pool.map_unordered((0..200).map(|i| task(i, jitter(i)))) {
         let r = r.unwrap();
         assert!(seen.insert(r.index()), "index {} twice", r.index());
-        workers.insert(r.worker());
+        workers.insert(r.ran_on().expect("a worker ran it").replica);
         out_of_order |= last.is_some_and(|l| r.index() < l);
         last = Some(r.index());
     }
@@ -67,25 +70,28 @@ fn unordered_map_yields_each_index_once_and_uses_every_worker() {
 
 #[test]
 fn more_workers_than_cores_still_work() {
-    let mut pool = Pool::builder("p.task").workers(8).build().unwrap();
+    let pool = Pool::builder("p.task").workers(8).build().unwrap();
     let n =
         pool.map((0..400).map(|i| task(i, 0))).filter(|r| r.as_ref().is_ok_and(|o| o.index() < 400)).count();
     assert_eq!(n, 400);
-    assert_eq!(pool.shutdown().len(), 8);
+    assert_eq!(pool.shutdown().workers.len(), 8);
 }
 
 #[test]
 fn task_errors_and_oversized_tasks_fail_only_themselves() {
-    let mut pool = Pool::builder("p.task").workers(2).frame_capacity(64).build().unwrap();
+    let pool = Pool::builder("p.task").workers(2).frame_capacity(64).build().unwrap();
     let tasks: Vec<Vec<u64>> =
         (0..20).map(|i| if i == 7 { vec![0; 20] } else { vec![i, 0, u64::from(i == 3)] }).collect();
     let mut count = 0;
     for (i, r) in pool.map(tasks.iter()).enumerate() {
         count += 1;
         match (i, &r) {
-            (3, Err(PoolError::TaskFailed { index: 3, message })) => assert!(message.contains("refused")),
-            (7, Err(PoolError::TooLarge { index: 7, requested: 160, capacity: 64 })) => {}
-            (_, Ok(out)) => assert_eq!(out.cast::<u64>().unwrap()[0], 2 * i as u64),
+            (3, Err(ItemError::Stage { failure, output })) => {
+                assert!(failure.message.contains("refused"), "{failure}");
+                assert_eq!(output.index(), 3);
+            }
+            (7, Err(ItemError::TooLarge { index: 7, requested: 160, capacity: 64 })) => {}
+            (_, Ok(out)) => assert_eq!(out.cast_slice::<u64>().unwrap()[0], 2 * i as u64),
             other => panic!("{other:?}"),
         }
     }
@@ -102,10 +108,10 @@ fn bad_configuration_is_a_typed_error() {
 
 #[test]
 fn holding_every_result_is_reported_not_a_deadlock() {
-    let mut pool = Pool::builder("p.task").workers(1).max_in_flight(2).build().unwrap();
+    let pool = Pool::builder("p.task").workers(1).max_in_flight(2).build().unwrap();
     let all: Vec<_> = pool.map((0..10).map(|i| task(i, 0))).collect();
     assert_eq!(all.len(), 3);
-    assert!(matches!(all[2], Err(PoolError::Saturated)));
+    assert!(matches!(all[2], Err(ItemError::Saturated)));
     drop(all);
     // The pool goes on once the results are dropped.
     assert_eq!(pool.map((0..10).map(|i| task(i, 0))).filter(|r| r.is_ok()).count(), 10);
@@ -116,7 +122,7 @@ fn holding_every_result_is_reported_not_a_deadlock() {
 #[test]
 fn a_killed_worker_is_replaced_and_only_its_task_fails() {
     for retry in [false, true] {
-        let mut pool = Pool::builder("p.task").workers(2).max_in_flight(8).retry_once(retry).build().unwrap();
+        let pool = Pool::builder("p.task").workers(2).max_in_flight(8).retry_once(retry).build().unwrap();
         let victim = pool.worker_pids()[0];
         let mut seen = HashSet::new();
         let mut died = Vec::new();
@@ -129,11 +135,11 @@ fn a_killed_worker_is_replaced_and_only_its_task_fails() {
             }
             match r {
                 Ok(out) => assert!(seen.insert(out.index()), "index {} twice", out.index()),
-                Err(PoolError::WorkerDied { index, worker: 0, pid, status }) => {
-                    assert_eq!(pid, victim);
-                    assert!(status.contains("SIGKILL") || status.contains("signal: 9"), "{status}");
-                    assert!(!seen.contains(&index));
-                    died.push(index);
+                Err(ItemError::Stage { failure, output }) => {
+                    assert_eq!(failure.worker_died, Some(victim));
+                    assert!(failure.message.contains("SIGKILL"), "{failure}");
+                    assert!(!seen.contains(&output.index()));
+                    died.push(output.index());
                 }
                 Err(e) => panic!("{e}"),
             }
@@ -156,7 +162,8 @@ fn a_killed_worker_is_replaced_and_only_its_task_fails() {
         assert_eq!(pool.restarts(), 1);
         assert_ne!(pool.worker_pids()[0], victim);
         let report = pool.shutdown();
-        assert!(report.iter().all(|w| !w.killed), "{report:?}");
+        assert!(report.workers.iter().all(|w| !w.killed), "{report:?}");
+        assert!(report.failure.is_none(), "{report:?}");
     }
 }
 
@@ -164,28 +171,29 @@ fn a_killed_worker_is_replaced_and_only_its_task_fails() {
 /// (no stale task is mistaken for one of its own).
 #[test]
 fn dropping_a_map_midway_leaves_the_pool_ready() {
-    let mut pool = Pool::builder("p.task").workers(2).max_in_flight(8).build().unwrap();
+    let pool = Pool::builder("p.task").workers(2).max_in_flight(8).build().unwrap();
     let first: Vec<u64> =
         pool.map((0..100).map(|i| task(i, 500))).take(3).map(|r| r.unwrap().index()).collect();
     assert_eq!(first, [0, 1, 2]);
     let mut next = 0;
     for r in pool.map((0..50).map(|i| task(i, 0))) {
         let r = r.unwrap();
-        assert_eq!((r.index(), r.cast::<u64>().unwrap()[0]), (next, 2 * next));
+        assert_eq!((r.index(), r.cast_slice::<u64>().unwrap()[0]), (next, 2 * next));
         next += 1;
     }
     assert_eq!(next, 50);
+    assert_eq!(pool.free_frames(), 8, "the dropped map's tasks gave their frames back");
 }
 
 #[test]
 fn results_stay_readable_after_the_pool_is_gone() {
-    let mut pool = Pool::builder("p.task").workers(2).build().unwrap();
+    let pool = Pool::builder("p.task").workers(2).build().unwrap();
     let results: Vec<_> = pool.map((0..20).map(|i| task(i, 0))).map(|r| r.unwrap()).collect();
     let report = pool.shutdown();
-    assert!(report.iter().all(|w| !w.killed));
+    assert!(report.was_graceful(), "{report:?}");
     // The frames live in the segment, which each result keeps mapped.
     for (i, r) in results.iter().enumerate() {
-        assert_eq!((r.index(), r.cast::<u64>().unwrap()[0]), (i as u64, 2 * i as u64));
+        assert_eq!((r.index(), r.cast_slice::<u64>().unwrap()[0]), (i as u64, 2 * i as u64));
     }
     drop(results); // returns the frames to a free list nobody uses any more: no panic
 }

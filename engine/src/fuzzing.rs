@@ -51,8 +51,8 @@ pub fn exercise(bytes: &[u8]) {
         }
     }
     // What the parent reads from a dead worker's journal.
-    let death = Death { pid: 1, status: "killed by the fuzzer", timed_out: None };
     for i in 0..STAGES {
+        let death = Death { record: i as u32, pid: 1, status: "killed by the fuzzer", timed_out: None };
         let _ = settle(&seg, i, &death);
     }
 }

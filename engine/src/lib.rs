@@ -32,13 +32,11 @@ mod worker;
 pub use frame::{Frame, FrameError};
 pub use pipeline::{
     BuildError, Builder, Completions, EngineFailure, ItemError, Map, NewFrame, OnComplete, Output, Pipeline,
-    PipelineStats, ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, StageStats,
+    PipelineStats, RanOn, ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, StageStats,
     SubmitError, Ticket, TrySubmitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_STREAM_CAPACITY, DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
 };
-pub use pool::{
-    Pool, PoolBuilder, PoolError, PoolMap, PoolOutput, WorkerReport, DEFAULT_POOL_WINDOW, MAX_WORKERS,
-};
+pub use pool::{Pool, PoolBuilder, DEFAULT_POOL_WINDOW, MAX_WORKERS};
 pub use stage::{
     consumer_fn, find_stage, producer_fn, stage_fn, BoxError, Chain, ChainError, ConsumerFn, FnStage,
     KeepConsumer, MakeStage, ProducerFn, Stage, StageFactory, CHAIN, STAGES,

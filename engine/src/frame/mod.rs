@@ -288,10 +288,19 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Marks stage `stage` as run in `header`.
-pub(crate) fn mark_ran(header: &mut SlotHeader, stage: usize) {
+/// A runner, as an item records who ran it: its stage record and its process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RanBy {
+    pub record: u32,
+    pub pid: u32,
+}
+
+/// Marks stage `stage` as run in `header`, by runner `by`.
+pub(crate) fn mark_ran(header: &mut SlotHeader, stage: usize, by: RanBy) {
     debug_assert!(stage < MAX_STAGES);
     header.ran[stage / 64] |= 1 << (stage % 64);
+    header.ran_by = by.record.saturating_add(1);
+    header.ran_by_pid = by.pid;
 }
 
 /// Whether stage `stage` ran, per `header`.

@@ -34,8 +34,10 @@ fn header_payload_and_error_text_round_trip() {
     let mut h = SlotHeader::zeroed();
     h.len = 5;
     h.ticket = 9;
-    mark_ran(&mut h, 0);
-    mark_ran(&mut h, MAX_STAGES - 1);
+    let by = crate::frame::RanBy { record: 3, pid: 7 };
+    mark_ran(&mut h, 0, by);
+    mark_ran(&mut h, MAX_STAGES - 1, by);
+    assert_eq!((h.ran_by, h.ran_by_pid), (4, 7));
     slot.set_header(&seg, &h);
     slot.payload_mut(&seg)[..5].copy_from_slice(b"hello");
     assert_eq!(slot.header(&seg), h);

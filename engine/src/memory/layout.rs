@@ -26,7 +26,7 @@ use crate::ring::RingHeader;
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits),
 /// and most stage records (one per replica) in one segment.
 pub const MAX_STAGES: usize = 256;
@@ -201,6 +201,12 @@ pub struct SlotHeader {
     /// When that worker was killed for running past its stage's timeout: the timeout
     /// in milliseconds (0 otherwise).
     pub timeout_ms: u32,
+    /// The stage record of the runner that last ran a stage on the item, plus one
+    /// (0: none ran). Informational: a worker may scribble on it, so readers treat
+    /// an unknown record as none.
+    pub ran_by: u32,
+    /// That runner's process id.
+    pub ran_by_pid: u32,
 }
 
 /// Why a layout cannot be built or trusted.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::error::EngineFailure;
-use super::shared::{Shared, State};
+use super::shared::{Forged, Shared};
 use super::spec::{StageEvent, StageOutcome};
 use crate::frame::{has_run, OwnedSlot, STATUS_FAILED};
 use crate::memory::SlotHeader;
@@ -85,34 +85,7 @@ fn resolve(shared: &Shared, batch: &mut Vec<(OwnedSlot, SlotHeader)>) -> Result<
     }
     let mut book = shared.book.lock();
     for (slot, header) in batch.drain(..) {
-        let ticket = header.ticket;
-        let entry = &mut book.entries[ticket as usize];
-        if entry.generation != header.generation {
-            return Err(EngineFailure::Corrupt(format!("stale or forged ticket {ticket}")));
-        }
-        match std::mem::replace(&mut entry.state, State::Free) {
-            State::Pending { waker, detached } => {
-                entry.state = State::Done { slot, header };
-                book.in_flight -= 1;
-                if detached {
-                    book.finished.push_back(ticket);
-                }
-                if let Some(w) = waker {
-                    book.wakers -= 1;
-                    w.wake();
-                }
-            }
-            State::Abandoned => {
-                book.in_flight -= 1;
-                book.release(slot, ticket);
-            }
-            other => {
-                entry.state = other;
-                if book.failure.is_none() {
-                    return Err(EngineFailure::Corrupt(format!("ticket {ticket} came out twice")));
-                }
-            }
-        }
+        book.finish(slot, header).map_err(|Forged(why)| EngineFailure::Corrupt(why))?;
     }
     drop(book);
     shared.done.notify_all();

@@ -147,6 +147,15 @@ pub enum ItemError {
     Engine(EngineFailure),
     /// `wait_timeout` ran out; the item is still in flight.
     TimedOut,
+    /// A map's input is larger than a frame: it alone fails, the rest go on.
+    TooLarge {
+        /// Its position among the map's inputs.
+        index: u64,
+        /// Its bytes.
+        requested: usize,
+        /// The frame capacity (`Builder::frame_capacity`).
+        capacity: usize,
+    },
     /// The item could not be submitted (returned by [`Map`](crate::Map)).
     Submit(SubmitError),
     /// The result was already taken through this handle.
@@ -182,6 +191,10 @@ impl fmt::Display for ItemError {
             Self::Stage { failure, .. } => failure.fmt(f),
             Self::Engine(e) => e.fmt(f),
             Self::TimedOut => write!(f, "timed out waiting for the item"),
+            Self::TooLarge { index, requested, capacity } => write!(
+                f,
+                "input {index} has {requested} bytes, more than a frame holds ({capacity}); raise frame_capacity"
+            ),
             Self::Submit(e) => e.fmt(f),
             Self::AlreadyTaken => write!(f, "the item's result was already taken"),
             Self::Saturated => write!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use super::error::{ItemError, StageFailure, SubmitError};
-use super::shared::{Shared, State};
+use super::shared::{Book, Shared, Taken};
 use crate::frame::{header_of, split_of, FrameError, OwnedSlot, STATUS_FAILED};
 use crate::memory::SlotHeader;
 
@@ -74,6 +74,13 @@ impl NewFrame {
     /// [`Pipeline::completions`](crate::Pipeline::completions).
     pub fn submit_detached(mut self) -> Result<(), SubmitError> {
         self.launch(true)
+    }
+
+    /// Launches the frame as an item whose ticket its caller keeps (a map's), with no
+    /// `Ticket` handle.
+    pub(crate) fn launch_raw(mut self) -> Result<u32, SubmitError> {
+        self.launch(false)?;
+        Ok(self.ticket)
     }
 
     fn launch(&mut self, detached: bool) -> Result<(), SubmitError> {
@@ -151,51 +158,32 @@ impl Ticket {
         }
         self.shared.collect_now();
         let mut book = self.shared.book.lock();
-        take(&self.shared, &mut book, self.ticket, &mut self.taken)
+        let result = take(&self.shared, &mut book, self.ticket);
+        self.taken = result.is_some();
+        result
     }
 
     /// True once the item has left the pipeline (its result is ready to take).
     pub fn is_finished(&self) -> bool {
         self.shared.collect_now();
-        let book = self.shared.book.lock();
-        !matches!(book.entries[self.ticket as usize].state, State::Pending { .. })
+        !self.shared.book.lock().is_pending(self.ticket)
     }
 }
 
 /// Takes a finished item's result out of the book, or `None` if still pending.
-pub(crate) fn take(
-    shared: &Arc<Shared>,
-    book: &mut super::shared::Book,
-    ticket: u32,
-    taken: &mut bool,
-) -> Option<Result<Output, ItemError>> {
-    let entry = &mut book.entries[ticket as usize];
-    match std::mem::replace(&mut entry.state, State::Taken) {
-        State::Pending { waker, detached } => {
-            entry.state = State::Pending { waker, detached };
-            None
-        }
-        State::Done { slot, header } => {
-            *taken = true;
+pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option<Result<Output, ItemError>> {
+    Some(match book.take(ticket)? {
+        Taken::Done(slot, header) => {
             let output =
                 Output { shared: shared.clone(), slot: Some(slot), ticket, index: header.seq, header };
-            Some(match output.failure() {
+            match output.failure() {
                 None => Ok(output),
                 Some(failure) => Err(ItemError::Stage { failure: Box::new(failure), output }),
-            })
+            }
         }
-        State::Failed(f) => {
-            *taken = true;
-            entry.state = State::Free;
-            book.free_tickets.push(ticket);
-            Some(Err(ItemError::Engine(f)))
-        }
-        other => {
-            entry.state = other;
-            *taken = true;
-            Some(Err(ItemError::AlreadyTaken))
-        }
-    }
+        Taken::Failed(f) => Err(ItemError::Engine(f)),
+        Taken::Before => Err(ItemError::AlreadyTaken),
+    })
 }
 
 /// Tags a taken result with the index its taker knows it by (a map's input position).
@@ -217,7 +205,9 @@ pub(crate) fn wait_for(
     if *taken {
         return Err(ItemError::AlreadyTaken);
     }
-    shared.wait_until(deadline, |book| take(shared, book, ticket, taken)).unwrap_or(Err(ItemError::TimedOut))
+    let result = shared.wait_until(deadline, |book| take(shared, book, ticket));
+    *taken = result.is_some();
+    result.unwrap_or(Err(ItemError::TimedOut))
 }
 
 impl Drop for Ticket {
@@ -225,21 +215,8 @@ impl Drop for Ticket {
         if self.taken {
             return;
         }
-        let mut book = self.shared.book.lock();
-        let entry = &mut book.entries[self.ticket as usize];
-        match std::mem::replace(&mut entry.state, State::Free) {
-            State::Pending { waker, .. } => {
-                entry.state = State::Abandoned;
-                if waker.is_some() {
-                    book.wakers -= 1;
-                }
-            }
-            State::Done { slot, .. } => {
-                book.release(slot, self.ticket);
-                self.shared.done.notify_all();
-            }
-            State::Failed(_) => book.free_tickets.push(self.ticket),
-            other => entry.state = other,
+        if self.shared.book.lock().abandon(self.ticket) {
+            self.shared.done.notify_all();
         }
     }
 }
@@ -255,22 +232,11 @@ impl Future for Ticket {
         // Collect whatever is ready, if no one else is collecting.
         this.shared.collect_now();
         let mut book = this.shared.book.lock();
-        if let Some(r) = take(&this.shared, &mut book, this.ticket, &mut this.taken) {
+        if let Some(r) = take(&this.shared, &mut book, this.ticket) {
+            this.taken = true;
             return Poll::Ready(r);
         }
-        let mut first = false;
-        if let State::Pending { waker, .. } = &mut book.entries[this.ticket as usize].state {
-            match waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                Some(w) => *w = cx.waker().clone(),
-                None => {
-                    *waker = Some(cx.waker().clone());
-                    first = true;
-                }
-            }
-        }
-        if first {
-            book.wakers += 1;
+        if book.register_waker(this.ticket, cx.waker()) {
             // The async driver collects while futures wait and no caller does.
             this.shared.async_waiting.notify_one();
         }
@@ -332,15 +298,44 @@ impl Output {
         self.index
     }
 
+    /// The runner that last ran a stage on the item: which stage, which of its
+    /// replicas (a [`Pool`](crate::Pool)'s worker number), in which process. `None`
+    /// if no stage wanted the item.
+    pub fn ran_on(&self) -> Option<RanOn> {
+        let record = (self.header.ran_by as usize).checked_sub(1)?;
+        let (stage, info) =
+            self.shared.stages.iter().enumerate().find(|(_, s)| s.records.contains(&record))?;
+        Some(RanOn { stage, replica: record - info.records.start, pid: self.header.ran_by_pid })
+    }
+
     /// True if stage `stage` processed the item (its determiner wanted it).
     pub fn stage_ran(&self, stage: usize) -> bool {
         crate::frame::has_run(&self.header, stage)
+    }
+
+    /// The item's bytes as a slice of `U` (frames are 128-byte aligned): a pool
+    /// task's array of `f64`, say.
+    pub fn cast_slice<U: Pod>(&self) -> Result<&[U], FrameError> {
+        bytemuck::try_cast_slice(self)
+            .map_err(|_| FrameError::Header { needed: std::mem::size_of::<U>(), len: self.len() })
     }
 
     /// The leading `H` of the item's bytes.
     pub fn header<H: Pod>(&self) -> Result<&H, FrameError> {
         header_of(self)
     }
+}
+
+/// Where an item was last worked on; see [`Output::ran_on`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RanOn {
+    /// The stage.
+    pub stage: usize,
+    /// Which of its replicas, from 0 (a pool's worker number).
+    pub replica: usize,
+    /// The process it ran in (this process for a thread stage).
+    pub pid: u32,
 }
 
 impl std::ops::Deref for Output {

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::frame::{mark_ran, OwnedSlot};
+use crate::frame::{mark_ran, OwnedSlot, RanBy};
 use crate::memory::{Segment, StageRecord, FLAG_ORDERED_INPUT, ROLE_CONSUMER, ROLE_PRODUCER};
 use crate::ring::PushError;
 use crate::sync::Ordering;
@@ -29,6 +29,8 @@ use crate::worker::runner::record_failure;
 
 /// How a worker process ended.
 pub(crate) struct Death<'a> {
+    /// The dead runner's stage record.
+    pub record: u32,
     pub pid: u32,
     /// Its exit status, in words.
     pub status: &'a str,
@@ -208,7 +210,7 @@ fn mark_failed(
 ) {
     header.len = header.len.min(seg.layout().slot_capacity() as u32);
     header.died_pid = death.pid;
-    mark_ran(header, stage);
+    mark_ran(header, stage, RanBy { record: death.record, pid: death.pid });
     let pid = death.pid;
     let msg = match death.timed_out {
         Some(t) => {

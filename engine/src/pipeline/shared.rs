@@ -2,7 +2,15 @@
 //!
 //! One mutex guards the [`Book`]: which slots and tickets are free and what each
 //! ticket's item is doing. Every path takes it once per batch, not once per byte; the
-//! payload never passes through it.
+//! payload never passes through it. A ticket's state changes only in `Book`'s
+//! methods, here:
+//!
+//! ```text
+//! Free ─reserve─► Reserved ─launch─► Pending ─finish─► Done ─take─► Taken ─release─► Free
+//!   ▲                │ release         │  │ abandon      │ abandon                    
+//!   └────────────────┘                 │  └─► Abandoned ─finish (release)─► Free
+//!                                      └─fail─► Failed ─take / abandon─► Free
+//! ```
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +36,9 @@ pub(crate) struct Submissions {
     pub next_seq: u64,
 }
 
-/// What a ticket's item is doing.
+/// What a ticket's item is doing (the transitions are `Book`'s methods).
 #[derive(Debug)]
-pub(crate) enum State {
+enum State {
     /// Not in use.
     Free,
     /// Handed out as a `NewFrame`, not yet submitted.
@@ -49,9 +57,28 @@ pub(crate) enum State {
 
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub generation: u32,
-    pub state: State,
+    generation: u32,
+    state: State,
 }
+
+impl Entry {
+    pub fn free() -> Self {
+        Self { generation: 0, state: State::Free }
+    }
+}
+
+/// What taking a finished ticket's result found.
+pub(crate) enum Taken {
+    /// The item came out: its slot and header.
+    Done(OwnedSlot, SlotHeader),
+    /// The engine failed it.
+    Failed(EngineFailure),
+    /// Its result was taken before.
+    Before,
+}
+
+/// A ticket's item came out of the last ring with a header that does not fit.
+pub(crate) struct Forged(pub String);
 
 #[derive(Debug)]
 pub(crate) struct Book {
@@ -84,6 +111,148 @@ impl Book {
         self.entries[ticket as usize].state = State::Free;
         self.free_tickets.push(ticket);
         self.free_slots.push(slot);
+    }
+
+    /// A reserved ticket's item enters the rings.
+    fn launch(&mut self, ticket: u32, detached: bool) {
+        self.entries[ticket as usize].state = State::Pending { waker: None, detached };
+        self.in_flight += 1;
+    }
+
+    /// An item came out of the last ring: its ticket is done (or, abandoned, freed).
+    pub fn finish(&mut self, slot: OwnedSlot, header: SlotHeader) -> Result<(), Forged> {
+        let ticket = header.ticket;
+        let entry = &mut self.entries[ticket as usize];
+        if entry.generation != header.generation {
+            return Err(Forged(format!("stale or forged ticket {ticket}")));
+        }
+        match std::mem::replace(&mut entry.state, State::Free) {
+            State::Pending { waker, detached } => {
+                entry.state = State::Done { slot, header };
+                self.in_flight -= 1;
+                if detached {
+                    self.finished.push_back(ticket);
+                }
+                if let Some(w) = waker {
+                    self.wakers -= 1;
+                    w.wake();
+                }
+            }
+            State::Abandoned => {
+                self.in_flight -= 1;
+                self.release(slot, ticket);
+            }
+            other => {
+                entry.state = other;
+                if self.failure.is_none() {
+                    return Err(Forged(format!("ticket {ticket} came out twice")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a finished ticket's result, or `None` while it is in flight.
+    pub fn take(&mut self, ticket: u32) -> Option<Taken> {
+        let entry = &mut self.entries[ticket as usize];
+        match std::mem::replace(&mut entry.state, State::Taken) {
+            State::Pending { waker, detached } => {
+                entry.state = State::Pending { waker, detached };
+                None
+            }
+            State::Done { slot, header } => Some(Taken::Done(slot, header)),
+            State::Failed(f) => {
+                entry.state = State::Free;
+                self.free_tickets.push(ticket);
+                Some(Taken::Failed(f))
+            }
+            other => {
+                entry.state = other;
+                Some(Taken::Before)
+            }
+        }
+    }
+
+    /// Its owner lets go of a ticket whose result it will not take: an item still in
+    /// flight is freed when it comes out, a finished one now. True if a frame was
+    /// freed (callers notify `done`).
+    pub fn abandon(&mut self, ticket: u32) -> bool {
+        let entry = &mut self.entries[ticket as usize];
+        match std::mem::replace(&mut entry.state, State::Free) {
+            State::Pending { waker, .. } => {
+                entry.state = State::Abandoned;
+                if waker.is_some() {
+                    self.wakers -= 1;
+                }
+                false
+            }
+            State::Done { slot, .. } => {
+                self.release(slot, ticket);
+                true
+            }
+            State::Failed(_) => {
+                self.free_tickets.push(ticket);
+                false
+            }
+            other => {
+                entry.state = other;
+                false
+            }
+        }
+    }
+
+    /// True while the ticket's item is in the rings.
+    pub fn is_pending(&self, ticket: u32) -> bool {
+        matches!(self.entries[ticket as usize].state, State::Pending { .. })
+    }
+
+    /// Registers the waker of a future waiting for `ticket` (in flight). True if it is
+    /// the ticket's first: the async driver should start collecting.
+    pub fn register_waker(&mut self, ticket: u32, waker: &Waker) -> bool {
+        let State::Pending { waker: slot, .. } = &mut self.entries[ticket as usize].state else {
+            return false;
+        };
+        match slot {
+            Some(w) if w.will_wake(waker) => false,
+            Some(w) => {
+                w.clone_from(waker);
+                false
+            }
+            None => {
+                *slot = Some(waker.clone());
+                self.wakers += 1;
+                true
+            }
+        }
+    }
+
+    /// Some detached submission is still in flight.
+    pub fn has_detached_pending(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e.state, State::Pending { detached: true, .. }))
+    }
+
+    /// Every frame is held by results still alive and nothing is in flight: waiting
+    /// for a free frame would wait forever.
+    pub fn is_saturated(&self) -> bool {
+        self.free_tickets.is_empty() && self.in_flight == 0
+    }
+
+    /// The pipeline broke: every item in flight fails with `failure`.
+    fn fail_all(&mut self, failure: &EngineFailure) {
+        for entry in &mut self.entries {
+            match std::mem::replace(&mut entry.state, State::Free) {
+                State::Pending { waker, .. } => {
+                    entry.state = State::Failed(failure.clone());
+                    if let Some(w) = waker {
+                        self.wakers -= 1;
+                        w.wake();
+                    }
+                }
+                State::Abandoned => entry.state = State::Free, // its slot is lost with the rings
+                other => entry.state = other,
+            }
+        }
+        self.in_flight = 0;
     }
 }
 
@@ -147,8 +316,7 @@ impl Shared {
         let was_idle = book.in_flight == 0;
         let mut input = self.input.lock();
         for (mut slot, ticket, detached) in items {
-            book.entries[ticket as usize].state = State::Pending { waker: None, detached };
-            book.in_flight += 1;
+            book.launch(ticket, detached);
             slot.set_seq(&self.seg, input.next_seq);
             input.next_seq += 1;
             // The input rings hold every slot, so they cannot be full; if a worker
@@ -176,20 +344,7 @@ impl Shared {
             book.failure = Some(failure);
         }
         let failure = book.failure.clone().expect("set above");
-        for entry in &mut book.entries {
-            match std::mem::replace(&mut entry.state, State::Free) {
-                State::Pending { waker, .. } => {
-                    entry.state = State::Failed(failure.clone());
-                    if let Some(w) = waker {
-                        book.wakers -= 1;
-                        w.wake();
-                    }
-                }
-                State::Abandoned => entry.state = State::Free, // its slot is lost with the rings
-                other => entry.state = other,
-            }
-        }
-        book.in_flight = 0;
+        book.fail_all(&failure);
         self.seg.control().set_state(STATE_BROKEN);
         for pair in &self.pairs {
             pair.header().abort(); // no half may wait on a stream the other left

@@ -126,7 +126,7 @@ fn replace(
     let status = exit_status(&mut workers[w]);
     let name = shared.stages[stage].name.clone();
     let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
-    let death = super::restart::Death { pid, status: &status, timed_out };
+    let death = super::restart::Death { record: record as u32, pid, status: &status, timed_out };
     super::restart::settle(&shared.seg, record, &death).map_err(EngineFailure::Corrupt)?;
     workers[w].lifeline = None;
     let mut next =

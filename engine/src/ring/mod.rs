@@ -45,7 +45,9 @@ impl RingHeader {
     }
 
     /// Parks on this ring's wake word until `ready()`; for a consumer of several rings
-    /// whose producers were pointed here with [`Producer::with_doorbell`].
+    /// whose producers were pointed here with [`Producer::with_doorbell`] (the
+    /// tests' view of what `route::Gather` does).
+    #[cfg(test)]
     pub(crate) fn wait_doorbell(&self, ready: impl FnMut() -> bool, timeout: std::time::Duration) -> Wake {
         self.readable.wait(ready, Some(timeout))
     }
@@ -236,14 +238,6 @@ impl Producer {
     pub(crate) unsafe fn with_doorbell(mut self, doorbell: NonNull<RingHeader>) -> Self {
         self.ring.wake = doorbell;
         self
-    }
-
-    /// Values published and not yet taken by the consumer.
-    pub(crate) fn queued(&self) -> u64 {
-        // Acquire pairs with the consumer's Release store of head in `try_pop`.
-        let head = self.ring.header().head.load(Ordering::Acquire);
-        let published = self.ring.header().tail.load(Ordering::Relaxed);
-        published.saturating_sub(head).min(self.ring.capacity())
     }
 
     /// Values pushed (published or not) and not yet released by the consumer (see

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::meter::{Meter, Waited};
-use crate::frame::{mark_ran, Frame, OwnedSlot, STATUS_FAILED};
+use crate::frame::{mark_ran, Frame, OwnedSlot, RanBy, STATUS_FAILED};
 use crate::memory::{
     LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
 };
@@ -50,6 +50,8 @@ pub(crate) struct StageRunner {
     /// Keep the journal (a runner a replacement can take over after its process dies).
     journal: Option<Wiring>,
     meter: Meter,
+    /// Who this runner is, as items record it.
+    me: RanBy,
     /// The current item's bytes in and out, as the handler that ran saw them.
     bytes: (u64, u64),
 }
@@ -160,6 +162,7 @@ impl StageRunner {
             hold,
             journal,
             meter,
+            me: RanBy { record: record_index as u32, pid: std::process::id() },
             bytes: (0, 0),
         })
     }
@@ -344,16 +347,16 @@ impl StageRunner {
         match outcome {
             Ok(Ok(ran)) => {
                 if ran {
-                    mark_ran(&mut header, self.index);
+                    mark_ran(&mut header, self.index, self.me);
                 }
                 slot.set_header(seg, &header);
             }
             Ok(Err(e)) => {
-                mark_ran(&mut header, self.index);
+                mark_ran(&mut header, self.index, self.me);
                 self.fail(&mut slot, &mut header, self.index, &e.to_string());
             }
             Err(panic) => {
-                mark_ran(&mut header, self.index);
+                mark_ran(&mut header, self.index, self.me);
                 let msg = format!("stage panicked: {}", panic_message(&*panic));
                 self.fail(&mut slot, &mut header, self.index, &msg);
             }
@@ -386,7 +389,7 @@ impl StageRunner {
                 return Ok(Handled::Done(slot));
             }
             Err(panic) => {
-                mark_ran(&mut header, self.index);
+                mark_ran(&mut header, self.index, self.me);
                 let msg = format!("stage panicked: {}", panic_message(&*panic));
                 record_failure(seg, &mut slot, &mut header, self.index, &msg);
                 return Ok(Handled::Done(slot));
@@ -422,7 +425,7 @@ impl StageRunner {
             let len = header.len as usize;
             partner.payload_mut(seg)[..len].copy_from_slice(&self.spare.payload(seg)[..len]);
         }
-        mark_ran(&mut header, self.index);
+        mark_ran(&mut header, self.index, self.me);
         let error = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -501,7 +504,7 @@ impl StageRunner {
         for (mine, its) in header.ran.iter_mut().zip(their_header.ran) {
             *mine |= its;
         }
-        mark_ran(&mut header, self.index);
+        mark_ran(&mut header, self.index, self.me);
         let producer_failed = their_header.status == STATUS_FAILED;
         if producer_failed {
             // The parent failed it for a dead or timed-out producer: say so on the item.

@@ -1,0 +1,299 @@
+//! Taking results out: [`Map`] streams inputs through and yields their results in
+//! input or completion order; [`Completions`] yields detached submissions' results.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytemuck::Pod;
+
+use super::handles::{self, Output};
+use super::submit::{Scratch, Stop};
+use super::{ItemError, Pipeline, SubmitError};
+
+impl Pipeline {
+    /// Results of items submitted with [`submit_batch`](Self::submit_batch) or
+    /// [`NewFrame::submit_detached`](crate::NewFrame::submit_detached), in completion
+    /// order. Ends when none is in flight.
+    pub fn completions(&self) -> Completions<'_> {
+        Completions { pipeline: self }
+    }
+
+    /// Runs every input through the pipeline and yields the results in input order,
+    /// keeping up to `max_in_flight` items in flight. The fastest way to stream
+    /// items through: submission is batched, and the caller never deadlocks itself.
+    /// Inputs are byte slices or slices of any `bytemuck::Pod` type; the iterator is
+    /// consumed lazily, so it may be endless or larger than memory.
+    /// [`Output::index`] is each result's position among the inputs.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, ItemError, Pipeline, StageSpec};
+    /// let p = Pipeline::builder()
+    ///     .stage(StageSpec::with_stage("odd only", stage_fn(|f| match f.bytes()[0] % 2 {
+    ///         1 => Ok(()),
+    ///         _ => Err("even".into()),
+    ///     })))
+    ///     .build()?;
+    /// for result in p.map((0..100u8).map(|i| [i])) {
+    ///     match result {
+    ///         Ok(out) => assert_eq!(out.index() % 2, 1),
+    ///         Err(ItemError::Stage { output, .. }) => assert_eq!(output.index() % 2, 0),
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map<I, T>(&self, inputs: I) -> Map<'_, I::IntoIter, T>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[T]>,
+        T: Pod,
+    {
+        Map::new(self, inputs.into_iter(), true, false)
+    }
+
+    /// Like [`map`](Self::map), but yields each result as soon as it is out, tagged
+    /// with its input position ([`Output::index`]).
+    pub fn map_unordered<I, T>(&self, inputs: I) -> Map<'_, I::IntoIter, T>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[T]>,
+        T: Pod,
+    {
+        Map::new(self, inputs.into_iter(), false, false)
+    }
+}
+
+/// Results of detached submissions; see [`Pipeline::completions`].
+#[must_use = "an iterator does nothing until it is consumed"]
+pub struct Completions<'p> {
+    pipeline: &'p Pipeline,
+}
+
+impl Iterator for Completions<'_> {
+    type Item = Result<Output, ItemError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let shared = &self.pipeline.shared;
+        shared
+            .wait_until(None, |book| {
+                if let Some(ticket) = book.finished.pop_front() {
+                    return Some(handles::take(shared, book, ticket));
+                }
+                (!book.has_detached_pending()).then_some(None)
+            })
+            .flatten()
+    }
+}
+
+/// Results of [`Pipeline::map`], [`Pipeline::map_unordered`] and the
+/// [`Pool`](crate::Pool)'s maps: `Ok(Output)`, or the item's [`ItemError`], each
+/// tagged with its input position ([`Output::index`]).
+///
+/// Dropping it midway gives back what it had in flight: their frames return to the
+/// pipeline as they come out.
+#[must_use = "an iterator does nothing until it is consumed"]
+pub struct Map<'p, I, T = u8> {
+    pipeline: &'p Pipeline,
+    inputs: I,
+    /// Yield in input order (else in completion order).
+    ordered: bool,
+    /// Run an item again, once, when the worker holding it died.
+    retry: bool,
+    exhausted: bool,
+    /// Items submitted and not yet yielded, in input order.
+    sent: VecDeque<Sent>,
+    /// Inputs submitted so far: the next one's index.
+    submitted: u64,
+    error: Option<SubmitError>,
+    scratch: Scratch,
+    _inputs: PhantomData<fn() -> T>,
+}
+
+/// One input in flight.
+struct Sent {
+    ticket: u32,
+    index: u64,
+    /// Its bytes, kept while it may still be run again (`retry`).
+    retry: Option<Box<[u8]>>,
+    /// Its result, once taken from the book.
+    result: Option<Result<Output, ItemError>>,
+}
+
+impl<'p, I, T> Map<'p, I, T>
+where
+    I: Iterator,
+    I::Item: AsRef<[T]>,
+    T: Pod,
+{
+    pub(crate) fn new(pipeline: &'p Pipeline, inputs: I, ordered: bool, retry: bool) -> Self {
+        Self {
+            pipeline,
+            inputs,
+            ordered,
+            retry,
+            exhausted: false,
+            sent: VecDeque::new(),
+            submitted: 0,
+            error: None,
+            scratch: Scratch::default(),
+            _inputs: PhantomData,
+        }
+    }
+
+    /// Submits inputs into every free frame, in one batch.
+    fn fill(&mut self) {
+        let retry = self.retry;
+        let (sent, submitted) =
+            (std::cell::RefCell::new(&mut self.sent), std::cell::Cell::new(self.submitted));
+        let launched = |ticket, bytes: &[u8]| {
+            let index = submitted.replace(submitted.get() + 1);
+            sent.borrow_mut().push_back(Sent {
+                ticket,
+                index,
+                retry: retry.then(|| bytes.into()),
+                result: None,
+            });
+        };
+        // An input larger than a frame fails alone, in its place; the rest go on.
+        let rejected = |requested, capacity| {
+            let index = submitted.replace(submitted.get() + 1);
+            let result = Some(Err(ItemError::TooLarge { index, requested, capacity }));
+            sent.borrow_mut().push_back(Sent { ticket: u32::MAX, index, retry: None, result });
+            true
+        };
+        let batch = self.pipeline.launch_batch(
+            &mut self.inputs,
+            usize::MAX,
+            false,
+            &mut self.scratch,
+            launched,
+            rejected,
+        );
+        self.submitted = submitted.get();
+        match batch {
+            Ok(None) => {}
+            Ok(Some(Stop::Exhausted)) => self.exhausted = true,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                self.exhausted = true;
+            }
+        }
+    }
+
+    /// The next result to yield, if one is in: the oldest input's (in order), or any.
+    fn pop_ready(&mut self) -> Option<Result<Output, ItemError>> {
+        let at = if self.ordered {
+            self.sent.front().is_some_and(|s| s.result.is_some()).then_some(0)?
+        } else {
+            self.sent.iter().position(|s| s.result.is_some())?
+        };
+        let s = self.sent.remove(at).expect("found above");
+        Some(handles::with_index(s.result.expect("found above"), s.index))
+    }
+
+    /// Waits until a result this map can yield is in, taking every finished one of
+    /// its items it meets on the way (one lock of the book for the whole run).
+    fn collect(&mut self) {
+        let shared = &self.pipeline.shared;
+        let (sent, ordered) = (&mut self.sent, self.ordered);
+        let started = Instant::now();
+        shared.wait_until(None, |book| {
+            let mut any = false;
+            for s in sent.iter_mut().filter(|s| s.result.is_none()) {
+                match handles::take(shared, book, s.ticket) {
+                    Some(r) => {
+                        s.result = Some(r);
+                        any = true;
+                    }
+                    // In order, what finished behind the oldest waits for the next call.
+                    None if ordered => break,
+                    None => {}
+                }
+            }
+            let ready = if ordered { sent.front().is_some_and(|s| s.result.is_some()) } else { any };
+            ready.then_some(())
+        });
+        // Back-pressure as `map` feels it: its window is full until a result is in.
+        shared.submit_waited_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs again, once, each item whose worker died holding it (with `retry` on).
+    fn retry_deaths(&mut self) {
+        if !self.retry {
+            return;
+        }
+        for s in self.sent.iter_mut() {
+            let died = matches!(&s.result, Some(Err(ItemError::Stage { failure, .. }))
+                if failure.worker_died.is_some() && failure.timed_out.is_none());
+            if !died {
+                continue;
+            }
+            let Some(bytes) = s.retry.take() else { continue }; // run again once only
+            s.result = None; // drops the failed output: its frame is free for the rerun
+            match self.pipeline.resubmit(&bytes) {
+                Ok(ticket) => s.ticket = ticket,
+                Err(e) => s.result = Some(Err(ItemError::Submit(e))),
+            }
+        }
+    }
+}
+
+impl<I, T> Iterator for Map<'_, I, T>
+where
+    I: Iterator,
+    I::Item: AsRef<[T]>,
+    T: Pod,
+{
+    type Item = Result<Output, ItemError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.pop_ready() {
+                return Some(r);
+            }
+            let window = self.pipeline.max_in_flight();
+            if !self.exhausted && self.sent.len() <= window / 2 {
+                self.fill();
+            }
+            if self.sent.is_empty() {
+                if let Some(e) = self.error.take() {
+                    return Some(Err(ItemError::Submit(e)));
+                }
+                if self.exhausted {
+                    return None;
+                }
+                // Nothing of ours is in flight and no frame was free: frames are held
+                // by results still alive (ours, or another submitter's).
+                if self.pipeline.shared.book.lock().is_saturated() {
+                    // Terminal: waiting would deadlock, and yielding it again forever
+                    // would make `collect()` grow without end.
+                    self.exhausted = true;
+                    return Some(Err(ItemError::Saturated));
+                }
+                self.pipeline.wait_for_space();
+                continue;
+            }
+            self.collect();
+            self.retry_deaths();
+        }
+    }
+}
+
+impl<I, T> Drop for Map<'_, I, T> {
+    fn drop(&mut self) {
+        let pending: Vec<u32> = self.sent.iter().filter(|s| s.result.is_none()).map(|s| s.ticket).collect();
+        self.sent.clear(); // results taken and not yielded give their frames back here
+        if pending.is_empty() {
+            return;
+        }
+        let shared = &self.pipeline.shared;
+        let mut book = shared.book.lock();
+        for ticket in pending {
+            book.abandon(ticket);
+        }
+        shared.done.notify_all();
+    }
+}

@@ -1,0 +1,210 @@
+//! Putting items in: frames reserved and filled in place, copies of byte slices, and
+//! batches (one lock of the book and one ring publish per batch).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytemuck::Pod;
+
+use super::handles::NewFrame;
+use super::{Pipeline, SubmitError, Ticket, TrySubmitError};
+use crate::frame::OwnedSlot;
+use crate::memory::{Segment, SlotHeader};
+
+impl Pipeline {
+    fn reserve(&self, len: usize, block: bool) -> Result<Option<NewFrame>, SubmitError> {
+        let capacity = self.frame_capacity();
+        if len > capacity {
+            return Err(SubmitError::TooLarge { requested: len, capacity });
+        }
+        loop {
+            {
+                let mut book = self.shared.book.lock();
+                self.shared.check_open(&book)?;
+                if let Some((slot, ticket, generation)) = book.reserve() {
+                    return Ok(Some(NewFrame {
+                        shared: self.shared.clone(),
+                        slot: Some(slot),
+                        ticket,
+                        generation,
+                        len,
+                    }));
+                }
+            }
+            if !block {
+                return Ok(None);
+            }
+            self.wait_for_space();
+        }
+    }
+
+    /// Blocks (collecting results meanwhile) until a frame is free or submitting
+    /// cannot succeed.
+    pub(super) fn wait_for_space(&self) {
+        let closed = &self.shared.closed;
+        let started = Instant::now();
+        self.shared.wait_until(None, |book| {
+            (!book.free_tickets.is_empty() || book.failure.is_some() || closed.load(Ordering::Acquire))
+                .then_some(())
+        });
+        let waited = started.elapsed().as_nanos() as u64;
+        self.shared.submit_waited_ns.fetch_add(waited, Ordering::Relaxed);
+    }
+
+    /// Reserves a frame of `len` bytes to fill in place, blocking while
+    /// `max_in_flight` items are in flight.
+    pub fn alloc(&self, len: usize) -> Result<NewFrame, SubmitError> {
+        Ok(self.reserve(len, true)?.expect("blocking reserve returns a frame"))
+    }
+
+    /// Reserves a frame without blocking; `Ok(None)` when `max_in_flight` are in flight.
+    pub fn try_alloc(&self, len: usize) -> Result<Option<NewFrame>, SubmitError> {
+        self.reserve(len, false)
+    }
+
+    /// Copies `data` into a frame (the one copy) and submits it, blocking while
+    /// `max_in_flight` items are in flight.
+    pub fn submit(&self, data: &[u8]) -> Result<Ticket, SubmitError> {
+        let mut frame = self.alloc(data.len())?;
+        frame.copy_from_slice(data);
+        frame.submit()
+    }
+
+    /// Like [`submit`](Self::submit) but never blocks: a full pipeline gives `data` back.
+    pub fn try_submit<T: AsRef<[u8]>>(&self, data: T) -> Result<Ticket, TrySubmitError<T>> {
+        let mut frame = match self.reserve(data.as_ref().len(), false) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(TrySubmitError::Full(data)),
+            Err(e) => return Err(TrySubmitError::Failed(e, data)),
+        };
+        frame.copy_from_slice(data.as_ref());
+        frame.submit().map_err(|e| TrySubmitError::Failed(e, data))
+    }
+
+    /// Submits many items with one lock and one ring publish per batch; their results
+    /// come from [`completions`](Self::completions), in completion order. Blocks while
+    /// `max_in_flight` items are in flight (so consume completions on another
+    /// thread, or use [`map`](Self::map), which does both). Returns how many were
+    /// submitted.
+    pub fn submit_batch<I>(&self, items: I) -> Result<usize, SubmitError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let mut items = items.into_iter().peekable();
+        let mut scratch = Scratch::default();
+        let mut count = 0;
+        // Peeked: waiting for a frame with nothing left to submit would wait for
+        // results nobody takes until this call returns.
+        while items.peek().is_some() {
+            if self.shared.book.lock().free_tickets.is_empty() {
+                self.wait_for_space();
+            }
+            let mut too_large = None;
+            let reject = |requested, capacity| {
+                too_large = Some(SubmitError::TooLarge { requested, capacity });
+                false
+            };
+            let batch = self.launch_batch(&mut items, 256, true, &mut scratch, |_, _| count += 1, reject)?;
+            if let Some(e) = too_large {
+                return Err(e);
+            }
+            if let Some(Stop::Exhausted) = batch {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The one batch submission under `submit_batch` and [`Map`](crate::Map): reserves
+    /// up to `limit` free frames under one lock of the book, fills one per input,
+    /// gives the frames left over back and launches the filled ones with one ring
+    /// publish. `sent(ticket, bytes)` learns each item launched; an input larger than
+    /// a frame goes to `reject(requested, capacity)`, which says whether to go on with
+    /// the next input. `Ok(None)`: the inputs go on; `Some(Stop::Exhausted)`: they ran
+    /// out or a rejection stopped them.
+    pub(super) fn launch_batch<I, T>(
+        &self,
+        inputs: &mut I,
+        limit: usize,
+        detached: bool,
+        scratch: &mut Scratch,
+        mut sent: impl FnMut(u32, &[u8]),
+        mut reject: impl FnMut(usize, usize) -> bool,
+    ) -> Result<Option<Stop>, SubmitError>
+    where
+        I: Iterator,
+        I::Item: AsRef<[T]>,
+        T: Pod,
+    {
+        let shared = &self.shared;
+        let Scratch { reserved, launch, unused } = scratch;
+        {
+            let mut book = shared.book.lock();
+            shared.check_open(&book)?;
+            reserved.extend(std::iter::from_fn(|| book.reserve()).take(limit));
+        }
+        let capacity = shared.seg.layout().slot_capacity();
+        let mut stop = None;
+        'slots: for (mut slot, ticket, generation) in reserved.drain(..) {
+            while stop.is_none() {
+                let Some(data) = inputs.next() else {
+                    stop = Some(Stop::Exhausted);
+                    break;
+                };
+                let bytes: &[u8] = bytemuck::cast_slice(data.as_ref());
+                if bytes.len() > capacity {
+                    if !reject(bytes.len(), capacity) {
+                        stop = Some(Stop::Exhausted);
+                    }
+                    continue;
+                }
+                fill(&shared.seg, &mut slot, ticket, generation, bytes);
+                sent(ticket, bytes);
+                launch.push((slot, ticket, detached));
+                continue 'slots;
+            }
+            unused.push((slot, ticket));
+        }
+        let mut book = shared.book.lock();
+        for (slot, ticket) in unused.drain(..) {
+            book.release(slot, ticket);
+        }
+        if !launch.is_empty() {
+            shared.launch(launch.drain(..), &mut book);
+        }
+        drop(book);
+        if stop.is_some() {
+            shared.done.notify_all(); // frames went back
+        }
+        Ok(stop)
+    }
+
+    /// Submits `bytes` again as a new item (a map's retry), blocking for a frame;
+    /// returns its ticket.
+    pub(super) fn resubmit(&self, bytes: &[u8]) -> Result<u32, SubmitError> {
+        let mut frame = self.alloc(bytes.len())?;
+        frame.copy_from_slice(bytes);
+        frame.launch_raw()
+    }
+}
+
+fn fill(seg: &Segment, slot: &mut OwnedSlot, ticket: u32, generation: u32, data: &[u8]) {
+    slot.payload_mut(seg)[..data.len()].copy_from_slice(data);
+    let header = SlotHeader { len: data.len() as u32, ticket, generation, ..bytemuck::Zeroable::zeroed() };
+    slot.set_header(seg, &header);
+}
+
+/// Why a batch stopped taking inputs.
+pub(super) enum Stop {
+    /// The inputs ran out, or a rejected input stopped them.
+    Exhausted,
+}
+
+/// Buffers `launch_batch` reuses, so streaming allocates nothing per batch.
+#[derive(Default)]
+pub(super) struct Scratch {
+    reserved: Vec<(OwnedSlot, u32, u32)>,
+    launch: Vec<(OwnedSlot, u32, bool)>,
+    unused: Vec<(OwnedSlot, u32)>,
+}
