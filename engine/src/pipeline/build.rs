@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::collector;
-use super::shared::{Book, Entry, Shared, StageInfo, Submissions};
+use super::shared::{Book, Collector, Entry, Shared, StageInfo, Submissions};
 use super::spec::Placement;
 use super::supervisor::Supervisor;
 use super::wiring::{RunnerId, Wiring};
@@ -242,7 +242,7 @@ impl Builder {
             book: Mutex::new(book),
             done: Condvar::new(),
             input: Mutex::new(Submissions { rings: submissions, next_seq: 0 }),
-            output: Mutex::new(collector::Collector::new(results)),
+            output: Mutex::new(Collector::new(results)),
             async_waiting: Condvar::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

@@ -1,34 +1,22 @@
-//! Taking finished items off the last ring: validate each descriptor and header,
-//! run the completion callbacks, and resolve tickets, one book lock per batch.
+//! Whoever waits collects: taking finished items off the last ring (validate each
+//! descriptor and header, run the completion callbacks, resolve tickets, one book
+//! lock per batch), and the waiting protocol around it.
 //!
 //! Any thread that waits for results collects ([`Shared::wait_until`]); the async
 //! driver thread ([`drive_async`]) does it only while futures are waiting and no
-//! caller is.
+//! caller is. `shared.rs` holds the state; this file is the only one that drains
+//! the last ring.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::error::EngineFailure;
-use super::shared::{Forged, Shared};
+use super::shared::{Book, Collector, Forged, Shared};
 use super::spec::{StageEvent, StageOutcome};
 use crate::frame::{has_run, OwnedSlot, STATUS_FAILED};
-use crate::memory::SlotHeader;
-use crate::route::Gather;
-
-const BATCH: usize = 256;
-
-/// The parent's end of the last stage's rings (one per replica), with the buffer it
-/// drains into (kept, so that draining allocates nothing).
-pub(crate) struct Collector {
-    pub ring: Gather,
-    batch: Vec<(OwnedSlot, SlotHeader)>,
-}
-
-impl Collector {
-    pub(crate) fn new(ring: Gather) -> Self {
-        Self { ring, batch: Vec::with_capacity(BATCH) }
-    }
-}
+use crate::memory::{SlotHeader, STATE_BROKEN, STATE_RUNNING};
+use crate::worker::runner::PARK_TIMEOUT;
 
 /// Drains what is in the output ring now; returns how many items it resolved.
 /// A corrupt descriptor or header breaks the pipeline (typed failure, no panic).
@@ -36,7 +24,7 @@ pub(crate) fn drain(shared: &Shared, collector: &mut Collector) -> usize {
     let mut total = 0;
     let Collector { ring: output, batch } = collector;
     loop {
-        while batch.len() < BATCH {
+        while batch.len() < Collector::BATCH {
             let desc = match output.try_pop(&shared.seg) {
                 Ok(Some(desc)) => desc,
                 Ok(None) => break,
@@ -127,5 +115,78 @@ pub(crate) fn drive_async(shared: Arc<Shared>) {
             (book.wakers == 0 || book.failure.is_some() || shared.stopping.load(Ordering::Acquire))
                 .then_some(())
         });
+    }
+}
+
+impl Shared {
+    /// Collects finished items now, without blocking, unless another thread is.
+    pub fn collect_now(&self) {
+        if let Some(mut out) = self.output.try_lock() {
+            drain(self, &mut out);
+        }
+    }
+
+    /// Blocks until `check` finds what it waits for in the book (`Some`), or until
+    /// `deadline` (`None`).
+    ///
+    /// The waiting thread does the collecting itself: if nobody else holds the output
+    /// ring, it takes it, drains finished items into the book (running callbacks),
+    /// and parks on the ring's futex when it is empty, so a result reaches its waiter
+    /// with no thread in between. Other waiters sleep on `done` and take over the
+    /// ring when its holder leaves.
+    pub fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut Book) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let in_flight = {
+                let mut book = self.book.lock();
+                if let Some(t) = check(&mut book) {
+                    return Some(t);
+                }
+                book.in_flight
+            };
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return None,
+                },
+                None => None,
+            };
+            let park = left.map_or(PARK_TIMEOUT, |l| l.min(PARK_TIMEOUT));
+            // With nothing in flight, only another thread (releasing a frame,
+            // submitting) can change the book: sleep on `done` instead of the ring.
+            let collecting = if in_flight > 0 { self.output.try_lock() } else { None };
+            if let Some(mut out) = collecting {
+                let drained = drain(self, &mut out);
+                if drained == 0 && self.book.lock().failure.is_none() {
+                    let control = self.seg.control();
+                    if control.state() == STATE_BROKEN {
+                        self.fail(EngineFailure::Corrupt("a stage stopped the pipeline".into()));
+                    } else if control.state() == STATE_RUNNING {
+                        out.ring.wait(&self.seg, || control.state() != STATE_RUNNING, Some(park));
+                    } else if !matches!(out.ring.ready(&self.seg), Ok(true)) {
+                        // Shut down and drained: nothing more will come.
+                        drop(out);
+                        return check(&mut self.book.lock());
+                    }
+                }
+                drop(out);
+                // Hand the ring over: a waiter that saw it taken may be asleep on `done`.
+                let _book = self.book.lock();
+                self.done.notify_all();
+            } else {
+                let mut book = self.book.lock();
+                if let Some(t) = check(&mut book) {
+                    return Some(t);
+                }
+                // Re-checked under the book lock: a holder that leaves takes the book
+                // lock before notifying, so this wait cannot miss its hand-over.
+                if book.in_flight == 0 || self.output.is_locked() {
+                    let _ = self.done.wait_for(&mut book, park);
+                }
+            }
+        }
     }
 }

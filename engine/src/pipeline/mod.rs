@@ -160,7 +160,11 @@ impl Pipeline {
         self.shared.book.lock().free_slots.len()
     }
 
-    /// How many worker processes were replaced after they died.
+    /// How many worker processes were replaced after they died. A death is counted
+    /// when the supervisor notices it (at once: the worker's status pipe hangs up),
+    /// before the item it held fails and before its replacement starts: a caller that
+    /// saw either finds it counted. A worker killed while idle is counted a moment
+    /// after its death.
     pub fn restarts(&self) -> usize {
         self.shared.restarts.load(Ordering::Relaxed)
     }

@@ -20,20 +20,34 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::collector;
 use super::error::{EngineFailure, SubmitError};
 use super::spec::OnComplete;
 use crate::frame::OwnedSlot;
-use crate::memory::{Segment, SlotHeader, STATE_BROKEN, STATE_RUNNING};
+use crate::memory::{Segment, SlotHeader, STATE_BROKEN};
 use crate::pair::PairRef;
-use crate::route::Scatter;
-use crate::worker::runner::PARK_TIMEOUT;
+use crate::route::{Gather, Scatter};
 
 /// The parent's end of the rings into the first stage (one per replica).
 pub(crate) struct Submissions {
     pub rings: Scatter,
     /// The sequence number the next item gets.
     pub next_seq: u64,
+}
+
+/// The parent's end of the last stage's rings (one per replica), with the buffer
+/// `collector.rs` drains it into (kept, so that draining allocates nothing).
+pub(crate) struct Collector {
+    pub ring: Gather,
+    pub batch: Vec<(OwnedSlot, SlotHeader)>,
+}
+
+impl Collector {
+    /// Most items drained under one lock of the book.
+    pub const BATCH: usize = 256;
+
+    pub fn new(ring: Gather) -> Self {
+        Self { ring, batch: Vec::with_capacity(Self::BATCH) }
+    }
 }
 
 /// What a ticket's item is doing (the transitions are `Book`'s methods).
@@ -283,7 +297,7 @@ pub(crate) struct Shared {
     pub input: Mutex<Submissions>,
     /// The consumer end of the last ring. Whoever waits for results takes it and
     /// drains it (see [`Shared::wait_until`]); no extra thread sits in the path.
-    pub output: Mutex<collector::Collector>,
+    pub output: Mutex<Collector>,
     /// Signalled when futures start waiting, for the async driver thread.
     pub async_waiting: Condvar,
     /// No more submissions.
@@ -351,77 +365,6 @@ impl Shared {
         }
         self.nudge_all();
         self.done.notify_all();
-    }
-
-    /// Collects finished items now, without blocking, unless another thread is.
-    pub fn collect_now(&self) {
-        if let Some(mut out) = self.output.try_lock() {
-            collector::drain(self, &mut out);
-        }
-    }
-
-    /// Blocks until `check` finds what it waits for in the book (`Some`), or until
-    /// `deadline` (`None`).
-    ///
-    /// The waiting thread does the collecting itself: if nobody else holds the output
-    /// ring, it takes it, drains finished items into the book (running callbacks),
-    /// and parks on the ring's futex when it is empty, so a result reaches its waiter
-    /// with no thread in between. Other waiters sleep on `done` and take over the
-    /// ring when its holder leaves.
-    pub fn wait_until<T>(
-        &self,
-        deadline: Option<Instant>,
-        mut check: impl FnMut(&mut Book) -> Option<T>,
-    ) -> Option<T> {
-        loop {
-            let in_flight = {
-                let mut book = self.book.lock();
-                if let Some(t) = check(&mut book) {
-                    return Some(t);
-                }
-                book.in_flight
-            };
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return None,
-                },
-                None => None,
-            };
-            let park = left.map_or(PARK_TIMEOUT, |l| l.min(PARK_TIMEOUT));
-            // With nothing in flight, only another thread (releasing a frame,
-            // submitting) can change the book: sleep on `done` instead of the ring.
-            let collecting = if in_flight > 0 { self.output.try_lock() } else { None };
-            if let Some(mut out) = collecting {
-                let drained = collector::drain(self, &mut out);
-                if drained == 0 && self.book.lock().failure.is_none() {
-                    let control = self.seg.control();
-                    if control.state() == STATE_BROKEN {
-                        self.fail(EngineFailure::Corrupt("a stage stopped the pipeline".into()));
-                    } else if control.state() == STATE_RUNNING {
-                        out.ring.wait(&self.seg, || control.state() != STATE_RUNNING, Some(park));
-                    } else if !matches!(out.ring.ready(&self.seg), Ok(true)) {
-                        // Shut down and drained: nothing more will come.
-                        drop(out);
-                        return check(&mut self.book.lock());
-                    }
-                }
-                drop(out);
-                // Hand the ring over: a waiter that saw it taken may be asleep on `done`.
-                let _book = self.book.lock();
-                self.done.notify_all();
-            } else {
-                let mut book = self.book.lock();
-                if let Some(t) = check(&mut book) {
-                    return Some(t);
-                }
-                // Re-checked under the book lock: a holder that leaves takes the book
-                // lock before notifying, so this wait cannot miss its hand-over.
-                if book.in_flight == 0 || self.output.is_locked() {
-                    let _ = self.done.wait_for(&mut book, park);
-                }
-            }
-        }
     }
 
     /// Wakes every ring's consumer so it re-reads the pipeline state.

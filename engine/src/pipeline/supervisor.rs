@@ -127,6 +127,11 @@ fn replace(
     let name = shared.stages[stage].name.clone();
     let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
     let death = super::restart::Death { record: record as u32, pid, status: &status, timed_out };
+    // Counted before the item it held is settled and before its replacement exists,
+    // so no caller sees that item fail, or an item pass through the replacement,
+    // before the count includes it. A replacement that fails to start breaks the
+    // pipeline.
+    shared.restarts.fetch_add(1, Ordering::Relaxed);
     super::restart::settle(&shared.seg, record, &death).map_err(EngineFailure::Corrupt)?;
     workers[w].lifeline = None;
     let mut next =
@@ -135,7 +140,6 @@ fn replace(
         .map_err(|e| died(format!("{status}; its replacement did not start: {e:?}")))?;
     let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);
     workers.push(next);
-    shared.restarts.fetch_add(1, Ordering::Relaxed);
     Ok((workers.len() - 1, status_pipe))
 }
 
