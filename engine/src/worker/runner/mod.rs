@@ -1,8 +1,15 @@
 //! The loop a stage runs, identical on a parent thread and in a worker process.
+//!
+//! The main loop is here; what a runner writes to its journal for a replacement is
+//! in `journal.rs`, and the producer's and consumer's sides of a pair in
+//! `halves.rs`.
+
+mod halves;
+mod journal;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::meter::{Meter, Waited};
 use crate::frame::{mark_ran, Frame, OwnedSlot, RanBy, STATUS_FAILED};
@@ -10,13 +17,10 @@ use crate::memory::{
     LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
 };
 use crate::memory::{FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT};
-use crate::pair::{
-    PairRef, OUTCOME_FAILED, OUTCOME_FAILED_AFTER_CLOSE, OUTCOME_OK, PAIRED, PRODUCED, STARTED,
-};
+use crate::pair::{PairRef, PAIRED};
 use crate::ring::PushError;
 use crate::route::{Gather, Scatter};
 use crate::stage::{BoxError, Stage};
-use crate::sync::Ordering;
 
 /// Publish at least this often while draining a burst, so downstream starts early.
 const PUBLISH_EVERY: u32 = 16;
@@ -48,23 +52,12 @@ pub(crate) struct StageRunner {
     /// Give an item's input place back only once it is pushed on (a replica).
     hold: bool,
     /// Keep the journal (a runner a replacement can take over after its process dies).
-    journal: Option<Wiring>,
+    journal: Option<journal::Wiring>,
     meter: Meter,
     /// Who this runner is, as items record it.
     me: RanBy,
     /// The current item's bytes in and out, as the handler that ran saw them.
     bytes: (u64, u64),
-}
-
-/// A journaling runner's record index and ring numbering.
-#[derive(Clone, Copy)]
-struct Wiring {
-    record: usize,
-    input_ring: u32,
-    input_stride: u32,
-    output_ring: u32,
-    /// It reorders its input (its gather marks the slots it holds).
-    ordered: bool,
 }
 
 /// What a stage is in a producer/consumer pair.
@@ -141,7 +134,7 @@ impl StageRunner {
             n => n.min(PUBLISH_EVERY),
         };
         let index = record.stage as usize;
-        let journal = Some(Wiring {
+        let journal = Some(journal::Wiring {
             record: record_index,
             input_ring: record.input_ring,
             input_stride: record.input_stride,
@@ -176,19 +169,9 @@ impl StageRunner {
 
     /// Serves items until shutdown or breakage.
     pub(crate) fn run(mut self) -> RunEnd {
-        if let Some(w) = self.journal.filter(|w| w.ordered) {
-            self.input.journal_to(&self.seg, w.record);
-        }
-        if let Role::Consumer { pair, .. } = &self.role {
-            // Our predecessor died holding an item (the parent failed it): let the
-            // producer finish that item's hand-off before we take the next.
-            let seg = self.seg.clone();
-            if pair.header().take_abandoned() {
-                if pair.header().wait_produced(|| Self::broken(&seg)).is_none() {
-                    return RunEnd::Broken;
-                }
-                pair.header().release();
-            }
+        self.journal_gather();
+        if let Err(end) = self.resume_pair() {
+            return end;
         }
         loop {
             let mut unpublished = 0;
@@ -207,15 +190,7 @@ impl StageRunner {
                     Ok(slot) => slot,
                     Err(bad) => return self.corrupt(format!("ring descriptor {} names no slot", bad.0)),
                 };
-                if let Some(w) = self.journal {
-                    let (k, at) = self.input.last_taken();
-                    let ring = (w.input_ring + k as u32 * w.input_stride) as usize;
-                    self.seg.journal(w.record).took(slot.index(), self.spare.index(), ring, at);
-                    if w.ordered {
-                        // Release: journaled as taken before it stops being marked held.
-                        self.seg.holder(slot.index() as usize).store(0, Ordering::Release);
-                    }
-                }
+                self.journal_took(&slot);
                 if !self.hold {
                     self.input.release();
                 }
@@ -241,15 +216,9 @@ impl StageRunner {
                     Handled::Done(slot) => (slot, 0),
                     Handled::Paired(slot) => (slot, PAIRED),
                 };
-                if let Some(w) = self.journal {
-                    self.seg.journal(w.record).holds(slot.index(), self.spare.index());
-                }
+                self.journal_holds(&slot);
                 match self.output.push(slot.into_descriptor() | tag) {
-                    Ok((k, at)) => {
-                        if let Some(w) = self.journal {
-                            self.seg.journal(w.record).pushed(k, (w.output_ring + k as u32) as usize, at);
-                        }
-                    }
+                    Ok((k, at)) => self.journal_pushed(k, at),
                     // Rings hold every slot, so full means someone forged descriptors.
                     Err(PushError::Full(_)) => return self.corrupt("output ring overfull".into()),
                     Err(PushError::Corrupt(e)) => return self.corrupt(e.to_string()),
@@ -274,9 +243,7 @@ impl StageRunner {
                     self.meter.store_counts(&self.seg);
                     self.output.publish();
                     unpublished = 0;
-                    if let Some(w) = self.journal {
-                        self.seg.journal(w.record).done(self.spare.index());
-                    }
+                    self.journal_done();
                 }
             }
             self.meter.pause(&self.seg);
@@ -362,174 +329,6 @@ impl StageRunner {
             }
         }
         slot
-    }
-
-    /// Producer: decides whether the pair takes the item and, if so, copies it into
-    /// the partner slot and starts the stream.
-    fn begin_pair(&mut self, mut slot: OwnedSlot) -> Result<Handled, RunEnd> {
-        let Some(mut header) = self.admit(&mut slot) else { return Ok(Handled::Done(slot)) };
-        let Role::Producer { pair, partner, .. } = &mut self.role else { unreachable!("producer role") };
-        // The consumer may still read our previous frame (in `partner` or `spare`,
-        // which the determiner below may overwrite): wait until it let go.
-        let seg = &*self.seg;
-        let started = Instant::now();
-        if !pair.header().wait_idle(|| Self::broken(seg)) {
-            return Err(RunEnd::Broken);
-        }
-        self.meter.waited(Waited::Blocked, started.elapsed());
-        let stage = &mut self.stage;
-        let mut frame = Frame::new(seg, &mut slot, &mut self.spare, header.len as usize);
-        let wanted = catch_unwind(AssertUnwindSafe(|| stage.wants(&mut frame)));
-        header.len = frame.len() as u32;
-        self.bytes.1 = u64::from(header.len);
-        match wanted {
-            Ok(true) => {}
-            Ok(false) => {
-                slot.set_header(seg, &header);
-                return Ok(Handled::Done(slot));
-            }
-            Err(panic) => {
-                mark_ran(&mut header, self.index, self.me);
-                let msg = format!("stage panicked: {}", panic_message(&*panic));
-                record_failure(seg, &mut slot, &mut header, self.index, &msg);
-                return Ok(Handled::Done(slot));
-            }
-        }
-        slot.set_header(seg, &header);
-        let len = header.len as usize;
-        partner.payload_mut(seg)[..len].copy_from_slice(&slot.payload(seg)[..len]);
-        partner.set_header(seg, &header);
-        if !pair.header().start(slot.index(), || Self::broken(seg)) {
-            return Err(RunEnd::Broken);
-        }
-        Ok(Handled::Paired(slot))
-    }
-
-    /// Producer, after the item went to the consumer: runs `produce` on the partner
-    /// frame, ends the stream, and hands the frame and the outcome to the consumer.
-    fn produce(&mut self) {
-        let Role::Producer { pair, partner, home } = &mut self.role else { unreachable!("producer role") };
-        let seg = &*self.seg;
-        let mut writer = pair.writer();
-        let mut header = partner.header(seg);
-        let stage = &mut self.stage;
-        let mut frame = Frame::new(seg, partner, &mut self.spare, header.len as usize);
-        let outcome = catch_unwind(AssertUnwindSafe(|| stage.produce(&mut frame, &mut writer)));
-        header.len = frame.len() as u32;
-        if partner.index() != *home {
-            // `produce` replaced its frame, which swapped the partner and the spare.
-            // The consumer looks for our frame in the partner slot of our record, and
-            // after a death the parent knows our slots only as that partner and the
-            // spare in our journal: copy the frame home (rare: only `replace` does it).
-            std::mem::swap(partner, &mut self.spare);
-            let len = header.len as usize;
-            partner.payload_mut(seg)[..len].copy_from_slice(&self.spare.payload(seg)[..len]);
-        }
-        mark_ran(&mut header, self.index, self.me);
-        let error = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(panic) => Some(format!("stage panicked: {}", panic_message(&*panic))),
-        };
-        let result = match error {
-            None => {
-                let _ = writer.finish(); // Err only if `produce` finished (or failed) it itself
-                OUTCOME_OK
-            }
-            Some(msg) => {
-                // Looked at before our failure is published: a reader closed now closed
-                // for its own reasons.
-                let closed_first = writer.is_closed();
-                writer.fail();
-                record_failure(seg, partner, &mut header, self.index, &msg);
-                if closed_first {
-                    OUTCOME_FAILED_AFTER_CLOSE
-                } else {
-                    OUTCOME_FAILED
-                }
-            }
-        };
-        partner.set_header(seg, &header);
-        let (streamed, waited) = writer.progress();
-        drop(writer);
-        self.bytes.1 += streamed;
-        self.meter.waited(Waited::Blocked, waited);
-        self.meter.item(seg, self.bytes.0, self.bytes.1);
-        self.meter.store_counts(seg); // before the consumer, and so the parent, can see the item
-        pair.header().produced(partner.index(), result);
-    }
-
-    /// Consumer: runs `consume` on the item alongside the producer, waits for the
-    /// producer, then merges its results or records which half failed.
-    fn consume(&mut self, mut slot: OwnedSlot) -> Result<OwnedSlot, RunEnd> {
-        let Role::Consumer { pair, producer_frame } = &self.role else { unreachable!("consumer role") };
-        let (pair, producer_frame) = (pair.clone(), *producer_frame);
-        let state = pair.header().state();
-        if state != STARTED && state != PRODUCED {
-            return Err(self.corrupt(format!("paired item arrived with the pair in state {state}")));
-        }
-        let seg = self.seg.clone();
-        let mut header = slot.header(&seg);
-        let capacity = seg.layout().slot_capacity();
-        self.bytes.0 = u64::from(header.len).min(capacity as u64);
-        let mut reader = pair.reader();
-        let consumed: Result<(), String> = if header.len as usize > capacity {
-            Err(format!("corrupt frame: length {} exceeds capacity {capacity}", header.len))
-        } else {
-            let stage = &mut self.stage;
-            let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
-            let outcome = catch_unwind(AssertUnwindSafe(|| stage.consume(&mut frame, &mut reader)));
-            header.len = frame.len() as u32;
-            flatten(outcome)
-        };
-        let (streamed, waited) = reader.progress();
-        drop(reader); // closes the stream: a producer still writing gets an error now
-        self.bytes.0 += streamed;
-        let started = Instant::now();
-        let Some((producer_slot, outcome)) = pair.header().wait_produced(|| Self::broken(&seg)) else {
-            return Err(RunEnd::Broken);
-        };
-        self.meter.waited(Waited::Starved, waited + started.elapsed());
-        if producer_slot != producer_frame || producer_slot == slot.index() {
-            return Err(self.corrupt(format!("pair names slot {producer_slot} as the producer's frame")));
-        }
-        // SAFETY: the producer published PRODUCED with its partner slot: it let go of
-        // that frame, and the hand-off gives it to this consumer until it merges.
-        let theirs = unsafe { OwnedSlot::assigned(&seg, producer_slot) }
-            .expect("checked against the producer's record");
-        let their_header = theirs.header(&seg);
-        if their_header.len as usize > capacity {
-            return Err(self.corrupt(format!("producer frame length {} exceeds capacity", their_header.len)));
-        }
-        for (mine, its) in header.ran.iter_mut().zip(their_header.ran) {
-            *mine |= its;
-        }
-        mark_ran(&mut header, self.index, self.me);
-        let producer_failed = their_header.status == STATUS_FAILED;
-        if producer_failed {
-            // The parent failed it for a dead or timed-out producer: say so on the item.
-            header.died_pid = their_header.died_pid;
-            header.timeout_ms = their_header.timeout_ms;
-        }
-        let failure = match consumed {
-            Err(msg) if !producer_failed || outcome == OUTCOME_FAILED_AFTER_CLOSE => Some((self.index, msg)),
-            _ if producer_failed => Some((self.index - 1, theirs.error_text(&seg, their_header.error_len))),
-            _ => {
-                let stage = &mut self.stage;
-                let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
-                let producer = &theirs.payload(&seg)[..their_header.len as usize];
-                let outcome = catch_unwind(AssertUnwindSafe(|| stage.merge_producer(&mut frame, producer)));
-                header.len = frame.len() as u32;
-                flatten(outcome).err().map(|msg| (self.index, msg))
-            }
-        };
-        match failure {
-            Some((stage, msg)) => self.fail(&mut slot, &mut header, stage, &msg),
-            None => slot.set_header(&seg, &header),
-        }
-        self.bytes.1 = u64::from(header.len);
-        pair.header().release();
-        Ok(slot)
     }
 
     fn fail(&self, slot: &mut OwnedSlot, header: &mut SlotHeader, stage: usize, msg: &str) {
