@@ -94,9 +94,9 @@ fn backup_hot_path(c: &mut Criterion) {
         .build()
         .unwrap();
     let three = Pipeline::builder()
-        .stage(StageSpec::process(hash::CHUNK_ID))
-        .stage(StageSpec::process(compress::ZSTD).params(zstd.clone()).replicas(2))
-        .stage(StageSpec::process(crypt::SEAL).params(seal.clone()))
+        .stage(StageSpec::process::<hash::ChunkId>(()))
+        .stage(StageSpec::process::<Zstd>(3).replicas(2))
+        .stage(StageSpec::process_named(crypt::SEAL).params(seal.clone()))
         .frame_capacity(META_LEN + Zstd::max_output(CHUNK) + TAG_LEN)
         .max_in_flight(16)
         .build()

@@ -20,9 +20,9 @@ use std::time::Duration;
 use bytemuck::{Pod, Zeroable};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, Pipeline, StageSpec};
 
-register_stage!(NOOP, "bench.noop", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
+register_stage!("bench.noop", |_: &[u8]| Ok(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -31,18 +31,16 @@ struct Flip {
     num: u32,
 }
 
-register_stage!(FLIP, "bench.flip", |_: &[u8]| {
-    Ok::<_, BoxError>(
-        stage_fn(|f: &mut Frame<'_>| {
-            f.header_mut::<Flip>()?.num += 1;
-            Ok(())
-        })
-        .with_determiner(|f: &mut Frame<'_>| {
-            let Ok(item) = f.header_mut::<Flip>() else { return false };
-            item.is_ok ^= 1;
-            item.is_ok == 0
-        }),
-    )
+register_stage!("bench.flip", |_: &[u8]| {
+    Ok(stage_fn(|f: &mut Frame<'_>| {
+        f.header_mut::<Flip>()?.num += 1;
+        Ok(())
+    })
+    .with_determiner(|f: &mut Frame<'_>| {
+        let Ok(item) = f.header_mut::<Flip>() else { return false };
+        item.is_ok ^= 1;
+        item.is_ok == 0
+    }))
 });
 
 const IPC_ECHO: &str = "RINGPIPE_BENCH_IPC_ECHO";
@@ -79,8 +77,8 @@ fn hop(c: &mut Criterion, group: &str, size: usize, n: usize) {
     let capacity = size.max(64);
 
     for (id, spec) in [
-        ("ringpipe_process", StageSpec::process("bench.noop")),
-        ("ringpipe_thread", StageSpec::thread("bench.noop")),
+        ("ringpipe_process", StageSpec::process_named("bench.noop")),
+        ("ringpipe_thread", StageSpec::thread_named("bench.noop")),
     ] {
         let p =
             Pipeline::builder().stage(spec).max_in_flight(WINDOW).frame_capacity(capacity).build().unwrap();
@@ -164,7 +162,8 @@ fn pingpong(c: &mut Criterion) {
     let mut g = c.benchmark_group("pingpong");
     g.throughput(Throughput::Elements(1));
     let item = [7u8; 64];
-    let p = Pipeline::builder().stage(StageSpec::process("bench.noop")).max_in_flight(4).build().unwrap();
+    let p =
+        Pipeline::builder().stage(StageSpec::process_named("bench.noop")).max_in_flight(4).build().unwrap();
     g.bench_function(BenchmarkId::from_parameter("ringpipe_process"), |b| {
         b.iter(|| p.submit(&item).unwrap().wait().unwrap()[63])
     });
@@ -196,7 +195,7 @@ fn stages_100(c: &mut Criterion) {
     let item = Flip { is_ok: 1, num: 0 };
     for (id, stages) in [("stages_100", 100usize), ("stages_1", 1)] {
         let p = Pipeline::builder()
-            .stages((0..stages).map(|_| StageSpec::process("bench.flip")))
+            .stages((0..stages).map(|_| StageSpec::process_named("bench.flip")))
             .max_in_flight(15)
             .build()
             .unwrap();

@@ -33,9 +33,9 @@ const FRAMES: usize = 16;
 const FRAME: usize = 1 << 20;
 const IPC_WORKER: &str = "RINGPIPE_BENCH_IPC_WORKER";
 
-register_stage!(NOOP, "bench.pool.noop", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
+register_stage!("bench.pool.noop", |_: &[u8]| Ok(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
 
-register_stage!(ZSTD, "bench.pool.zstd3", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("bench.pool.zstd3", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     f.replace(|src, dst| zstd::bulk::compress_to_buffer(src, dst, 3).map_err(BoxError::from))?;
     Ok(())
 })));
@@ -65,7 +65,7 @@ fn pool_tiny(c: &mut Criterion) {
     g.throughput(Throughput::Elements(TASKS as u64));
     let tasks = tasks();
 
-    let pool = Pool::builder("bench.pool.noop").workers(WORKERS).build().unwrap();
+    let pool = Pool::builder_named("bench.pool.noop").workers(WORKERS).build().unwrap();
     assert_eq!(WORKERS * DEPTH, ringpipe::DEFAULT_POOL_WINDOW, "both pools keep as many tasks out");
     g.bench_function(BenchmarkId::from_parameter("ringpipe_pool"), |b| {
         b.iter(|| {
@@ -221,7 +221,7 @@ fn replicas_cpu(c: &mut Criterion) {
 
     for replicas in [1, 2] {
         let p = Pipeline::builder()
-            .stage(StageSpec::process("bench.pool.zstd3").replicas(replicas))
+            .stage(StageSpec::process_named("bench.pool.zstd3").replicas(replicas))
             .frame_capacity(zstd::zstd_safe::compress_bound(FRAME))
             .max_in_flight(4 * replicas)
             .build()

@@ -107,8 +107,8 @@ impl Stage for Sink {
     }
 }
 
-register_stage!(SOURCE, "bench.stream.source", |_: &[u8]| Ok::<_, BoxError>(Source));
-register_stage!(SINK_STAGE, "bench.stream.sink", |_: &[u8]| Ok::<_, BoxError>(Sink));
+register_stage!("bench.stream.source", |_: &[u8]| Ok(Source));
+register_stage!("bench.stream.sink", |_: &[u8]| Ok(Sink));
 
 fn main() {
     ringpipe::worker_hook();
@@ -130,8 +130,8 @@ fn stream_64kib(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(TOTAL));
 
     let p = Pipeline::builder()
-        .stage(StageSpec::process("bench.stream.source").stream_capacity(RING))
-        .stage(StageSpec::process("bench.stream.sink"))
+        .stage(StageSpec::process_named("bench.stream.source").stream_capacity(RING))
+        .stage(StageSpec::process_named("bench.stream.sink"))
         .max_in_flight(2)
         .build()
         .unwrap();

@@ -46,7 +46,7 @@ use ringpipe::stages::chunk::{ChunkMeta, CODEC_NONE, META_LEN};
 use ringpipe::stages::compress::{self, Zstd};
 use ringpipe::stages::crypt::{self, random_salt, Cipher, Key, Seal, SALT_LEN, TAG_LEN};
 use ringpipe::stages::hash;
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, ItemError, Pipeline, StageSpec};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -59,7 +59,7 @@ const LEVEL: i32 = 3;
 
 // After FastCDC: appends the BLAKE3 id of each chunk (32 bytes each), then their
 // count (u32 LE). The frame is then [data][cut list][ids][count]; see `ids_of`.
-register_stage!(IDS, "backup.ids", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("backup.ids", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let ids: Vec<[u8; 32]> =
         cuts(f.bytes())?.into_iter().map(|r| *blake3::hash(&f.bytes()[r]).as_bytes()).collect();
     let n = f.len();

@@ -40,12 +40,12 @@ fn in_worker(params: &[u8], work: fn(&mut BasicItem)) -> Result<impl ringpipe::S
     }))
 }
 
-register_stage!(INT_STAGE0, "int_stage0", |p: &[u8]| in_worker(p, |wi| wi.value = 100));
-register_stage!(INT_STAGE1, "int_stage1", |p: &[u8]| in_worker(p, |wi| {
+register_stage!("int_stage0", |p: &[u8]| in_worker(p, |wi| wi.value = 100));
+register_stage!("int_stage1", |p: &[u8]| in_worker(p, |wi| {
     wi.value *= 2;
     put(&mut wi.field1, "stage1");
 }));
-register_stage!(INT_STAGE2, "int_stage2", |p: &[u8]| in_worker(p, |wi| {
+register_stage!("int_stage2", |p: &[u8]| in_worker(p, |wi| {
     wi.value *= 2;
     let text = format!("stage2: got this from parent: {}", get(&wi.parent));
     put(&mut wi.field2, &text);
@@ -55,9 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     let pid = std::process::id().to_le_bytes();
     let sp = Pipeline::builder()
-        .stage(StageSpec::process("int_stage0").params(pid))
-        .stage(StageSpec::process("int_stage1").params(pid))
-        .stage(StageSpec::process("int_stage2").params(pid))
+        .stage(StageSpec::process_named("int_stage0").params(pid))
+        .stage(StageSpec::process_named("int_stage1").params(pid))
+        .stage(StageSpec::process_named("int_stage2").params(pid))
         .build()?;
 
     let mut frame = sp.alloc(std::mem::size_of::<BasicItem>())?;

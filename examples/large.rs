@@ -5,7 +5,7 @@
 //! Run with `cargo run --example large`.
 
 use bytemuck::{Pod, Zeroable};
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, ItemError, Pipeline, StageSpec};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -15,20 +15,18 @@ struct LargeItem {
     pid: u32,
 }
 
-register_stage!(LARGE_STAGE, "large_stage", |_: &[u8]| {
-    Ok::<_, BoxError>(
-        stage_fn(|f: &mut Frame<'_>| {
-            f.header_mut::<LargeItem>()?.num += 1;
-            Ok(())
-        })
-        .with_determiner(|f: &mut Frame<'_>| {
-            // Example of a stage rejecting its chance to run the item:
-            // say "no" to every other request.
-            let Ok(item) = f.header_mut::<LargeItem>() else { return false };
-            item.is_ok ^= 1;
-            item.is_ok == 0
-        }),
-    )
+register_stage!("large_stage", |_: &[u8]| {
+    Ok(stage_fn(|f: &mut Frame<'_>| {
+        f.header_mut::<LargeItem>()?.num += 1;
+        Ok(())
+    })
+    .with_determiner(|f: &mut Frame<'_>| {
+        // Example of a stage rejecting its chance to run the item:
+        // say "no" to every other request.
+        let Ok(item) = f.header_mut::<LargeItem>() else { return false };
+        item.is_ok ^= 1;
+        item.is_ok == 0
+    }))
 });
 
 fn py_bool(b: u32) -> &'static str {
@@ -45,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mpp = Pipeline::builder()
         .max_in_flight(cpus.min(15))
-        .stages((0..stages).map(|_| StageSpec::process("large_stage")))
+        .stages((0..stages).map(|_| StageSpec::process_named("large_stage")))
         .build()?;
     println!("Pipeline has {} stages.", mpp.num_stages());
     let item = LargeItem { is_ok: 1, num: 0, pid: std::process::id() };

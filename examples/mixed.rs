@@ -16,8 +16,8 @@ struct MixedItem {
     pid: u32,
 }
 
-register_stage!(MIXED_SUBPROCESS, "mixed_subprocess", |_: &[u8]| {
-    Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("mixed_subprocess", |_: &[u8]| {
+    Ok(stage_fn(|f: &mut Frame<'_>| {
         let item = f.header_mut::<MixedItem>()?;
         if item.pid == std::process::id() {
             return Err("the subprocess stage ran in the parent's process".into());
@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = Pipeline::builder().max_in_flight(cpus.min(15));
     for _ in 0..10 {
-        builder = builder.stage(StageSpec::process("mixed_subprocess")).stage(StageSpec::with_stage(
+        builder = builder.stage(StageSpec::process_named("mixed_subprocess")).stage(StageSpec::with_stage(
             "thread_stage",
             stage_fn(perform_thread_stage_work).with_determiner(|_: &mut Frame<'_>| true),
         ));

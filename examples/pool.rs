@@ -9,14 +9,14 @@
 
 use std::time::Duration;
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pool};
+use ringpipe::{register_stage, stage_fn, Frame, Pool};
 
 const TASKS: usize = 20;
 const WORKERS: usize = 4;
 
-register_stage!(DOUBLE, "example.double", |_: &[u8]| {
+register_stage!("example.double", |_: &[u8]| {
     let mut seed = u64::from(std::process::id()) | 1;
-    Ok::<_, BoxError>(stage_fn(move |f: &mut Frame<'_>| {
+    Ok(stage_fn(move |f: &mut Frame<'_>| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -30,7 +30,7 @@ register_stage!(DOUBLE, "example.double", |_: &[u8]| {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     // One task per worker in flight: the next task goes to whichever worker finishes first.
-    let pool = Pool::builder("example.double").workers(WORKERS).max_in_flight(WORKERS).build()?;
+    let pool = Pool::builder_named("example.double").workers(WORKERS).max_in_flight(WORKERS).build()?;
     let pids = pool.worker_pids();
     println!("master: {} workers, pids {:?}", pool.workers(), pids);
     let tasks = (0..TASKS).map(|i| [i as f64, i as f64 + 0.5, 100.0 * i as f64]);

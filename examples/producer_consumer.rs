@@ -89,8 +89,8 @@ impl Stage for Consumer {
     }
 }
 
-register_stage!(PRODUCER, "example.producer", |_: &[u8]| Ok::<_, BoxError>(Producer));
-register_stage!(CONSUMER, "example.consumer", |_: &[u8]| Ok::<_, BoxError>(Consumer));
+register_stage!("example.producer", |_: &[u8]| Ok(Producer));
+register_stage!("example.consumer", |_: &[u8]| Ok(Consumer));
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
@@ -99,8 +99,8 @@ fn hex(bytes: &[u8]) -> String {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     let pipeline = Pipeline::builder()
-        .stage(StageSpec::process("example.producer").pipe_with_next())
-        .stage(StageSpec::process("example.consumer"))
+        .stage(StageSpec::process_named("example.producer").pipe_with_next())
+        .stage(StageSpec::process_named("example.consumer"))
         .build()?;
     let tickets = [0u32, 1]
         .map(|use_chunks| pipeline.submit(bytemuck::bytes_of(&Item { use_chunks, ..Zeroable::zeroed() })));

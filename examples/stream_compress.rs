@@ -105,8 +105,8 @@ impl Stage for Compressor {
     }
 }
 
-register_stage!(READ, "example.file_reader", |_: &[u8]| Ok::<_, BoxError>(FileReader));
-register_stage!(COMPRESS, "example.zstd_compressor", |_: &[u8]| Ok::<_, BoxError>(Compressor));
+register_stage!("example.file_reader", |_: &[u8]| Ok(FileReader));
+register_stage!("example.zstd_compressor", |_: &[u8]| Ok(Compressor));
 
 /// Writes `n` sample files of compressible, log-like text; returns their paths.
 fn sample_files(dir: &Path, n: usize, bytes: usize) -> std::io::Result<Vec<PathBuf>> {
@@ -188,8 +188,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let pipeline = Pipeline::builder()
-        .stage(StageSpec::process("example.file_reader").pipe_with_next().stream_capacity(1 << 20))
-        .stage(StageSpec::process("example.zstd_compressor"))
+        .stage(StageSpec::process_named("example.file_reader").pipe_with_next().stream_capacity(1 << 20))
+        .stage(StageSpec::process_named("example.zstd_compressor"))
         .build()?;
     let started = Instant::now();
     let mut tickets = Vec::new();

@@ -9,8 +9,8 @@
 //! ```no_run
 //! use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
 //!
-//! register_stage!(UPPER, "upper", |_params: &[u8]| {
-//!     Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+//! register_stage!("upper", |_params: &[u8]| {
+//!     Ok(stage_fn(|f: &mut Frame<'_>| {
 //!         f.bytes_mut().make_ascii_uppercase();
 //!         Ok(())
 //!     }))
@@ -18,7 +18,7 @@
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     ringpipe::worker_hook(); // first line of main: worker processes start here
-//!     let pipeline = Pipeline::builder().stage(StageSpec::process("upper")).build()?;
+//!     let pipeline = Pipeline::builder().stage(StageSpec::process_named("upper")).build()?;
 //!     let out = pipeline.submit(b"hello")?.wait()?;
 //!     assert_eq!(&out[..], b"HELLO");
 //!     drop(out);

@@ -5,18 +5,17 @@
 
 use std::time::Duration;
 
-use ringpipe::memory::{LayoutError, MAX_FRAME_CAPACITY, MAX_SLOTS, MAX_STAGES};
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, Pool, StageSpec, SubmitError,
-    MAX_WORKERS,
+    register_stage, stage_fn, BuildError, Frame, ItemError, LayoutError, Pipeline, Pool, StageSpec,
+    SubmitError, MAX_FRAME_CAPACITY, MAX_SLOTS, MAX_STAGES, MAX_WORKERS,
 };
 
 ringpipe::worker_test_entry!();
 
-register_stage!(B_ECHO, "b.echo", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
+register_stage!("b.echo", |_: &[u8]| Ok(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
 
 fn echo() -> StageSpec {
-    StageSpec::process("b.echo")
+    StageSpec::process_named("b.echo")
 }
 
 fn out_of_range(r: Result<Pipeline, BuildError>, field: &str) {
@@ -77,24 +76,31 @@ fn submitted_and_allocated_lengths_past_the_frame_are_refused() {
 #[test]
 fn stage_names_empty_huge_and_nonsense_are_unknown_stages() {
     for name in [String::new(), "x".repeat(1 << 20), "b.echo\0".into(), "B.ECHO".into(), " b.echo".into()] {
-        for spec in [StageSpec::process(&name), StageSpec::thread(&name)] {
+        for spec in [StageSpec::process_named(&name), StageSpec::thread_named(&name)] {
             match Pipeline::builder().stage(spec).build() {
                 Err(BuildError::UnknownStage { stage: 0, name: n }) => assert_eq!(n, name),
                 Err(e) => panic!("expected UnknownStage, got {e}"),
                 Ok(_) => panic!("{name:?} is not registered"),
             }
         }
-        assert!(matches!(Pool::builder(&name).workers(1).build(), Err(BuildError::UnknownStage { .. })));
+        assert!(matches!(
+            Pool::builder_named(&name).workers(1).build(),
+            Err(BuildError::UnknownStage { .. })
+        ));
     }
 }
 
 #[test]
 fn stage_counts_zero_the_maximum_and_past_it() {
     assert!(matches!(Pipeline::builder().build(), Err(BuildError::NoStages)));
-    let p = Pipeline::builder().stages((0..MAX_STAGES).map(|_| StageSpec::thread("b.echo"))).build().unwrap();
+    let p = Pipeline::builder()
+        .stages((0..MAX_STAGES).map(|_| StageSpec::thread_named("b.echo")))
+        .build()
+        .unwrap();
     assert_eq!(&p.submit(b"through 256 stages").unwrap().wait().unwrap()[..], b"through 256 stages");
     assert!(p.shutdown().was_graceful());
-    let too_many = Pipeline::builder().stages((0..=MAX_STAGES).map(|_| StageSpec::thread("b.echo"))).build();
+    let too_many =
+        Pipeline::builder().stages((0..=MAX_STAGES).map(|_| StageSpec::thread_named("b.echo"))).build();
     assert!(matches!(too_many, Err(BuildError::Config(_))));
 }
 
@@ -122,14 +128,17 @@ fn durations_zero_and_huge() {
 #[test]
 fn pool_counts_zero_past_the_maximum_and_nonsense() {
     for n in [0, MAX_WORKERS + 1, usize::MAX] {
-        assert!(matches!(Pool::builder("b.echo").workers(n).build(), Err(BuildError::Config(_))), "{n}");
+        assert!(
+            matches!(Pool::builder_named("b.echo").workers(n).build(), Err(BuildError::Config(_))),
+            "{n}"
+        );
     }
     for n in [0, MAX_SLOTS + 1, usize::MAX] {
-        let r = Pool::builder("b.echo").workers(1).max_in_flight(n).build();
+        let r = Pool::builder_named("b.echo").workers(1).max_in_flight(n).build();
         assert!(matches!(r, Err(BuildError::Config(_))), "{n}");
     }
     for bytes in [MAX_FRAME_CAPACITY + 1, usize::MAX] {
-        let r = Pool::builder("b.echo").workers(1).frame_capacity(bytes).build();
+        let r = Pool::builder_named("b.echo").workers(1).frame_capacity(bytes).build();
         assert!(matches!(r, Err(BuildError::Config(_))), "{bytes}");
     }
 }

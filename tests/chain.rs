@@ -1,14 +1,14 @@
 //! Chained stages (issue 6): registered stages run one after another in one worker
 //! process, replicated, with each link's determiner and failures named by link.
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, ItemError, Pipeline, StageSpec};
 
 ringpipe::worker_test_entry!();
 
 // Appends the parameter byte.
-register_stage!(C_APPEND, "c.append", |p: &[u8]| {
+register_stage!("c.append", |p: &[u8]| {
     let b = *p.first().ok_or("c.append needs one parameter byte")?;
-    Ok::<_, BoxError>(stage_fn(move |f: &mut Frame<'_>| {
+    Ok(stage_fn(move |f: &mut Frame<'_>| {
         let n = f.len();
         f.set_len(n + 1)?;
         f.bytes_mut()[n] = b;
@@ -17,16 +17,14 @@ register_stage!(C_APPEND, "c.append", |p: &[u8]| {
 });
 
 // Skips items starting with `s`; fails items starting with `!`.
-register_stage!(C_PICKY, "c.picky", |_: &[u8]| Ok::<_, BoxError>(
-    stage_fn(|f: &mut Frame<'_>| {
-        if f.bytes().first() == Some(&b'!') {
-            return Err("refused".into());
-        }
-        f.bytes_mut()[0] = b'P';
-        Ok(())
-    })
-    .with_determiner(|f: &mut Frame<'_>| f.bytes().first() != Some(&b's'))
-));
+register_stage!("c.picky", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
+    if f.bytes().first() == Some(&b'!') {
+        return Err("refused".into());
+    }
+    f.bytes_mut()[0] = b'P';
+    Ok(())
+})
+.with_determiner(|f: &mut Frame<'_>| f.bytes().first() != Some(&b's'))));
 
 fn chain() -> StageSpec {
     StageSpec::chain([("c.append", &b"1"[..]), ("c.picky", &[][..]), ("c.append", &b"2"[..])])

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, StageOutcome, StageSpec,
-    SubmitError, TrySubmitError,
+    register, register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, Pool, Registered,
+    Stage, StageOutcome, StageSpec, SubmitError, TrySubmitError,
 };
 
 mod common;
@@ -16,13 +16,13 @@ use common::{alive, kill9};
 
 ringpipe::worker_test_entry!();
 
-register_stage!(T_UPPER, "t.upper", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("t.upper", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     f.bytes_mut().make_ascii_uppercase();
     Ok(())
 })));
 
 // Appends the worker's pid (4 bytes) to the frame.
-register_stage!(T_PID, "t.pid", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("t.pid", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let n = f.len();
     f.set_len(n + 4)?;
     f.bytes_mut()[n..].copy_from_slice(&std::process::id().to_le_bytes());
@@ -30,8 +30,8 @@ register_stage!(T_PID, "t.pid", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut F
 })));
 
 // Adds the parameter byte to every byte; rejects parameters that are not one byte.
-register_stage!(T_ADD, "t.add", |p: &[u8]| {
-    let [k] = *p else { return Err(format!("t.add needs exactly 1 parameter byte, got {}", p.len())) };
+register_stage!("t.add", |p: &[u8]| {
+    let [k] = *p else { return Err(format!("t.add needs exactly 1 parameter byte, got {}", p.len()).into()) };
     Ok(stage_fn(move |f: &mut Frame<'_>| {
         f.bytes_mut().iter_mut().for_each(|b| *b = b.wrapping_add(k));
         Ok(())
@@ -39,7 +39,7 @@ register_stage!(T_ADD, "t.add", |p: &[u8]| {
 });
 
 // Fails items starting with `E`, panics on items starting with `P`.
-register_stage!(T_PICKY, "t.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("t.picky", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     match f.bytes().first() {
         Some(b'E') => Err("items starting with E are refused".into()),
         Some(b'P') => panic!("told to panic"),
@@ -51,20 +51,18 @@ register_stage!(T_PICKY, "t.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &m
 })));
 
 // Only wants items whose first byte is even; counts the determiner's calls in byte 1.
-register_stage!(T_EVEN, "t.even", |_: &[u8]| Ok::<_, BoxError>(
-    stage_fn(|f: &mut Frame<'_>| {
-        f.bytes_mut()[0] = b'Y'; // odd: the next t.even declines it
-        Ok(())
-    })
-    .with_determiner(|f: &mut Frame<'_>| {
-        let b = f.bytes_mut();
-        b[1] += 1;
-        b[0] % 2 == 0
-    })
-));
+register_stage!("t.even", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
+    f.bytes_mut()[0] = b'Y'; // odd: the next t.even declines it
+    Ok(())
+})
+.with_determiner(|f: &mut Frame<'_>| {
+    let b = f.bytes_mut();
+    b[1] += 1;
+    b[0] % 2 == 0
+})));
 
 // Replaces the frame by its bytes reversed and doubled (a new frame, no allocation).
-register_stage!(T_DOUBLE, "t.double", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("t.double", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     f.replace(|old, new| {
         let n = old.len();
         if 2 * n > new.len() {
@@ -79,17 +77,17 @@ register_stage!(T_DOUBLE, "t.double", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: 
 })));
 
 // Sleeps the number of milliseconds in the parameter bytes (u32 LE) per item.
-register_stage!(T_SLEEP, "t.sleep", |p: &[u8]| {
+register_stage!("t.sleep", |p: &[u8]| {
     let ms = u32::from_le_bytes(p.try_into().map_err(|_| "t.sleep needs 4 parameter bytes")?);
-    Ok::<_, BoxError>(stage_fn(move |_f: &mut Frame<'_>| {
+    Ok(stage_fn(move |_f: &mut Frame<'_>| {
         std::thread::sleep(Duration::from_millis(ms.into()));
         Ok(())
     }))
 });
 
 // Marks that it holds the item (tag `t.hold-<first byte>`), then sleeps 200 ms.
-register_stage!(T_HOLD, "t.hold", |_: &[u8]| {
-    Ok::<_, BoxError>(stage_fn(move |f: &mut Frame<'_>| {
+register_stage!("t.hold", |_: &[u8]| {
+    Ok(stage_fn(move |f: &mut Frame<'_>| {
         common::mark(&format!("t.hold-{}", f.bytes()[0]));
         std::thread::sleep(Duration::from_millis(200));
         Ok(())
@@ -100,6 +98,54 @@ fn one(stage: StageSpec) -> Pipeline {
     Pipeline::builder().stage(stage).build().unwrap()
 }
 
+/// A typed stage: XORs every byte with its key.
+struct Xor(u8);
+
+impl Stage for Xor {
+    fn process(&mut self, f: &mut Frame<'_>) -> Result<(), BoxError> {
+        f.bytes_mut().iter_mut().for_each(|b| *b ^= self.0);
+        Ok(())
+    }
+}
+
+impl Registered for Xor {
+    const NAME: &'static str = "t.xor";
+    type Params = u8;
+    fn from_params(key: u8) -> Result<Self, BoxError> {
+        match key {
+            0 => Err("a key of 0 changes nothing".into()),
+            k => Ok(Xor(k)),
+        }
+    }
+}
+
+register!(Xor);
+
+#[test]
+fn typed_stages_run_in_processes_threads_and_pools() {
+    let p = Pipeline::builder()
+        .stage(StageSpec::process::<Xor>(0x20).replicas(2))
+        .stage(StageSpec::thread::<Xor>(0x01))
+        .build()
+        .unwrap();
+    assert_eq!(&p.submit(b"abc").unwrap().wait().unwrap()[..], b"@CB");
+    graceful(p);
+    let pool = Pool::builder::<Xor>(0x20).workers(2).build().unwrap();
+    let out: Vec<Vec<u8>> = pool.map([b"ab", b"CD"]).map(|r| r.unwrap().to_vec()).collect();
+    assert_eq!(out, [b"AB".to_vec(), b"cd".to_vec()]);
+    assert!(pool.shutdown().was_graceful());
+    // Bad typed parameters are the stage's own error, at build.
+    let err = Pipeline::builder().stage(StageSpec::process::<Xor>(0)).build().unwrap_err();
+    assert!(matches!(&err, BuildError::StageInit { message, .. } if message.contains("key of 0")), "{err}");
+    // Bytes the typed parameters cannot come from are refused too (the dynamic form).
+    let err =
+        Pipeline::builder().stage(StageSpec::process_named("t.xor").params(vec![1, 2])).build().unwrap_err();
+    assert!(
+        matches!(&err, BuildError::StageInit { message, .. } if message.contains("1 parameter bytes")),
+        "{err}"
+    );
+}
+
 fn graceful(p: Pipeline) {
     let report = p.shutdown();
     assert!(report.was_graceful(), "{report:?}");
@@ -108,7 +154,7 @@ fn graceful(p: Pipeline) {
 // 2. Shared segment, 6. process stages: the item really visits another process.
 #[test]
 fn process_stage_runs_in_another_process() {
-    let p = one(StageSpec::process("t.pid"));
+    let p = one(StageSpec::process_named("t.pid"));
     let out = p.submit(b"x").unwrap().wait().unwrap();
     let pid = u32::from_le_bytes(out[1..5].try_into().unwrap());
     assert_ne!(pid, std::process::id());
@@ -120,7 +166,7 @@ fn process_stage_runs_in_another_process() {
 // 7. Thread stages: the same registered stage switched to a thread with one word.
 #[test]
 fn same_stage_as_thread_runs_in_the_parent() {
-    let p = one(StageSpec::thread("t.pid"));
+    let p = one(StageSpec::thread_named("t.pid"));
     let out = p.submit(b"x").unwrap().wait().unwrap();
     assert_eq!(u32::from_le_bytes(out[1..5].try_into().unwrap()), std::process::id());
     assert!(p.worker_pids().is_empty());
@@ -138,7 +184,7 @@ fn thread_stage_uses_its_own_rayon_pool() {
         Ok(())
     });
     let p = Pipeline::builder()
-        .stage(StageSpec::process("t.add").params([1]))
+        .stage(StageSpec::process_named("t.add").params([1]))
         .stage(StageSpec::with_stage("rayon-upper", stage))
         .build()
         .unwrap();
@@ -153,7 +199,8 @@ fn thread_stage_uses_its_own_rayon_pool() {
 // 6. Parameters travel to the worker as bytes.
 #[test]
 fn params_reach_process_and_thread_stages() {
-    for spec in [StageSpec::process("t.add").params([3]), StageSpec::thread("t.add").params([3])] {
+    for spec in [StageSpec::process_named("t.add").params([3]), StageSpec::thread_named("t.add").params([3])]
+    {
         let p = one(spec);
         let out = p.submit(b"abc").unwrap().wait().unwrap();
         assert_eq!(&out[..], b"def");
@@ -175,7 +222,7 @@ struct Head {
 #[test]
 fn frames_typed_in_place_zero_length_and_replaced() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("t.double"))
+        .stage(StageSpec::process_named("t.double"))
         .stage(StageSpec::with_stage(
             "bump",
             stage_fn(|f: &mut Frame<'_>| {
@@ -233,8 +280,8 @@ fn growing_past_capacity_fails_the_item_with_a_typed_message() {
 #[test]
 fn determiner_skips_and_may_change_the_frame() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("t.even"))
-        .stage(StageSpec::thread("t.even"))
+        .stage(StageSpec::process_named("t.even"))
+        .stage(StageSpec::thread_named("t.even"))
         .build()
         .unwrap();
     let wanted = p.submit(&[2, 0, 9]).unwrap();
@@ -257,8 +304,8 @@ fn errors_and_panics_fail_only_their_item() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev = events.clone();
     let p = Pipeline::builder()
-        .stage(StageSpec::process("t.picky"))
-        .stage(StageSpec::process("t.pid").on_complete(move |e| {
+        .stage(StageSpec::process_named("t.picky"))
+        .stage(StageSpec::process_named("t.pid").on_complete(move |e| {
             let outcome = match e.outcome {
                 StageOutcome::Ran => "ran".to_string(),
                 StageOutcome::Skipped => "skipped".into(),
@@ -305,7 +352,7 @@ fn errors_and_panics_fail_only_their_item() {
 // 9. Submit and results: wait, try_wait, is_finished, Future, batch, completions, map.
 #[test]
 fn ticket_try_wait_and_future() {
-    let p = one(StageSpec::process("t.upper"));
+    let p = one(StageSpec::process_named("t.upper"));
     let mut t = p.submit(b"abc").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
@@ -334,8 +381,11 @@ fn ticket_try_wait_and_future() {
 
 #[test]
 fn batch_submit_and_completions_return_every_item_once() {
-    let p =
-        Pipeline::builder().stage(StageSpec::process("t.add").params([1])).max_in_flight(64).build().unwrap();
+    let p = Pipeline::builder()
+        .stage(StageSpec::process_named("t.add").params([1]))
+        .max_in_flight(64)
+        .build()
+        .unwrap();
     let items: Vec<[u8; 4]> = (0u32..50).map(|i| i.to_le_bytes()).collect();
     assert_eq!(p.submit_batch(&items).unwrap(), 50);
     let mut seen: Vec<u32> = p
@@ -354,8 +404,8 @@ fn batch_submit_and_completions_return_every_item_once() {
 #[test]
 fn map_streams_many_more_items_than_in_flight_in_order() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("t.add").params([1]))
-        .stage(StageSpec::thread("t.add").params([1]))
+        .stage(StageSpec::process_named("t.add").params([1]))
+        .stage(StageSpec::thread_named("t.add").params([1]))
         .max_in_flight(8)
         .build()
         .unwrap();
@@ -373,7 +423,7 @@ fn map_streams_many_more_items_than_in_flight_in_order() {
 
 #[test]
 fn map_reports_saturation_instead_of_hanging() {
-    let p = Pipeline::builder().stage(StageSpec::thread("t.upper")).max_in_flight(2).build().unwrap();
+    let p = Pipeline::builder().stage(StageSpec::thread_named("t.upper")).max_in_flight(2).build().unwrap();
     let mut held = Vec::new();
     let mut saw = None;
     for out in p.map((0..5u8).map(|i| [i])) {
@@ -399,8 +449,9 @@ fn map_reports_saturation_instead_of_hanging() {
 // 9. Bound on items in flight: try_submit gives the item back; submit blocks.
 #[test]
 fn in_flight_bound_try_submit_gives_back_and_submit_blocks() {
-    let p =
-        Arc::new(Pipeline::builder().stage(StageSpec::process("t.upper")).max_in_flight(2).build().unwrap());
+    let p = Arc::new(
+        Pipeline::builder().stage(StageSpec::process_named("t.upper")).max_in_flight(2).build().unwrap(),
+    );
     let a = p.submit(b"a").unwrap().wait().unwrap();
     let b = p.submit(b"b").unwrap().wait().unwrap();
     match p.try_submit(b"c".to_vec()) {
@@ -428,7 +479,7 @@ fn in_flight_bound_try_submit_gives_back_and_submit_blocks() {
 #[test]
 fn close_refuses_submissions_and_shutdown_finishes_in_flight_items() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("t.sleep").params(5u32.to_le_bytes()))
+        .stage(StageSpec::process_named("t.sleep").params(5u32.to_le_bytes()))
         .max_in_flight(16)
         .build()
         .unwrap();
@@ -446,7 +497,7 @@ fn close_refuses_submissions_and_shutdown_finishes_in_flight_items() {
 
 #[test]
 fn drop_stops_workers() {
-    let p = one(StageSpec::process("t.upper"));
+    let p = one(StageSpec::process_named("t.upper"));
     let pids = p.worker_pids();
     let t = p.submit(b"x").unwrap();
     drop(p);
@@ -459,13 +510,13 @@ fn drop_stops_workers() {
 // Bad input: each gets a typed error that says what to do.
 #[test]
 fn bad_input_gets_typed_errors() {
-    let err = Pipeline::builder().stage(StageSpec::process("no.such.stage")).build().unwrap_err();
+    let err = Pipeline::builder().stage(StageSpec::process_named("no.such.stage")).build().unwrap_err();
     assert!(matches!(&err, BuildError::UnknownStage { stage: 0, name } if name == "no.such.stage"), "{err}");
     assert!(err.to_string().contains("register_stage!"));
-    let err = Pipeline::builder().stage(StageSpec::thread("no.such.stage")).build().unwrap_err();
+    let err = Pipeline::builder().stage(StageSpec::thread_named("no.such.stage")).build().unwrap_err();
     assert!(matches!(err, BuildError::UnknownStage { .. }));
 
-    for spec in [StageSpec::process("t.add").params([1, 2]), StageSpec::thread("t.add")] {
+    for spec in [StageSpec::process_named("t.add").params([1, 2]), StageSpec::thread_named("t.add")] {
         let err = Pipeline::builder().stage(spec).build().unwrap_err();
         match &err {
             BuildError::StageInit { stage: 0, name, message } => {
@@ -476,18 +527,20 @@ fn bad_input_gets_typed_errors() {
         }
     }
     assert!(matches!(Pipeline::builder().build().unwrap_err(), BuildError::NoStages));
-    let err = Pipeline::builder().stage(StageSpec::thread("t.upper")).max_in_flight(0).build().unwrap_err();
+    let err =
+        Pipeline::builder().stage(StageSpec::thread_named("t.upper")).max_in_flight(0).build().unwrap_err();
     assert!(matches!(err, BuildError::Config(_)), "{err}");
     let err = Pipeline::builder()
-        .stage(StageSpec::thread("t.upper"))
-        .frame_capacity(ringpipe::memory::MAX_FRAME_CAPACITY + 1)
+        .stage(StageSpec::thread_named("t.upper"))
+        .frame_capacity(ringpipe::MAX_FRAME_CAPACITY + 1)
         .build()
         .unwrap_err();
     assert!(matches!(err, BuildError::Config(_)), "{err}");
-    let too_many = (0..ringpipe::memory::MAX_STAGES + 1).map(|_| StageSpec::thread("t.upper"));
+    let too_many = (0..ringpipe::MAX_STAGES + 1).map(|_| StageSpec::thread_named("t.upper"));
     assert!(matches!(Pipeline::builder().stages(too_many).build().unwrap_err(), BuildError::Config(_)));
 
-    let p = Pipeline::builder().stage(StageSpec::process("t.upper")).frame_capacity(100).build().unwrap();
+    let p =
+        Pipeline::builder().stage(StageSpec::process_named("t.upper")).frame_capacity(100).build().unwrap();
     let big = vec![0u8; 101];
     assert_eq!(p.submit(&big).unwrap_err(), SubmitError::TooLarge { requested: 101, capacity: 100 });
     assert!(p.alloc(101).is_err());
@@ -510,7 +563,7 @@ fn bad_input_gets_typed_errors() {
 #[test]
 fn a_killed_worker_is_restarted_and_only_its_item_fails() {
     let marks = common::Marks::new();
-    let p = Pipeline::builder().stage(StageSpec::process("t.hold")).max_in_flight(4).build().unwrap();
+    let p = Pipeline::builder().stage(StageSpec::process_named("t.hold")).max_in_flight(4).build().unwrap();
     let (_, pid) = p.worker_pids()[0];
     let tickets: Vec<_> = (0..3u8).map(|i| p.submit(&[i]).unwrap()).collect();
     marks.wait("t.hold-0");

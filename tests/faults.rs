@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringpipe::{
-    register_stage, stage_fn, BoxError, BuildError, EngineFailure, Frame, ItemError, Output, Pipeline,
-    StageSpec, MAX_STAGE_TIMEOUT,
+    register_stage, stage_fn, BuildError, EngineFailure, Frame, ItemError, Output, Pipeline, StageSpec,
+    MAX_STAGE_TIMEOUT,
 };
 
 mod common;
@@ -24,7 +24,7 @@ const HANG: u8 = b'h';
 /// Sleep 1 ms, so that kills find it busy.
 const NAP: u8 = b'n';
 
-register_stage!(F_ACT, "f.act", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("f.act", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     match f.bytes().first() {
         Some(&ABORT) => std::process::abort(),
         Some(&SEGV) => {
@@ -48,7 +48,7 @@ register_stage!(F_ACT, "f.act", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut F
 })));
 
 // Adds one to every byte after the command: cheap work for the soak.
-register_stage!(F_BUMP, "f.bump", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("f.bump", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     f.bytes_mut()[9..].iter_mut().for_each(|b| *b = b.wrapping_add(1));
     Ok(())
 })));
@@ -75,7 +75,8 @@ fn run_one(p: &Pipeline, items: Vec<Vec<u8>>) -> Vec<Output> {
 #[test]
 fn a_worker_that_aborts_or_segfaults_fails_only_its_item_and_is_restarted() {
     for (command, signal) in [(ABORT, "SIGABRT"), (SEGV, "SIGSEGV")] {
-        let p = Pipeline::builder().stage(StageSpec::process("f.act")).max_in_flight(64).build().unwrap();
+        let p =
+            Pipeline::builder().stage(StageSpec::process_named("f.act")).max_in_flight(64).build().unwrap();
         let (_, pid) = p.worker_pids()[0];
         let items = (0..40).map(|i| item(if i == 17 { command } else { OK }, i)).collect();
         let outs = run_one(&p, items);
@@ -99,7 +100,7 @@ fn a_worker_that_aborts_or_segfaults_fails_only_its_item_and_is_restarted() {
 
 #[test]
 fn a_worker_killed_while_idle_is_restarted_before_it_is_needed() {
-    let p = Pipeline::builder().stage(StageSpec::process("f.act")).max_in_flight(16).build().unwrap();
+    let p = Pipeline::builder().stage(StageSpec::process_named("f.act")).max_in_flight(16).build().unwrap();
     let (_, pid) = p.worker_pids()[0];
     assert!(kill9(pid));
     common::await_restarts(&p, 1);
@@ -116,7 +117,7 @@ fn a_worker_killed_while_idle_is_restarted_before_it_is_needed() {
 #[test]
 fn a_dead_worker_is_noticed_at_once() {
     let marks = Marks::new();
-    let p = Pipeline::builder().stage(StageSpec::process("f.act")).max_in_flight(4).build().unwrap();
+    let p = Pipeline::builder().stage(StageSpec::process_named("f.act")).max_in_flight(4).build().unwrap();
     let (_, pid) = p.worker_pids()[0];
     let ticket = p.submit(&item(HANG, 0)).unwrap();
     marks.wait("hang-0"); // the worker holds the item
@@ -140,8 +141,8 @@ fn a_dead_worker_is_noticed_at_once() {
 fn killing_batching_workers_mid_stream_loses_and_duplicates_nothing() {
     let p = Arc::new(
         Pipeline::builder()
-            .stage(StageSpec::process("f.act"))
-            .stage(StageSpec::process("f.bump"))
+            .stage(StageSpec::process_named("f.act"))
+            .stage(StageSpec::process_named("f.bump"))
             .max_in_flight(256)
             .build()
             .unwrap(),
@@ -166,7 +167,7 @@ fn killing_batching_workers_mid_stream_loses_and_duplicates_nothing() {
 #[test]
 fn an_item_that_runs_past_the_timeout_fails_and_its_worker_is_restarted() {
     let timeout = Duration::from_millis(200);
-    let p = Pipeline::builder().stage(StageSpec::process("f.act").timeout(timeout)).build().unwrap();
+    let p = Pipeline::builder().stage(StageSpec::process_named("f.act").timeout(timeout)).build().unwrap();
     let (_, pid) = p.worker_pids()[0];
     let start = Instant::now();
     let outs = run_one(&p, (0..6).map(|i| item(if i == 2 { HANG } else { NAP }, i)).collect());
@@ -194,8 +195,8 @@ fn an_item_that_runs_past_the_timeout_fails_and_its_worker_is_restarted() {
 fn killing_the_stage_that_reorders_replicas_loses_and_duplicates_nothing() {
     let p = Arc::new(
         Pipeline::builder()
-            .stage(StageSpec::process("f.bump").replicas(3))
-            .stage(StageSpec::process("f.act"))
+            .stage(StageSpec::process_named("f.bump").replicas(3))
+            .stage(StageSpec::process_named("f.act"))
             .max_in_flight(256)
             .build()
             .unwrap(),
@@ -225,8 +226,8 @@ fn killing_the_stage_that_reorders_replicas_loses_and_duplicates_nothing() {
 fn a_reordering_stage_that_hangs_times_out() {
     let timeout = Duration::from_millis(200);
     let p = Pipeline::builder()
-        .stage(StageSpec::process("f.bump").replicas(2))
-        .stage(StageSpec::process("f.act").timeout(timeout))
+        .stage(StageSpec::process_named("f.bump").replicas(2))
+        .stage(StageSpec::process_named("f.act").timeout(timeout))
         .build()
         .unwrap();
     let items = (0..40).map(|i| item(if i == 7 { HANG } else { NAP }, i)).collect::<Vec<_>>();
@@ -250,23 +251,25 @@ fn timeouts_that_cannot_be_honoured_are_typed_errors() {
         Err(e) => panic!("expected BadTimeout, got {e}"),
         Ok(_) => panic!("expected BadTimeout, it built"),
     };
-    let timed = |t: Duration| StageSpec::process("f.act").timeout(t);
+    let timed = |t: Duration| StageSpec::process_named("f.act").timeout(t);
     assert!(bad(vec![timed(Duration::ZERO)]).1.contains("1 ms"));
     assert!(bad(vec![timed(Duration::from_micros(999))]).1.contains("1 ms"));
     assert!(bad(vec![timed(MAX_STAGE_TIMEOUT + Duration::from_millis(1))]).1.contains("1 ms"));
-    let thread = StageSpec::thread("f.act").timeout(Duration::from_secs(1));
+    let thread = StageSpec::thread_named("f.act").timeout(Duration::from_secs(1));
     assert!(bad(vec![thread]).1.contains("thread"));
-    let pair = vec![timed(Duration::from_secs(1)).pipe_with_next(), StageSpec::process("f.bump")];
+    let pair = vec![timed(Duration::from_secs(1)).pipe_with_next(), StageSpec::process_named("f.bump")];
     assert_eq!(bad(pair).0, 0);
     let consumer = vec![
-        StageSpec::process("f.act").pipe_with_next(),
-        StageSpec::process("f.bump").timeout(MAX_STAGE_TIMEOUT),
+        StageSpec::process_named("f.act").pipe_with_next(),
+        StageSpec::process_named("f.bump").timeout(MAX_STAGE_TIMEOUT),
     ];
     assert_eq!(bad(consumer).0, 1);
     // The extremes that are allowed build and run.
     for t in [Duration::from_millis(1), MAX_STAGE_TIMEOUT] {
-        let p =
-            Pipeline::builder().stage(StageSpec::process("f.act").replicas(2).timeout(t)).build().unwrap();
+        let p = Pipeline::builder()
+            .stage(StageSpec::process_named("f.act").replicas(2).timeout(t))
+            .build()
+            .unwrap();
         assert!(p.submit(&item(OK, 0)).unwrap().wait().is_ok());
         p.shutdown();
     }
@@ -275,8 +278,8 @@ fn timeouts_that_cannot_be_honoured_are_typed_errors() {
 #[test]
 fn shutdown_with_thousands_in_flight_finishes_them_all() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("f.act").replicas(2))
-        .stage(StageSpec::process("f.bump"))
+        .stage(StageSpec::process_named("f.act").replicas(2))
+        .stage(StageSpec::process_named("f.bump"))
         .max_in_flight(4_096)
         .build()
         .unwrap();
@@ -291,7 +294,8 @@ fn shutdown_with_thousands_in_flight_finishes_them_all() {
 
 #[test]
 fn aborting_shutdown_fails_every_unfinished_item_with_a_typed_error() {
-    let p = Pipeline::builder().stage(StageSpec::process("f.act")).max_in_flight(4_096).build().unwrap();
+    let p =
+        Pipeline::builder().stage(StageSpec::process_named("f.act")).max_in_flight(4_096).build().unwrap();
     let tickets: Vec<_> = (0..3_000).map(|i| p.submit(&item(NAP, i)).unwrap()).collect();
     let start = Instant::now();
     let report = p.shutdown_timeout(Duration::from_millis(50));
@@ -323,8 +327,8 @@ fn busy_workers_exit_when_the_parent_is_killed_and_leave_nothing() {
     if std::env::var_os(HELPER).is_some() {
         let marks = Marks::new();
         let p = Pipeline::builder()
-            .stage(StageSpec::process("f.act").replicas(2))
-            .stage(StageSpec::process("f.act"))
+            .stage(StageSpec::process_named("f.act").replicas(2))
+            .stage(StageSpec::process_named("f.act"))
             .build()
             .unwrap();
         let tickets: Vec<_> = (0..4).map(|i| p.submit(&item(HANG, i)).unwrap()).collect();

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, Pipeline, StageSpec};
 
 ringpipe::worker_test_entry!();
 
-register_stage!(T_UPPER, "idle.upper", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("idle.upper", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     f.bytes_mut().make_ascii_uppercase();
     Ok(())
 })));
@@ -16,8 +16,8 @@ register_stage!(T_UPPER, "idle.upper", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f:
 #[test]
 fn idle_pipeline_burns_no_cpu() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("idle.upper"))
-        .stage(StageSpec::thread("idle.upper"))
+        .stage(StageSpec::process_named("idle.upper"))
+        .stage(StageSpec::thread_named("idle.upper"))
         .build()
         .unwrap();
     drop(p.submit(b"warm").unwrap().wait().unwrap());

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pool};
+use ringpipe::{register_stage, stage_fn, BuildError, Frame, ItemError, Pool};
 
 mod common;
 
@@ -12,7 +12,7 @@ use common::kill9;
 ringpipe::worker_test_entry!();
 
 // Task: [index: u64, sleep_us: u64, fail: u64]; result: the index doubled in word 0.
-register_stage!(P_TASK, "p.task", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("p.task", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let words: &mut [u64] = bytemuck::try_cast_slice_mut(f.bytes_mut()).map_err(|e| format!("{e}"))?;
     std::thread::sleep(Duration::from_micros(words[1]));
     if words[2] == 1 {
@@ -32,7 +32,7 @@ fn jitter(i: u64) -> u64 {
 
 #[test]
 fn ordered_map_yields_task_order_despite_random_times() {
-    let pool = Pool::builder("p.task").workers(3).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(3).build().unwrap();
     let mut next = 0;
     for r in pool.map((0..300).map(|i| task(i, jitter(i)))) {
         let r = r.unwrap();
@@ -51,7 +51,7 @@ fn ordered_map_yields_task_order_despite_random_times() {
 
 #[test]
 fn unordered_map_yields_each_index_once_and_uses_every_worker() {
-    let pool = Pool::builder("p.task").workers(3).max_in_flight(3).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(3).max_in_flight(3).build().unwrap();
     let mut seen = HashSet::new();
     let mut workers = HashSet::new();
     let mut out_of_order = false;
@@ -70,7 +70,7 @@ fn unordered_map_yields_each_index_once_and_uses_every_worker() {
 
 #[test]
 fn more_workers_than_cores_still_work() {
-    let pool = Pool::builder("p.task").workers(8).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(8).build().unwrap();
     let n =
         pool.map((0..400).map(|i| task(i, 0))).filter(|r| r.as_ref().is_ok_and(|o| o.index() < 400)).count();
     assert_eq!(n, 400);
@@ -79,7 +79,7 @@ fn more_workers_than_cores_still_work() {
 
 #[test]
 fn task_errors_and_oversized_tasks_fail_only_themselves() {
-    let pool = Pool::builder("p.task").workers(2).frame_capacity(64).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(2).frame_capacity(64).build().unwrap();
     let tasks: Vec<Vec<u64>> =
         (0..20).map(|i| if i == 7 { vec![0; 20] } else { vec![i, 0, u64::from(i == 3)] }).collect();
     let mut count = 0;
@@ -100,15 +100,18 @@ fn task_errors_and_oversized_tasks_fail_only_themselves() {
 
 #[test]
 fn bad_configuration_is_a_typed_error() {
-    assert!(matches!(Pool::builder("p.task").workers(0).build(), Err(BuildError::Config(_))));
-    assert!(matches!(Pool::builder("p.task").workers(100_000).build(), Err(BuildError::Config(_))));
-    assert!(matches!(Pool::builder("p.task").max_in_flight(0).build(), Err(BuildError::Config(_))));
-    assert!(matches!(Pool::builder("no.such.task").workers(1).build(), Err(BuildError::UnknownStage { .. })));
+    assert!(matches!(Pool::builder_named("p.task").workers(0).build(), Err(BuildError::Config(_))));
+    assert!(matches!(Pool::builder_named("p.task").workers(100_000).build(), Err(BuildError::Config(_))));
+    assert!(matches!(Pool::builder_named("p.task").max_in_flight(0).build(), Err(BuildError::Config(_))));
+    assert!(matches!(
+        Pool::builder_named("no.such.task").workers(1).build(),
+        Err(BuildError::UnknownStage { .. })
+    ));
 }
 
 #[test]
 fn holding_every_result_is_reported_not_a_deadlock() {
-    let pool = Pool::builder("p.task").workers(1).max_in_flight(2).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(1).max_in_flight(2).build().unwrap();
     let all: Vec<_> = pool.map((0..10).map(|i| task(i, 0))).collect();
     assert_eq!(all.len(), 3);
     assert!(matches!(all[2], Err(ItemError::Saturated)));
@@ -122,7 +125,8 @@ fn holding_every_result_is_reported_not_a_deadlock() {
 #[test]
 fn a_killed_worker_is_replaced_and_only_its_task_fails() {
     for retry in [false, true] {
-        let pool = Pool::builder("p.task").workers(2).max_in_flight(8).retry_once(retry).build().unwrap();
+        let pool =
+            Pool::builder_named("p.task").workers(2).max_in_flight(8).retry_once(retry).build().unwrap();
         let victim = pool.worker_pids()[0];
         let mut seen = HashSet::new();
         let mut died = Vec::new();
@@ -171,7 +175,7 @@ fn a_killed_worker_is_replaced_and_only_its_task_fails() {
 /// (no stale task is mistaken for one of its own).
 #[test]
 fn dropping_a_map_midway_leaves_the_pool_ready() {
-    let pool = Pool::builder("p.task").workers(2).max_in_flight(8).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(2).max_in_flight(8).build().unwrap();
     let first: Vec<u64> =
         pool.map((0..100).map(|i| task(i, 500))).take(3).map(|r| r.unwrap().index()).collect();
     assert_eq!(first, [0, 1, 2]);
@@ -187,7 +191,7 @@ fn dropping_a_map_midway_leaves_the_pool_ready() {
 
 #[test]
 fn results_stay_readable_after_the_pool_is_gone() {
-    let pool = Pool::builder("p.task").workers(2).build().unwrap();
+    let pool = Pool::builder_named("p.task").workers(2).build().unwrap();
     let results: Vec<_> = pool.map((0..20).map(|i| task(i, 0))).map(|r| r.unwrap()).collect();
     let report = pool.shutdown();
     assert!(report.was_graceful(), "{report:?}");

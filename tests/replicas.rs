@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringpipe::{register_stage, stage_fn, BoxError, BuildError, Frame, ItemError, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, BuildError, Frame, ItemError, Pipeline, StageSpec};
 
 mod common;
 
@@ -16,7 +16,7 @@ const HOLD: u64 = u64::MAX;
 
 // Item: [index: u64, sleep_us: u64]; the stage sleeps (or holds, see `HOLD`), then
 // appends its pid (u64).
-register_stage!(R_WORK, "r.work", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("r.work", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let words: &[u64] = bytemuck::try_cast_slice(&f.bytes()[..16]).map_err(|e| format!("{e}"))?;
     if words[1] == HOLD {
         let tag = format!("r.hold-{}", words[0]);
@@ -32,7 +32,7 @@ register_stage!(R_WORK, "r.work", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut
 })));
 
 // Fails items whose index is a multiple of 7.
-register_stage!(R_PICKY, "r.picky", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("r.picky", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     match index_of(f.bytes()) % 7 {
         0 => Err("multiples of 7 are refused".into()),
         _ => Ok(()),
@@ -72,7 +72,7 @@ fn pids_in(outputs: &[Vec<u8>]) -> HashSet<u64> {
 fn ordered_replicas_hand_items_on_in_submission_order() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let p = Pipeline::builder()
-        .stage(StageSpec::process("r.work").replicas(3))
+        .stage(StageSpec::process_named("r.work").replicas(3))
         .stage(recorder(&seen))
         .max_in_flight(24)
         .build()
@@ -91,7 +91,7 @@ fn ordered_replicas_hand_items_on_in_submission_order() {
 fn unordered_replicas_hand_items_on_as_they_finish() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let p = Pipeline::builder()
-        .stage(StageSpec::process("r.work").replicas(3).unordered())
+        .stage(StageSpec::process_named("r.work").replicas(3).unordered())
         .stage(recorder(&seen))
         .max_in_flight(24)
         .build()
@@ -111,7 +111,7 @@ fn a_replicated_last_stage_completes_items_in_order() {
     let ev = events.clone();
     let p = Pipeline::builder()
         .stage(
-            StageSpec::process("r.work")
+            StageSpec::process_named("r.work")
                 .replicas(4)
                 .on_complete(move |e| ev.lock().unwrap().push(index_of(e.bytes))),
         )
@@ -130,8 +130,8 @@ fn a_replicated_last_stage_completes_items_in_order() {
 fn replicated_stages_next_to_each_other_restore_order_after_both() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let p = Pipeline::builder()
-        .stage(StageSpec::process("r.work").replicas(2))
-        .stage(StageSpec::thread("r.picky").replicas(3))
+        .stage(StageSpec::process_named("r.work").replicas(2))
+        .stage(StageSpec::thread_named("r.picky").replicas(3))
         .stage(recorder(&seen))
         .build()
         .unwrap();
@@ -157,7 +157,10 @@ fn a_slow_item_does_not_hold_up_the_other_replicas() {
     // come back while item 0 is still held (unordered: in order, they would be
     // processed just as fast but handed on after item 0).
     let marks = common::Marks::new();
-    let p = Pipeline::builder().stage(StageSpec::process("r.work").replicas(2).unordered()).build().unwrap();
+    let p = Pipeline::builder()
+        .stage(StageSpec::process_named("r.work").replicas(2).unordered())
+        .build()
+        .unwrap();
     let slow = p.submit(&item(0, HOLD)).unwrap();
     marks.wait("r.hold-0");
     let mut pids = HashSet::new();
@@ -178,8 +181,8 @@ fn a_slow_item_does_not_hold_up_the_other_replicas() {
 fn more_replicas_than_cores_work_and_park_when_idle() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let p = Pipeline::builder()
-        .stage(StageSpec::process("r.work").replicas(4 * cores))
-        .stage(StageSpec::process("r.work").replicas_per_core())
+        .stage(StageSpec::process_named("r.work").replicas(4 * cores))
+        .stage(StageSpec::process_named("r.work").replicas_per_core())
         .build()
         .unwrap();
     assert_eq!(p.worker_pids().len(), 5 * cores);
@@ -215,22 +218,28 @@ fn bad_replica_counts_are_typed_errors() {
         }
         other => panic!("expected BadReplicas for stage {stage}, got {other:?}"),
     };
-    bad(build(vec![StageSpec::process("r.work").replicas(0)]), 0);
-    bad(build(vec![StageSpec::process("r.work"), StageSpec::process("r.work").replicas(65)]), 1);
+    bad(build(vec![StageSpec::process_named("r.work").replicas(0)]), 0);
+    bad(build(vec![StageSpec::process_named("r.work"), StageSpec::process_named("r.work").replicas(65)]), 1);
     bad(build(vec![StageSpec::with_stage("one", stage_fn(|_f| Ok(()))).replicas(2)]), 0);
     bad(
-        build(vec![StageSpec::process("r.work").pipe_with_next().replicas(2), StageSpec::thread("r.work")]),
+        build(vec![
+            StageSpec::process_named("r.work").pipe_with_next().replicas(2),
+            StageSpec::thread_named("r.work"),
+        ]),
         0,
     );
     bad(
-        build(vec![StageSpec::process("r.work").pipe_with_next(), StageSpec::thread("r.work").replicas(2)]),
+        build(vec![
+            StageSpec::process_named("r.work").pipe_with_next(),
+            StageSpec::thread_named("r.work").replicas(2),
+        ]),
         1,
     );
     // 5 stages of 64 replicas: more runners than a segment describes.
-    let many = (0..5).map(|_| StageSpec::process("r.work").replicas(64)).collect();
+    let many = (0..5).map(|_| StageSpec::process_named("r.work").replicas(64)).collect();
     assert!(matches!(build(many), Err(BuildError::Config(_))));
     // The largest count works.
-    let p = build(vec![StageSpec::thread("r.picky").replicas(64)]).unwrap();
+    let p = build(vec![StageSpec::thread_named("r.picky").replicas(64)]).unwrap();
     assert!(p.submit(&item(1, 0)).unwrap().wait().is_ok());
     assert!(p.shutdown().was_graceful());
 }
@@ -238,8 +247,8 @@ fn bad_replica_counts_are_typed_errors() {
 #[test]
 fn a_killed_replica_is_restarted_and_only_its_item_fails() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("r.work").replicas(2))
-        .stage(StageSpec::thread("r.picky"))
+        .stage(StageSpec::process_named("r.work").replicas(2))
+        .stage(StageSpec::thread_named("r.picky"))
         .max_in_flight(16)
         .build()
         .unwrap();

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringpipe::{register_stage, stage_fn, BoxError, Frame, ItemError, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, ItemError, Pipeline, StageSpec};
 
 mod common;
 
@@ -21,7 +21,7 @@ use common::{await_restarts, Killer};
 ringpipe::worker_test_entry!();
 
 // Item: [index: u64, visits: u64]; each stage adds one visit.
-register_stage!(S_VISIT, "s.visit", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("s.visit", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let visits = u64::from_le_bytes(f.bytes()[8..16].try_into()?);
     f.bytes_mut()[8..16].copy_from_slice(&(visits + 1).to_le_bytes());
     Ok(())
@@ -38,7 +38,7 @@ fn soak_with_a_worker_killed_every_50_ms() {
     let in_flight = 512;
     let p = Arc::new(
         Pipeline::builder()
-            .stages((0..3).map(|_| StageSpec::process("s.visit").replicas(2)))
+            .stages((0..3).map(|_| StageSpec::process_named("s.visit").replicas(2)))
             .max_in_flight(in_flight)
             .build()
             .unwrap(),

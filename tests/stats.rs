@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringpipe::{
-    consumer_fn, producer_fn, register_stage, stage_fn, BoxError, Frame, Pipeline, PipelineStats, StageSpec,
+    consumer_fn, producer_fn, register_stage, stage_fn, Frame, Pipeline, PipelineStats, StageSpec,
 };
 
 mod common;
@@ -15,7 +15,7 @@ mod common;
 ringpipe::worker_test_entry!();
 
 // Appends one byte per item.
-register_stage!(ST_GROW, "st.grow", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &mut Frame<'_>| {
+register_stage!("st.grow", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let n = f.len();
     f.set_len(n + 1)?;
     f.bytes_mut()[n] = b'+';
@@ -23,9 +23,9 @@ register_stage!(ST_GROW, "st.grow", |_: &[u8]| Ok::<_, BoxError>(stage_fn(|f: &m
 })));
 
 // Sleeps the parameter's milliseconds (u32 LE) per item.
-register_stage!(ST_SLEEP, "st.sleep", |p: &[u8]| {
+register_stage!("st.sleep", |p: &[u8]| {
     let ms = u32::from_le_bytes(p.try_into().map_err(|_| "st.sleep needs 4 parameter bytes")?);
-    Ok::<_, BoxError>(stage_fn(move |_f: &mut Frame<'_>| {
+    Ok(stage_fn(move |_f: &mut Frame<'_>| {
         std::thread::sleep(Duration::from_millis(ms.into()));
         Ok(())
     }))
@@ -33,7 +33,7 @@ register_stage!(ST_SLEEP, "st.sleep", |p: &[u8]| {
 
 // Streams the item's first byte as a count of KiB, slowly enough that the consumer
 // waits for bytes; the consumer reads it all and stores the count read.
-register_stage!(ST_PRODUCE, "st.produce", |_: &[u8]| Ok::<_, BoxError>(producer_fn(
+register_stage!("st.produce", |_: &[u8]| Ok(producer_fn(
     |f: &mut Frame<'_>, w: &mut ringpipe::stream::StreamWriter| {
         for _ in 0..f.bytes()[0] {
             w.write_all(&[7u8; 1024])?;
@@ -42,7 +42,7 @@ register_stage!(ST_PRODUCE, "st.produce", |_: &[u8]| Ok::<_, BoxError>(producer_
         Ok(())
     }
 )));
-register_stage!(ST_CONSUME, "st.consume", |_: &[u8]| Ok::<_, BoxError>(consumer_fn(
+register_stage!("st.consume", |_: &[u8]| Ok(consumer_fn(
     |f: &mut Frame<'_>, r: &mut ringpipe::stream::StreamReader| {
         let mut all = Vec::new();
         r.read_to_end(&mut all)?;
@@ -53,7 +53,7 @@ register_stage!(ST_CONSUME, "st.consume", |_: &[u8]| Ok::<_, BoxError>(consumer_
 )));
 
 fn sleep_ms(ms: u32) -> StageSpec {
-    StageSpec::process("st.sleep").params(ms.to_le_bytes())
+    StageSpec::process_named("st.sleep").params(ms.to_le_bytes())
 }
 
 /// Submits `items` items of `len` bytes from one thread (blocking whenever
@@ -76,9 +76,9 @@ fn run(p: &Pipeline, items: usize, len: usize) {
 #[test]
 fn items_and_bytes_are_counted_exactly_and_the_slow_stage_is_the_bottleneck() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("st.grow"))
+        .stage(StageSpec::process_named("st.grow"))
         .stage(sleep_ms(2))
-        .stage(StageSpec::thread("st.grow"))
+        .stage(StageSpec::thread_named("st.grow"))
         .max_in_flight(8)
         .build()
         .unwrap();
@@ -123,8 +123,8 @@ fn replicas_add_up_into_their_stage() {
 #[test]
 fn a_pair_counts_its_stream_and_its_waits() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process("st.produce").stream_capacity(4096))
-        .stage(StageSpec::process("st.consume"))
+        .stage(StageSpec::process_named("st.produce").stream_capacity(4096))
+        .stage(StageSpec::process_named("st.consume"))
         .build()
         .unwrap();
     let kib = 40u8;
@@ -146,7 +146,7 @@ fn a_pair_counts_its_stream_and_its_waits() {
 
 #[test]
 fn a_replacement_continues_its_predecessors_totals() {
-    let p = Arc::new(Pipeline::builder().stage(StageSpec::process("st.grow")).build().unwrap());
+    let p = Arc::new(Pipeline::builder().stage(StageSpec::process_named("st.grow")).build().unwrap());
     run(&p, 100, 4);
     let before: PipelineStats = p.stats();
     assert_eq!(before.stages[0].items, 100);

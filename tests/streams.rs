@@ -194,13 +194,13 @@ impl Stage for JobConsumer {
     }
 }
 
-register_stage!(S_PRODUCE, "s.produce", |_: &[u8]| Ok::<_, BoxError>(JobProducer));
-register_stage!(S_CONSUME, "s.consume", |_: &[u8]| Ok::<_, BoxError>(JobConsumer));
+register_stage!("s.produce", |_: &[u8]| Ok(JobProducer));
+register_stage!("s.consume", |_: &[u8]| Ok(JobConsumer));
 
 // Tags the item so a test can tell a stage ran: appends the parameter byte.
-register_stage!(S_MARK, "s.mark", |p: &[u8]| {
+register_stage!("s.mark", |p: &[u8]| {
     let mark = *p.first().ok_or("s.mark needs one byte")?;
-    Ok::<_, BoxError>(stage_fn(move |f: &mut Frame<'_>| {
+    Ok(stage_fn(move |f: &mut Frame<'_>| {
         let n = f.len();
         f.set_len(n + 1)?;
         f.bytes_mut()[n] = mark;
@@ -210,9 +210,9 @@ register_stage!(S_MARK, "s.mark", |p: &[u8]| {
 
 fn spec(name: &str, process: bool) -> StageSpec {
     if process {
-        StageSpec::process(name)
+        StageSpec::process_named(name)
     } else {
-        StageSpec::thread(name)
+        StageSpec::thread_named(name)
     }
 }
 
@@ -317,7 +317,7 @@ fn producer_panic_fails_the_stream() {
     for process in [true, false] {
         let p = Pipeline::builder()
             .stage(if process {
-                StageSpec::process("s.panicky").pipe_with_next()
+                StageSpec::process_named("s.panicky").pipe_with_next()
             } else {
                 StageSpec::with_stage(
                     "s.panicky",
@@ -328,7 +328,7 @@ fn producer_panic_fails_the_stream() {
                 )
                 .pipe_with_next()
             })
-            .stage(StageSpec::process("s.consume"))
+            .stage(StageSpec::process_named("s.consume"))
             .build()
             .unwrap();
         let (out, failure) = run(&p, Job::new(0, 10, false));
@@ -341,12 +341,10 @@ fn producer_panic_fails_the_stream() {
     }
 }
 
-register_stage!(S_PANICKY, "s.panicky", |_: &[u8]| Ok::<_, BoxError>(producer_fn(
-    |_f: &mut Frame<'_>, out: &mut StreamWriter| {
-        out.write_all(b"some bytes")?;
-        panic!("producer exploded")
-    }
-)));
+register_stage!("s.panicky", |_: &[u8]| Ok(producer_fn(|_f: &mut Frame<'_>, out: &mut StreamWriter| {
+    out.write_all(b"some bytes")?;
+    panic!("producer exploded")
+})));
 
 /// Point 4: a consumer that fails stops the producer's writes with an error at once
 /// (the ring is full, so without it the producer would wait forever); the item
@@ -372,7 +370,7 @@ fn consumer_failure_stops_the_producer() {
             )
             .stream_capacity(8192),
         )
-        .stage(StageSpec::process("s.consume"))
+        .stage(StageSpec::process_named("s.consume"))
         .build()
         .unwrap();
     let mut job = Job::new(0, 1000, false);
@@ -494,7 +492,7 @@ fn declined_and_failed_items_pass_the_pair_untouched() {
             .on_complete(move |e| ev.lock().unwrap().push((e.stage, format!("{:?}", e.outcome)))),
         )
         .stage(
-            StageSpec::process("s.mark")
+            StageSpec::process_named("s.mark")
                 .params(vec![b'!'])
                 .on_complete(move |e| ev2.lock().unwrap().push((e.stage, format!("{:?}", e.outcome)))),
         )
@@ -527,18 +525,18 @@ fn declined_and_failed_items_pass_the_pair_untouched() {
 /// Misdeclared pairs are refused at build with a typed error.
 #[test]
 fn bad_pair_declarations_are_typed_errors() {
-    let last = Pipeline::builder().stage(StageSpec::thread("s.produce").pipe_with_next()).build();
+    let last = Pipeline::builder().stage(StageSpec::thread_named("s.produce").pipe_with_next()).build();
     assert!(matches!(last, Err(BuildError::BadPair { stage: 0, .. })), "{last:?}");
     let chained = Pipeline::builder()
-        .stage(StageSpec::thread("s.produce").pipe_with_next())
-        .stage(StageSpec::thread("s.consume").pipe_with_next())
-        .stage(StageSpec::thread("s.consume"))
+        .stage(StageSpec::thread_named("s.produce").pipe_with_next())
+        .stage(StageSpec::thread_named("s.consume").pipe_with_next())
+        .stage(StageSpec::thread_named("s.consume"))
         .build();
     assert!(matches!(chained, Err(BuildError::BadPair { stage: 1, .. })), "{chained:?}");
     for capacity in [0, (1 << 30) + 1, usize::MAX] {
         let r = Pipeline::builder()
-            .stage(StageSpec::thread("s.produce").stream_capacity(capacity))
-            .stage(StageSpec::thread("s.consume"))
+            .stage(StageSpec::thread_named("s.produce").stream_capacity(capacity))
+            .stage(StageSpec::thread_named("s.consume"))
             .build();
         assert!(matches!(r, Err(BuildError::BadPair { stage: 0, .. })), "{capacity}: {r:?}");
     }
@@ -582,7 +580,7 @@ fn killing_the_producer_mid_stream_fails_the_item_and_the_pair_goes_on() {
     let seen: Arc<Mutex<Option<(Instant, ErrorKind)>>> = Arc::default();
     let (pr, s) = (progress.clone(), seen.clone());
     let p = Pipeline::builder()
-        .stage(StageSpec::process("s.produce").stream_capacity(4096))
+        .stage(StageSpec::process_named("s.produce").stream_capacity(4096))
         .stage(StageSpec::with_stage(
             "watcher",
             consumer_fn(move |_f: &mut Frame<'_>, input: &mut StreamReader| {
@@ -656,7 +654,7 @@ fn killing_the_consumer_mid_stream_fails_the_item_and_the_pair_goes_on() {
             )
             .stream_capacity(4096),
         )
-        .stage(StageSpec::process("s.consume"))
+        .stage(StageSpec::process_named("s.consume"))
         .build()
         .unwrap();
     // The consumer reads slowly: a byte at a time.
@@ -755,12 +753,13 @@ fn both_halves_report_ran() {
     };
     let p = Pipeline::builder()
         .stage(
-            StageSpec::process("s.produce")
+            StageSpec::process_named("s.produce")
                 .pipe_with_next()
                 .on_complete(move |e| a.lock().unwrap().push((e.stage, keep(e)))),
         )
         .stage(
-            StageSpec::thread("s.consume").on_complete(move |e| b.lock().unwrap().push((e.stage, keep(e)))),
+            StageSpec::thread_named("s.consume")
+                .on_complete(move |e| b.lock().unwrap().push((e.stage, keep(e)))),
         )
         .build()
         .unwrap();

@@ -13,23 +13,27 @@
 #![deny(missing_docs)]
 
 mod frame;
-#[cfg(any(test, feature = "fuzzing"))]
+/// Hostile shared memory for the fuzz target in `fuzz/`: not part of the API.
+#[cfg(any(test, feature = "unstable-fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod heap;
-pub mod memory;
+mod memory;
 mod pair;
 mod pipeline;
 mod pool;
-pub mod ring;
+mod ring;
 mod route;
 mod stage;
 pub mod stream;
 mod sync;
-pub mod wait;
+mod wait;
 mod worker;
 
 pub use frame::{Frame, FrameError};
+pub use memory::{
+    LayoutError, SegmentError, MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_SLOTS, MAX_STAGES, MAX_STREAM_CAPACITY,
+};
 pub use pipeline::{
     BuildError, Builder, Completions, EngineFailure, ItemError, Map, NewFrame, OnComplete, Output, Pipeline,
     PipelineStats, RanOn, ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, StageStats,
@@ -38,13 +42,16 @@ pub use pipeline::{
 };
 pub use pool::{Pool, PoolBuilder, DEFAULT_POOL_WINDOW, MAX_WORKERS};
 pub use stage::{
-    consumer_fn, find_stage, producer_fn, stage_fn, BoxError, Chain, ChainError, ConsumerFn, FnStage,
-    KeepConsumer, MakeStage, ProducerFn, Stage, StageFactory, CHAIN, STAGES,
+    consumer_fn, producer_fn, stage_fn, BoxError, Chain, ChainError, ConsumerFn, FnStage, KeepConsumer,
+    MakeStage, Params, ProducerFn, Registered, Stage,
 };
-pub use sync::CachePadded;
-pub use worker::{worker_hook, TEST_ENTRY, WORKER_ENV};
+pub use worker::worker_hook;
 
+// What `register_stage!` and `worker_test_entry!` expand to: not part of the API.
 #[doc(hidden)]
 pub use linkme as __linkme;
 #[doc(hidden)]
-pub use stage::__box_stage;
+pub use stage::{
+    __box_stage, __make_registered, find_stage as __find_stage, StageFactory as __StageFactory,
+    STAGES as __STAGES,
+};

@@ -25,7 +25,7 @@
 
 use std::ops::Range;
 
-use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
+use ringpipe_engine::{register, register_stage, BoxError, Frame, Registered, Stage};
 
 /// Registered name of [`Chunker`] (parameters: [`Chunker::params`]; none: the defaults).
 pub const CHUNKER: &str = "ringpipe.fastcdc";
@@ -137,9 +137,9 @@ impl Stage for Unchunk {
     }
 }
 
-register_stage!(CHUNKER_STAGE, CHUNKER, |p: &[u8]| {
+register_stage!(CHUNKER, |p: &[u8]| {
     if p.is_empty() {
-        return Ok::<_, BoxError>(Chunker::default());
+        return Ok(Chunker::default());
     }
     let v: Vec<u32> = p.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
     match v[..] {
@@ -149,4 +149,12 @@ register_stage!(CHUNKER_STAGE, CHUNKER, |p: &[u8]| {
         _ => Err("ringpipe.fastcdc takes min, avg, max as three u32 LE, min <= avg <= max".into()),
     }
 });
-register_stage!(UNCHUNK_STAGE, UNCHUNK, |_: &[u8]| Ok::<_, BoxError>(Unchunk));
+impl Registered for Unchunk {
+    const NAME: &'static str = UNCHUNK;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Unchunk)
+    }
+}
+
+register!(Unchunk);

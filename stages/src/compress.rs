@@ -17,7 +17,7 @@
 //! assert_eq!(ChunkMeta::parse(&out).unwrap().1, &text[..]);
 //! ```
 
-use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
+use ringpipe_engine::{register, BoxError, Frame, Registered, Stage};
 
 use crate::chunk::{meta_of, ChunkError, ChunkMeta, CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, META_LEN};
 
@@ -168,14 +168,38 @@ impl Stage for Unlz4 {
     }
 }
 
-register_stage!(ZSTD_STAGE, ZSTD, |p: &[u8]| {
-    let level = match p {
-        [] => 3,
-        [a, b, c, d] => i32::from_le_bytes([*a, *b, *c, *d]),
-        _ => return Err(BoxError::from("ringpipe.zstd takes its level as 4 bytes (i32 LE)")),
-    };
-    Ok::<_, BoxError>(Zstd::new(level))
-});
-register_stage!(UNZSTD_STAGE, UNZSTD, |_: &[u8]| Ok::<_, BoxError>(Unzstd));
-register_stage!(LZ4_STAGE, LZ4, |_: &[u8]| Ok::<_, BoxError>(Lz4));
-register_stage!(UNLZ4_STAGE, UNLZ4, |_: &[u8]| Ok::<_, BoxError>(Unlz4));
+/// `StageSpec::process::<Zstd>(level)`.
+impl Registered for Zstd {
+    const NAME: &'static str = ZSTD;
+    /// The compression level.
+    type Params = i32;
+    fn from_params(level: i32) -> Result<Self, BoxError> {
+        Ok(Zstd::new(level))
+    }
+}
+
+impl Registered for Unzstd {
+    const NAME: &'static str = UNZSTD;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Unzstd)
+    }
+}
+
+impl Registered for Lz4 {
+    const NAME: &'static str = LZ4;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Lz4)
+    }
+}
+
+impl Registered for Unlz4 {
+    const NAME: &'static str = UNLZ4;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Unlz4)
+    }
+}
+
+register!(Zstd, Unzstd, Lz4, Unlz4);

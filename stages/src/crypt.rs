@@ -270,11 +270,11 @@ impl Stage for Open {
     }
 }
 
-register_stage!(SEAL_STAGE, SEAL, |p: &[u8]| {
+register_stage!(SEAL, |p: &[u8]| {
     let (cipher, key, salt) = parse_params(p)?;
-    Ok::<_, BoxError>(Seal::new(cipher, &key, salt))
+    Ok(Seal::new(cipher, &key, salt))
 });
-register_stage!(OPEN_STAGE, OPEN, |p: &[u8]| {
+register_stage!(OPEN, |p: &[u8]| {
     let (cipher, key, salt) = parse_params(p)?;
-    Ok::<_, BoxError>(Open::new(cipher, &key, salt))
+    Ok(Open::new(cipher, &key, salt))
 });

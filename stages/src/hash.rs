@@ -1,7 +1,7 @@
 //! BLAKE3 digests: [`Blake3Seal`] appends a frame's 32-byte digest, [`Blake3Verify`]
 //! checks and strips it (its inverse, for restore).
 
-use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
+use ringpipe_engine::{register, BoxError, Frame, Registered, Stage};
 
 use crate::chunk::{set_meta, ChunkError, ChunkMeta, CODEC_NONE};
 
@@ -81,8 +81,23 @@ impl Stage for Blake3Verify {
     }
 }
 
-register_stage!(BLAKE3_SEAL, SEAL, |_: &[u8]| Ok::<_, BoxError>(Blake3Seal));
-register_stage!(BLAKE3_VERIFY, VERIFY, |_: &[u8]| Ok::<_, BoxError>(Blake3Verify));
+impl Registered for Blake3Seal {
+    const NAME: &'static str = SEAL;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Blake3Seal)
+    }
+}
+
+impl Registered for Blake3Verify {
+    const NAME: &'static str = VERIFY;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Blake3Verify)
+    }
+}
+
+register!(Blake3Seal, Blake3Verify);
 
 /// Registered name of [`ChunkId`].
 pub const CHUNK_ID: &str = "ringpipe.chunk.id";
@@ -133,5 +148,20 @@ impl Stage for ChunkCheck {
     }
 }
 
-register_stage!(CHUNK_ID_STAGE, CHUNK_ID, |_: &[u8]| Ok::<_, BoxError>(ChunkId));
-register_stage!(CHUNK_CHECK_STAGE, CHUNK_CHECK, |_: &[u8]| Ok::<_, BoxError>(ChunkCheck));
+impl Registered for ChunkId {
+    const NAME: &'static str = CHUNK_ID;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(ChunkId)
+    }
+}
+
+impl Registered for ChunkCheck {
+    const NAME: &'static str = CHUNK_CHECK;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(ChunkCheck)
+    }
+}
+
+register!(ChunkId, ChunkCheck);

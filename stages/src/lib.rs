@@ -1,8 +1,11 @@
 //! Ready-made ringpipe stages for backup hot paths, on the field's standard crates.
 //!
-//! Each stage is registered by name (so it runs in worker processes, with replicas:
-//! `StageSpec::process(compress::ZSTD).params(Zstd::params(3)).replicas(2)`) and is a
-//! plain [`Stage`](ringpipe_engine::Stage) value (so it runs on a thread:
+//! Each stage is registered (so it runs in worker processes, with replicas:
+//! `StageSpec::process::<Zstd>(3).replicas(2)`, typed through
+//! [`Registered`](ringpipe_engine::Registered); the key-carrying ones, FastCDC and
+//! the ciphers, by name and parameter bytes: `StageSpec::process_named(crypt::SEAL)
+//! .params(Seal::params(cipher, &key, salt))`) and is a plain
+//! [`Stage`](ringpipe_engine::Stage) value (so it runs on a thread:
 //! `StageSpec::with_stage("zstd", Zstd::new(3))`). Each has its inverse for restore.
 //!
 //! | module | backup | restore |

@@ -44,7 +44,7 @@ fn pick(
     value: impl ringpipe_engine::Stage + 'static,
 ) -> StageSpec {
     if process {
-        StageSpec::process(name).params(params)
+        StageSpec::process_named(name).params(params)
     } else {
         StageSpec::with_stage(name, value)
     }

@@ -117,6 +117,7 @@ impl OwnedSlot {
 
 /// Why a frame operation was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The frame cannot hold that many bytes.
     TooLarge {

@@ -211,6 +211,7 @@ pub struct SlotHeader {
 
 /// Why a layout cannot be built or trusted.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// A count or size is outside its range.
     OutOfRange {
@@ -223,7 +224,7 @@ pub enum LayoutError {
     },
     /// The sizes add up past what a segment can hold.
     TooLarge,
-    /// The header does not start with [`MAGIC`]: not a ringpipe segment.
+    /// The header does not start with ringpipe's magic number: not a ringpipe segment.
     BadMagic,
     /// The segment was written by another layout version.
     VersionMismatch {
@@ -277,7 +278,9 @@ fn check(what: &'static str, value: u64, min: u64, max: u64) -> Result<(), Layou
 
 impl Layout {
     /// Computes the layout for `stage_count` stages, `slot_count` slots of
-    /// `slot_capacity` payload bytes, and a blob of `blob_size` bytes.
+    /// `slot_capacity` payload bytes, and a blob of `blob_size` bytes (tests: stages in
+    /// a line).
+    #[cfg(test)]
     pub fn compute(
         stage_count: usize,
         slot_count: usize,
@@ -289,6 +292,7 @@ impl Layout {
 
     /// Like [`compute`](Self::compute), with a streams region of `streams_size` bytes for
     /// the byte rings of producer/consumer pairs (see [`pair_size`](Self::pair_size)).
+    #[cfg(test)]
     pub fn with_streams(
         stage_count: usize,
         slot_count: usize,

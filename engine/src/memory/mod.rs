@@ -12,13 +12,15 @@ mod segment;
 pub(crate) use counters::{Counters, Tally};
 pub(crate) use journal::Journal;
 
+#[cfg(any(test, feature = "unstable-fuzzing"))]
+pub use layout::SegmentHeader;
 pub use layout::{
-    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_HOLD_INPUT,
-    FLAG_ORDERED_INPUT, MAGIC, MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES,
-    MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER, VERSION,
+    Layout, LayoutError, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT,
+    MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER,
+    ROLE_PRODUCER,
 };
 pub(crate) use segment::SlotParts;
-pub use segment::{Control, Segment, SegmentError, STATE_BROKEN, STATE_RUNNING, STATE_SHUTDOWN};
+pub use segment::{Segment, SegmentError, STATE_BROKEN, STATE_RUNNING, STATE_SHUTDOWN};
 
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,7 @@ impl Control {
 
 /// Why a segment could not be created or opened.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum SegmentError {
     /// The memfd could not be created or sized.
     Create(std::io::Error),
@@ -129,7 +130,7 @@ enum Backing {
     Memfd { map: MmapRaw, fd: OwnedFd },
     /// Zeroed, page-aligned heap memory: lets the code above run under Miri, which
     /// cannot map files.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(any(test, feature = "unstable-fuzzing"))]
     Heap { base: NonNull<u8>, alloc: std::alloc::Layout },
 }
 
@@ -141,7 +142,7 @@ unsafe impl Sync for Backing {}
 
 impl Drop for Backing {
     fn drop(&mut self) {
-        #[cfg(any(test, feature = "fuzzing"))]
+        #[cfg(any(test, feature = "unstable-fuzzing"))]
         if let Backing::Heap { base, alloc } = self {
             // SAFETY: allocated in `Segment::on_heap` with exactly this layout, freed once.
             unsafe { std::alloc::dealloc(base.as_ptr(), *alloc) };
@@ -211,7 +212,7 @@ impl Segment {
 
     /// A segment on zeroed heap memory with the header written, for unit tests (so
     /// Miri can check the code that uses segments) and the fuzz target.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(any(test, feature = "unstable-fuzzing"))]
     pub(crate) fn on_heap(layout: Layout) -> Self {
         let alloc = std::alloc::Layout::from_size_align(layout.size(), 4096).expect("layout size fits");
         // SAFETY: the size is non-zero (a header at least).
@@ -224,7 +225,7 @@ impl Segment {
 
     /// Overwrites everything after the header with `bytes` (repeated), as a buggy or
     /// hostile process could: the fuzz target's input.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(any(test, feature = "unstable-fuzzing"))]
     pub(crate) fn scribble(&self, bytes: &[u8]) {
         let start = std::mem::size_of::<SegmentHeader>();
         if bytes.is_empty() {
@@ -241,7 +242,7 @@ impl Segment {
     fn base(&self) -> *mut u8 {
         match &self.backing {
             Backing::Memfd { map, .. } => map.as_mut_ptr(),
-            #[cfg(any(test, feature = "fuzzing"))]
+            #[cfg(any(test, feature = "unstable-fuzzing"))]
             Backing::Heap { base, .. } => base.as_ptr(),
         }
     }
@@ -250,7 +251,7 @@ impl Segment {
     pub fn fd(&self) -> BorrowedFd<'_> {
         match &self.backing {
             Backing::Memfd { fd, .. } => fd.as_fd(),
-            #[cfg(any(test, feature = "fuzzing"))]
+            #[cfg(any(test, feature = "unstable-fuzzing"))]
             Backing::Heap { .. } => panic!("a heap segment (unit tests only) has no file descriptor"),
         }
     }

@@ -32,13 +32,14 @@ use crate::worker::spawn;
 /// ```no_run
 /// use ringpipe_engine::{Pipeline, StageSpec};
 /// let pipeline = Pipeline::builder()
-///     .stage(StageSpec::process("compress").params(vec![3]))
-///     .stage(StageSpec::thread("encrypt"))
+///     .stage(StageSpec::process_named("compress").params(vec![3]))
+///     .stage(StageSpec::thread_named("encrypt"))
 ///     .max_in_flight(128)
 ///     .frame_capacity(1 << 20)
 ///     .build()?;
 /// # Ok::<(), ringpipe_engine::BuildError>(())
 /// ```
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder {
     stages: Vec<StageSpec>,
     max_in_flight: usize,
@@ -297,7 +298,7 @@ impl Builder {
 
 /// The name statistics and events show: a chain's is its links' names joined by `+`.
 fn display_name(name: &str, params: &[u8]) -> String {
-    if name == crate::CHAIN {
+    if name == crate::stage::CHAIN {
         if let Ok(links) = crate::Chain::parse_params(params).map(|l| l.into_iter().map(|(n, _)| n)) {
             return links.collect::<Vec<_>>().join("+");
         }

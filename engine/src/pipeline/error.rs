@@ -6,6 +6,7 @@ use super::handles::Output;
 
 /// Why the whole pipeline stopped working; every item still in it fails with this.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EngineFailure {
     /// A worker process exited while the pipeline was running.
     WorkerDied {
@@ -48,6 +49,7 @@ impl std::error::Error for EngineFailure {}
 
 /// Why an item could not be submitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubmitError {
     /// The frame is larger than the pipeline's frame capacity.
     TooLarge {
@@ -245,6 +247,7 @@ impl std::error::Error for StageFailure {}
 
 /// Why a pipeline could not be built.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum BuildError {
     /// A pipeline needs at least one stage.
     NoStages,

@@ -26,6 +26,7 @@ use crate::memory::SlotHeader;
 /// assert_eq!(&out[..], b"HELLO");
 /// # Ok(()) }
 /// ```
+#[must_use = "dropping a NewFrame gives its frame back without submitting it"]
 pub struct NewFrame {
     pub(crate) shared: Arc<Shared>,
     pub(crate) slot: Option<OwnedSlot>,
@@ -127,6 +128,7 @@ impl Drop for NewFrame {
 ///
 /// Dropping a ticket abandons the result; the engine frees it when the item
 /// comes out.
+#[must_use = "dropping a Ticket abandons the item's result"]
 pub struct Ticket {
     shared: Arc<Shared>,
     ticket: u32,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stage::Stage;
+use crate::stage::{Params, Registered, Stage};
 
 /// Where a stage runs.
 pub(crate) enum Placement {
@@ -26,11 +26,12 @@ pub type OnComplete = Arc<dyn Fn(&StageEvent<'_>) + Send + Sync>;
 ///
 /// ```
 /// use ringpipe_engine::{stage_fn, StageSpec};
-/// let a = StageSpec::process("compress").params(vec![3]);
-/// let b = StageSpec::thread("compress").params(vec![3]);
+/// let a = StageSpec::process_named("compress").params(vec![3]);
+/// let b = StageSpec::thread_named("compress").params(vec![3]);
 /// let c = StageSpec::with_stage("count", stage_fn(|_f| Ok(())));
 /// assert!(a.is_process() && !b.is_process() && !c.is_process());
 /// ```
+#[must_use = "a stage spec does nothing until it is given to `Builder::stage`"]
 pub struct StageSpec {
     pub(crate) name: String,
     pub(crate) params: Vec<u8>,
@@ -67,13 +68,37 @@ impl StageSpec {
         }
     }
 
-    /// The stage registered as `name`, in its own worker process.
-    pub fn process(name: &str) -> Self {
+    /// Stage `S` built from `params`, in its own worker process.
+    ///
+    /// ```
+    /// # use ringpipe_engine::{BoxError, Frame, Registered, Stage, StageSpec};
+    /// # struct Zstd;
+    /// # impl Stage for Zstd { fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> { Ok(()) } }
+    /// # impl Registered for Zstd {
+    /// #     const NAME: &'static str = "doc.zstd";
+    /// #     type Params = i32;
+    /// #     fn from_params(_: i32) -> Result<Self, BoxError> { Ok(Zstd) }
+    /// # }
+    /// let compress = StageSpec::process::<Zstd>(3).replicas(2);
+    /// ```
+    pub fn process<S: Registered>(params: S::Params) -> Self {
+        Self::process_named(S::NAME).params(params.encode())
+    }
+
+    /// Stage `S` built from `params`, on a thread of the parent.
+    pub fn thread<S: Registered>(params: S::Params) -> Self {
+        Self::thread_named(S::NAME).params(params.encode())
+    }
+
+    /// The stage registered as `name`, in its own worker process; its parameter bytes
+    /// come from [`params`](Self::params). The dynamic form of
+    /// [`process`](Self::process).
+    pub fn process_named(name: &str) -> Self {
         Self::new(name, Placement::Process)
     }
 
     /// The stage registered as `name`, on a thread of the parent.
-    pub fn thread(name: &str) -> Self {
+    pub fn thread_named(name: &str) -> Self {
         Self::new(name, Placement::Thread)
     }
 
@@ -96,7 +121,7 @@ impl StageSpec {
     /// assert_eq!(hash_then_zip.replica_count(), 2);
     /// ```
     pub fn chain<'a>(links: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
-        Self::process(crate::CHAIN).params(crate::Chain::params(links))
+        Self::process_named(crate::stage::CHAIN).params(crate::Chain::params(links))
     }
 
     /// Parameter bytes given to the registered stage's constructor.
@@ -127,8 +152,8 @@ impl StageSpec {
     /// ```
     /// use ringpipe_engine::StageSpec;
     /// let stages = [
-    ///     StageSpec::process("read-file").pipe_with_next().stream_capacity(256 << 10),
-    ///     StageSpec::thread("compress"),
+    ///     StageSpec::process_named("read-file").pipe_with_next().stream_capacity(256 << 10),
+    ///     StageSpec::thread_named("compress"),
     /// ];
     /// assert!(stages[0].is_producer());
     /// ```
@@ -157,7 +182,7 @@ impl StageSpec {
     ///
     /// ```
     /// use ringpipe_engine::StageSpec;
-    /// let compress = StageSpec::process("compress").replicas(4);
+    /// let compress = StageSpec::process_named("compress").replicas(4);
     /// assert_eq!(compress.replica_count(), 4);
     /// ```
     pub fn replicas(mut self, n: usize) -> Self {
@@ -170,7 +195,7 @@ impl StageSpec {
     ///
     /// ```
     /// use ringpipe_engine::StageSpec;
-    /// assert!(StageSpec::process("compress").replicas_per_core().replica_count() >= 1);
+    /// assert!(StageSpec::process_named("compress").replicas_per_core().replica_count() >= 1);
     /// ```
     pub fn replicas_per_core(self) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -184,7 +209,7 @@ impl StageSpec {
     ///
     /// ```
     /// use ringpipe_engine::StageSpec;
-    /// let hash = StageSpec::process("hash").replicas(2).unordered();
+    /// let hash = StageSpec::process_named("hash").replicas(2).unordered();
     /// assert!(!hash.is_ordered());
     /// ```
     pub fn unordered(mut self) -> Self {
@@ -207,7 +232,7 @@ impl StageSpec {
     /// ```
     /// use std::time::Duration;
     /// use ringpipe_engine::StageSpec;
-    /// let s = StageSpec::process("compress").timeout(Duration::from_secs(5));
+    /// let s = StageSpec::process_named("compress").timeout(Duration::from_secs(5));
     /// assert_eq!(s.timeout_limit(), Some(Duration::from_secs(5)));
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {

@@ -169,11 +169,12 @@ impl fmt::Display for PipelineStats {
 #[cfg(all(test, not(loom), not(miri)))]
 mod tests {
     use crate::memory::Tally;
-    use crate::{Chain, Pipeline, StageSpec, CHAIN};
+    use crate::stage::CHAIN;
+    use crate::{Chain, Pipeline, StageSpec};
 
     #[test]
     fn scribbled_counters_saturate_instead_of_panicking() {
-        let empty_chain = StageSpec::thread(CHAIN).params(Chain::params([])).replicas(2);
+        let empty_chain = StageSpec::thread_named(CHAIN).params(Chain::params([])).replicas(2);
         let p = Pipeline::builder().stage(empty_chain).build().unwrap();
         let max = u64::MAX;
         let junk =

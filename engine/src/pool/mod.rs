@@ -16,6 +16,7 @@ use crate::memory::{LayoutError, MAX_REPLICAS, MAX_SLOTS};
 use crate::pipeline::{
     BuildError, Map, Pipeline, PipelineStats, ShutdownReport, StageSpec, DEFAULT_FRAME_CAPACITY,
 };
+use crate::stage::{Params, Registered};
 
 /// Tasks out at once unless [`PoolBuilder::max_in_flight`] says otherwise: 64 (with
 /// the default 64 KiB frames, 4 MiB of frames), or 4 per worker if that is more.
@@ -93,7 +94,7 @@ impl PoolBuilder {
         }
         // Unordered: each result leaves as soon as it is done; `map` restores the task
         // order itself, so one slow task holds up only the results after it.
-        let stage = StageSpec::process(&self.task).params(self.params).replicas(n).unordered();
+        let stage = StageSpec::process_named(&self.task).params(self.params).replicas(n).unordered();
         let pipeline = Pipeline::builder()
             .stage(stage)
             .max_in_flight(in_flight)
@@ -112,7 +113,7 @@ impl PoolBuilder {
 ///
 /// ```no_run
 /// use ringpipe_engine::Pool;
-/// let pool = Pool::builder("double").workers(4).build()?;
+/// let pool = Pool::builder_named("double").workers(4).build()?;
 /// for result in pool.map((0..100u64).map(|i| [i as f64; 8])) {
 ///     let result = result?;
 ///     let doubled: &[f64] = result.cast_slice()?;
@@ -129,8 +130,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts configuring a pool running the task registered as `task`.
-    pub fn builder(task: &str) -> PoolBuilder {
+    /// Starts configuring a pool running task `S`, built from `params` in each
+    /// worker.
+    pub fn builder<S: Registered>(params: S::Params) -> PoolBuilder {
+        Self::builder_named(S::NAME).params(params.encode())
+    }
+
+    /// Starts configuring a pool running the task registered as `task` (the dynamic
+    /// form of [`builder`](Self::builder); parameter bytes from
+    /// [`PoolBuilder::params`]).
+    pub fn builder_named(task: &str) -> PoolBuilder {
         PoolBuilder {
             task: task.to_owned(),
             params: Vec::new(),

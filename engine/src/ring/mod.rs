@@ -17,6 +17,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+#[cfg(test)]
 use crate::heap::HeapBox;
 use crate::sync::{AtomicU64, CachePadded, Ordering};
 use crate::wait::{WaitWord, Wake};
@@ -163,16 +164,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Writes `value` into the next slot without publishing it.
-    ///
-    /// ```
-    /// use ringpipe_engine::ring::HeapRing;
-    /// let (mut tx, mut rx) = HeapRing::new(4).split();
-    /// tx.try_push(7).unwrap();
-    /// assert_eq!(rx.try_pop(), Ok(None), "not published yet");
-    /// tx.publish();
-    /// assert_eq!(rx.try_pop(), Ok(Some(7)));
-    /// ```
+    /// Writes `value` into the next slot without publishing it (the tests'
+    /// `push_waits_for_publish`).
     #[inline]
     pub fn try_push(&mut self, value: u64) -> Result<(), PushError> {
         // Wrapping: a fresh end's cached head is `tail - capacity`, wrapped if need be.
@@ -207,17 +200,7 @@ impl Producer {
     /// Takes over from a dead producer that wrote descriptors up to position `staged`
     /// without publishing them: they become this producer's pushes (unpublished). A
     /// `staged` behind the published tail is nothing to take over; one past the
-    /// consumer's reach is an error.
-    ///
-    /// ```
-    /// use ringpipe_engine::ring::HeapRing;
-    /// let (mut tx, mut rx) = HeapRing::new(4).split();
-    /// tx.try_push(7).unwrap(); // the first producer "dies" here, unpublished
-    /// tx.adopt(1).unwrap();
-    /// tx.publish();
-    /// assert_eq!(rx.try_pop(), Ok(Some(7)));
-    /// assert!(tx.adopt(9).is_err(), "more than the ring holds");
-    /// ```
+    /// consumer's reach is an error (the tests' `adopt_takes_over_unpublished_pushes`).
     pub fn adopt(&mut self, staged: u64) -> Result<(), Corrupt> {
         // Acquire pairs with the consumer's Release store of head in `release`.
         let head = self.ring.header().head.load(Ordering::Acquire);
@@ -259,12 +242,6 @@ impl Producer {
         // Relaxed: we are the only writer of tail (saturating: unless memory is corrupt).
         self.tail.saturating_sub(self.ring.header().tail.load(Ordering::Relaxed))
     }
-
-    /// Wakes a parked consumer so that it re-checks conditions other than the ring
-    /// (a shutdown flag stored before this call).
-    pub fn nudge(&self) {
-        self.ring.wake().readable.notify();
-    }
 }
 
 /// The reading end.
@@ -279,8 +256,9 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Takes the next published value, if any.
-    #[inline]
+    /// Takes the next published value, if any (and releases it at once; runners
+    /// take and release separately, see `Gather`).
+    #[cfg(any(test, feature = "unstable-fuzzing"))]
     pub fn try_pop(&mut self) -> Result<Option<u64>, Corrupt> {
         let value = self.try_take()?;
         if value.is_some() {
@@ -371,12 +349,14 @@ impl Doorbell {
     }
 }
 
-/// A ring on the heap, for tests, loom and Miri, and for in-process use.
+/// A ring on the heap, for tests, loom and Miri.
+#[cfg(test)]
 pub struct HeapRing {
     header: HeapBox<RingHeader>,
     slots: HeapBox<[AtomicU64]>,
 }
 
+#[cfg(test)]
 impl HeapRing {
     /// A ring of `capacity` slots (rounded up to a power of two, at least 1).
     pub fn new(capacity: usize) -> Self {

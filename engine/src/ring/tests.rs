@@ -6,6 +6,25 @@ mod unit {
 
     use super::*;
 
+    #[test]
+    fn push_waits_for_publish() {
+        let (mut tx, mut rx) = HeapRing::new(4).split();
+        tx.try_push(7).unwrap();
+        assert_eq!(rx.try_pop(), Ok(None), "not published yet");
+        tx.publish();
+        assert_eq!(rx.try_pop(), Ok(Some(7)));
+    }
+
+    #[test]
+    fn adopt_takes_over_unpublished_pushes() {
+        let (mut tx, mut rx) = HeapRing::new(4).split();
+        tx.try_push(7).unwrap(); // the first producer "dies" here, unpublished
+        tx.adopt(1).unwrap();
+        tx.publish();
+        assert_eq!(rx.try_pop(), Ok(Some(7)));
+        assert!(tx.adopt(9).is_err(), "more than the ring holds");
+    }
+
     /// Two rings pointed at one doorbell: a consumer parked on the doorbell is woken by
     /// a publish on either ring.
     #[test]

@@ -55,7 +55,7 @@ impl Chain {
         self.links.iter().map(|(n, _)| n.as_str())
     }
 
-    /// The parameter bytes of the registered [`CHAIN`] stage for `links`, each a
+    /// The parameter bytes of the registered chain stage (`ringpipe.chain`) for `links`, each a
     /// registered stage's name and its parameters.
     ///
     /// ```
@@ -96,7 +96,7 @@ impl Chain {
         Ok(links)
     }
 
-    /// Builds each link from the stage registry: what the registered [`CHAIN`] stage
+    /// Builds each link from the stage registry: what the registered chain stage
     /// does in a worker process. An unknown name or a link's bad parameters is an
     /// error naming that link.
     pub fn from_params(p: &[u8]) -> Result<Self, BoxError> {
@@ -146,7 +146,7 @@ impl std::error::Error for ChainError {
     }
 }
 
-crate::register_stage!(CHAIN_STAGE, CHAIN, Chain::from_params);
+crate::register_stage!(CHAIN, Chain::from_params);
 
 #[cfg(all(test, not(loom)))]
 mod tests {

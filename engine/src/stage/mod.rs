@@ -8,7 +8,8 @@
 mod chain;
 mod halves;
 
-pub use chain::{Chain, ChainError, CHAIN};
+pub(crate) use chain::CHAIN;
+pub use chain::{Chain, ChainError};
 pub use halves::{consumer_fn, producer_fn, ConsumerFn, KeepConsumer, ProducerFn};
 
 use crate::frame::Frame;
@@ -212,56 +213,201 @@ pub struct StageFactory {
 pub static STAGES: [StageFactory];
 
 /// The factory registered under `name`, if any.
-///
-/// ```
-/// assert!(ringpipe_engine::find_stage("surely-not-registered").is_none());
-/// ```
 pub fn find_stage(name: &str) -> Option<&'static StageFactory> {
     STAGES.iter().find(|f| f.name == name)
 }
 
-/// Boxes the result of a stage constructor (used by [`register_stage!`](crate::register_stage)).
-#[doc(hidden)]
-pub fn __box_stage<S, E>(made: Result<S, E>) -> Result<Box<dyn Stage>, BoxError>
-where
-    S: Stage + 'static,
-    E: Into<BoxError>,
-{
-    made.map(|s| Box::new(s) as Box<dyn Stage>).map_err(Into::into)
+/// A stage worker processes can build by name, with typed parameters: its
+/// registered [`NAME`](Self::NAME), its [`Params`](Self::Params) and how it is built
+/// from them. Register it once with [`register!`](crate::register); place it with
+/// [`StageSpec::process`](crate::StageSpec::process)`::<S>(params)` (or `thread`).
+///
+/// ```
+/// use ringpipe_engine::{register, BoxError, Frame, Pipeline, Registered, Stage, StageSpec};
+///
+/// /// Adds a constant to every byte.
+/// struct Add(u8);
+///
+/// impl Stage for Add {
+///     fn process(&mut self, f: &mut Frame<'_>) -> Result<(), BoxError> {
+///         f.bytes_mut().iter_mut().for_each(|b| *b = b.wrapping_add(self.0));
+///         Ok(())
+///     }
+/// }
+///
+/// impl Registered for Add {
+///     const NAME: &'static str = "doc.add";
+///     type Params = u8;
+///     fn from_params(k: u8) -> Result<Self, BoxError> {
+///         Ok(Add(k))
+///     }
+/// }
+///
+/// register!(Add);
+///
+/// let p = Pipeline::builder().stage(StageSpec::thread::<Add>(2)).build()?;
+/// assert_eq!(&p.submit(b"abc")?.wait()?[..], b"cde");
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Registered: Stage + Sized + 'static {
+    /// The name it is registered under; unique in the program.
+    const NAME: &'static str;
+    /// What it is built from. They cross into the worker process as bytes.
+    type Params: Params;
+    /// Builds the stage (in its worker process, or on a thread of the parent); an
+    /// error fails `build()` with [`BuildError::StageInit`](crate::BuildError::StageInit).
+    fn from_params(params: Self::Params) -> Result<Self, BoxError>;
 }
 
-/// Registers a stage under a name, so worker processes can build it.
+/// Stage parameters as they cross into a worker process: encoded by the parent,
+/// decoded by the worker. Implemented for `()`, the integer types (little-endian),
+/// `bool`, `Vec<u8>` and `String`; implement it for a struct of your own.
+pub trait Params: Sized {
+    /// The bytes that stand for these parameters.
+    fn encode(&self) -> Vec<u8>;
+    /// Reads them back; bytes [`encode`](Self::encode) did not make are an error.
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError>;
+}
+
+impl Params for () {
+    fn encode(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        match bytes {
+            [] => Ok(()),
+            _ => Err(format!("this stage takes no parameters, got {} bytes", bytes.len()).into()),
+        }
+    }
+}
+
+macro_rules! int_params {
+    ($($t:ty),*) => {$(
+        impl Params for $t {
+            fn encode(&self) -> Vec<u8> {
+                self.to_le_bytes().to_vec()
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+                let bytes = bytes.try_into().map_err(|_| {
+                    format!("expected {} parameter bytes, got {}", std::mem::size_of::<$t>(), bytes.len())
+                })?;
+                Ok(<$t>::from_le_bytes(bytes))
+            }
+        }
+    )*};
+}
+int_params!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl Params for bool {
+    fn encode(&self) -> Vec<u8> {
+        vec![u8::from(*self)]
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        match bytes {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err("expected one parameter byte, 0 or 1".into()),
+        }
+    }
+}
+
+impl Params for Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
+        self.clone()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Params for String {
+    fn encode(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        Ok(std::str::from_utf8(bytes)?.to_owned())
+    }
+}
+
+/// Builds a [`Registered`] stage from parameter bytes (what [`register!`](crate::register)
+/// registers).
+#[doc(hidden)]
+pub fn __make_registered<S: Registered>(params: &[u8]) -> Result<Box<dyn Stage>, BoxError> {
+    Ok(Box::new(S::from_params(S::Params::decode(params)?)?))
+}
+
+/// Boxes the result of a stage constructor (used by [`register_stage!`](crate::register_stage)).
+#[doc(hidden)]
+pub fn __box_stage<S: Stage + 'static>(made: Result<S, BoxError>) -> Result<Box<dyn Stage>, BoxError> {
+    made.map(|s| Box::new(s) as Box<dyn Stage>)
+}
+
+/// Registers [`Registered`] stages, so worker processes can build them by name.
+///
+/// ```
+/// # use ringpipe_engine::{register, BoxError, Frame, Registered, Stage};
+/// # struct Noop;
+/// # impl Stage for Noop { fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> { Ok(()) } }
+/// # impl Registered for Noop {
+/// #     const NAME: &'static str = "doc.noop";
+/// #     type Params = ();
+/// #     fn from_params((): ()) -> Result<Self, BoxError> { Ok(Noop) }
+/// # }
+/// register!(Noop);
+/// ```
+#[macro_export]
+macro_rules! register {
+    ($($stage:ty),+ $(,)?) => {$(
+        const _: () = {
+            #[$crate::__linkme::distributed_slice($crate::__STAGES)]
+            #[linkme(crate = $crate::__linkme)]
+            static STAGE: $crate::__StageFactory = $crate::__StageFactory {
+                name: <$stage as $crate::Registered>::NAME,
+                make: $crate::__make_registered::<$stage>,
+            };
+        };
+    )+};
+}
+
+/// Registers a stage under a name by its constructor from parameter bytes: the
+/// dynamic form of [`register!`](crate::register), for stages made by a closure.
 ///
 /// The constructor gets the stage's parameter bytes and returns
-/// `Result<impl Stage, impl Into<BoxError>>`; an error there fails `build()` with
+/// `Result<impl Stage, BoxError>`; an error there fails `build()` with
 /// [`BuildError::StageInit`](crate::BuildError::StageInit).
 ///
 /// ```
-/// use ringpipe_engine::{register_stage, stage_fn, BoxError, Frame};
-/// register_stage!(ADD, "add", |params: &[u8]| {
+/// use ringpipe_engine::{register_stage, stage_fn, Frame};
+/// register_stage!("add", |params: &[u8]| {
 ///     let k = *params.first().ok_or("`add` needs one parameter byte")?;
-///     Ok::<_, BoxError>(stage_fn(move |f: &mut Frame<'_>| {
+///     Ok(stage_fn(move |f: &mut Frame<'_>| {
 ///         f.bytes_mut().iter_mut().for_each(|b| *b = b.wrapping_add(k));
 ///         Ok(())
 ///     }))
 /// });
-/// assert!(ringpipe_engine::find_stage("add").is_some());
 /// ```
 #[macro_export]
 macro_rules! register_stage {
     ($id:ident, $name:expr, $make:expr) => {
-        #[$crate::__linkme::distributed_slice($crate::STAGES)]
-        #[linkme(crate = $crate::__linkme)]
-        static $id: $crate::StageFactory = $crate::StageFactory {
-            name: $name,
-            make: {
-                fn make(
-                    params: &[u8],
-                ) -> ::std::result::Result<::std::boxed::Box<dyn $crate::Stage>, $crate::BoxError> {
-                    $crate::__box_stage(($make)(params))
-                }
-                make
-            },
+        $crate::register_stage!($name, $make);
+    };
+    ($name:expr, $make:expr) => {
+        const _: () = {
+            #[$crate::__linkme::distributed_slice($crate::__STAGES)]
+            #[linkme(crate = $crate::__linkme)]
+            static STAGE: $crate::__StageFactory = $crate::__StageFactory {
+                name: $name,
+                make: {
+                    fn make(
+                        params: &[u8],
+                    ) -> ::std::result::Result<::std::boxed::Box<dyn $crate::Stage>, $crate::BoxError>
+                    {
+                        $crate::__box_stage(($make)(params))
+                    }
+                    make
+                },
+            };
         };
     };
 }

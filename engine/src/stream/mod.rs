@@ -1,7 +1,7 @@
 //! A single-producer single-consumer **byte** ring with an explicit end of stream:
 //! what a producer/consumer stage pair streams through instead of an OS pipe.
 //!
-//! Like [`ring`](crate::ring) it works over any memory (the shared segment, or the heap
+//! Like the descriptor rings it works over any memory (the shared segment, or the heap
 //! in [`HeapStream`]) and knows nothing of processes. Unlike a pipe, the end of a
 //! stream is a statement, not an absence: the consumer sees end-of-file only after the
 //! producer called [`StreamWriter::finish`]. A writer dropped (or failed, or whose
@@ -94,6 +94,7 @@ impl StreamHeader {
 
 /// Why a stream operation failed. Converts to `io::Error` for the `Read`/`Write` impls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StreamError {
     /// The producer failed, panicked or died before finishing: the stream is truncated.
     ProducerFailed,
