@@ -7,21 +7,37 @@
 //! executable, re-executed) or on a thread of the parent.
 //!
 //! ```no_run
-//! use ringpipe::{register_stage, stage_fn, BoxError, Frame, Pipeline, StageSpec};
+//! use ringpipe::{register, BoxError, Frame, Pipeline, Registered, Stage, StageSpec};
 //!
-//! register_stage!("upper", |_params: &[u8]| {
-//!     Ok(stage_fn(|f: &mut Frame<'_>| {
+//! /// Upper-cases every item.
+//! struct Upper;
+//!
+//! impl Stage for Upper {
+//!     fn process(&mut self, f: &mut Frame<'_>) -> Result<(), BoxError> {
 //!         f.bytes_mut().make_ascii_uppercase();
 //!         Ok(())
-//!     }))
-//! });
+//!     }
+//! }
+//!
+//! impl Registered for Upper {
+//!     const NAME: &'static str = "upper";
+//!     type Params = ();
+//!     fn from_params((): ()) -> Result<Self, BoxError> {
+//!         Ok(Upper)
+//!     }
+//! }
+//!
+//! register!(Upper); // worker processes build it by name
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     ringpipe::worker_hook(); // first line of main: worker processes start here
-//!     let pipeline = Pipeline::builder().stage(StageSpec::process_named("upper")).build()?;
-//!     let out = pipeline.submit(b"hello")?.wait()?;
+//!     let pipeline = Pipeline::builder()
+//!         .stage(StageSpec::process::<Upper>(()).replicas(2))
+//!         .max_in_flight(64)
+//!         .build()?;
+//!     let out = pipeline.submit(b"hello")?.wait()?; // a stage's failure is an Err too
 //!     assert_eq!(&out[..], b"HELLO");
-//!     drop(out);
+//!     drop(out); // the frame goes back to the pipeline
 //!     assert!(pipeline.shutdown().was_graceful());
 //!     Ok(())
 //! }

@@ -195,22 +195,19 @@ where
     }
 
     /// Waits until a result this map can yield is in, taking every finished one of
-    /// its items it meets on the way (one lock of the book for the whole run).
+    /// its items on the way (one lock of the book for all of them).
     fn collect(&mut self) {
         let shared = &self.pipeline.shared;
         let (sent, ordered) = (&mut self.sent, self.ordered);
         let started = Instant::now();
         shared.wait_until(None, |book| {
+            // Everything finished is taken, in order or not: results that overtook
+            // the oldest are ready when it comes, with no further wait.
             let mut any = false;
             for s in sent.iter_mut().filter(|s| s.result.is_none()) {
-                match handles::take(shared, book, s.ticket) {
-                    Some(r) => {
-                        s.result = Some(r);
-                        any = true;
-                    }
-                    // In order, what finished behind the oldest waits for the next call.
-                    None if ordered => break,
-                    None => {}
+                if let Some(r) = handles::take(shared, book, s.ticket) {
+                    s.result = Some(r);
+                    any = true;
                 }
             }
             let ready = if ordered { sent.front().is_some_and(|s| s.result.is_some()) } else { any };
@@ -250,11 +247,13 @@ where
     type Item = Result<Output, ItemError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let window = self.pipeline.max_in_flight();
         loop {
             if let Some(r) = self.pop_ready() {
                 return Some(r);
             }
-            let window = self.pipeline.max_in_flight();
+            // Refill in batches of at least half the window: one lock of the book and
+            // one ring publish for many items.
             if !self.exhausted && self.sent.len() <= window / 2 {
                 self.fill();
             }

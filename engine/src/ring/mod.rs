@@ -223,13 +223,12 @@ impl Producer {
         self
     }
 
-    /// Values pushed (published or not) and not yet released by the consumer (see
-    /// [`Consumer::try_take`]): how far behind it is, for choosing the least loaded of
-    /// several rings.
-    pub(crate) fn backlog(&self) -> u64 {
+    /// The consumer's released position (see [`Consumer::try_take`]): with
+    /// [`position`](Self::position), how far behind it is, for choosing the least
+    /// loaded of several rings.
+    pub(crate) fn consumer_position(&self) -> u64 {
         // Relaxed: a hint only; a stale head overstates the backlog, never corrupts it.
-        let head = self.ring.header().head.load(Ordering::Relaxed);
-        self.tail.saturating_sub(head)
+        self.ring.header().head.load(Ordering::Relaxed)
     }
 
     /// The position the next push writes.

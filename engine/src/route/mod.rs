@@ -39,6 +39,12 @@ pub(crate) struct Scatter {
     rings: Vec<Producer>,
     /// Where the search for the least loaded ring starts, so ties rotate.
     cursor: usize,
+    /// Each ring's consumer position as last read, and whether a publish has made
+    /// them worth reading again. Reading a consumer's position is a cache miss on a
+    /// line another core writes; between two publishes (one batch) the pushes are
+    /// counted locally against this snapshot instead.
+    heads: Vec<u64>,
+    stale: bool,
 }
 
 impl Scatter {
@@ -46,7 +52,8 @@ impl Scatter {
     /// If `rings` is empty.
     pub(crate) fn new(rings: Vec<Producer>) -> Self {
         assert!(!rings.is_empty(), "a runner writes at least one ring");
-        Self { rings, cursor: 0 }
+        let heads = vec![0; rings.len()];
+        Self { rings, cursor: 0, heads, stale: true }
     }
 
     /// Pushes `desc` (unpublished) to the ring with the smallest backlog; returns
@@ -59,12 +66,20 @@ impl Scatter {
         Ok((i, at))
     }
 
+    /// The ring with the smallest backlog: pushed (by us, counted locally) and not
+    /// yet released by its consumer (as of the last snapshot, taken once per batch).
     fn least_loaded(&mut self) -> usize {
         let n = self.rings.len();
+        if self.stale {
+            for (head, ring) in self.heads.iter_mut().zip(&self.rings) {
+                *head = ring.consumer_position();
+            }
+            self.stale = false;
+        }
         let (mut best, mut least) = (self.cursor, u64::MAX);
         for k in 0..n {
             let i = (self.cursor + k) % n;
-            let backlog = self.rings[i].backlog();
+            let backlog = self.rings[i].position().saturating_sub(self.heads[i]);
             if backlog < least {
                 (best, least) = (i, backlog);
                 if backlog == 0 {
@@ -83,6 +98,7 @@ impl Scatter {
             only.publish();
             return;
         }
+        self.stale = true;
         for ring in &mut self.rings {
             if ring.unpublished() > 0 {
                 ring.publish();
