@@ -369,6 +369,40 @@ fn busy_workers_exit_when_the_parent_is_killed_and_leave_nothing() {
     assert_eq!((entries("/dev/shm"), entries("/tmp")), before, "nothing may be left behind");
 }
 
+/// A dead worker is replaced in place: its pipes close with it, so a pipeline that
+/// lost workers holds as many descriptors as one that lost none. Counted in a helper
+/// process of its own, where no other test opens descriptors meanwhile.
+#[test]
+fn replaced_workers_leave_no_descriptor_open() {
+    const HELPER: &str = "RINGPIPE_TEST_FD_COUNT";
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    if std::env::var_os(HELPER).is_some() {
+        let p = Pipeline::builder().stage(StageSpec::process_named("f.act")).build().unwrap();
+        assert!(p.submit(&item(OK, 0)).unwrap().wait().is_ok());
+        let before = fds();
+        for deaths in 1..=5 {
+            assert!(kill9(p.worker_pids()[0].1));
+            common::await_restarts(&p, deaths);
+        }
+        assert!(p.submit(&item(OK, 1)).unwrap().wait().is_ok());
+        println!("fds: {before} {}", fds());
+        let report = p.shutdown();
+        assert_eq!(report.workers.len(), 6, "5 dead, 1 running: {report:?}");
+        assert!(!report.was_graceful() && report.failure.is_none());
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["replaced_workers_leave_no_descriptor_open", "--exact", "--nocapture", "--test-threads=1"])
+        .env(HELPER, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find_map(|l| l.strip_prefix("fds: ")).expect("the helper counted");
+    let (before, after) = line.split_once(' ').unwrap();
+    assert_eq!(before, after, "descriptors before and after 5 worker deaths");
+}
+
 /// Names in `dir` that belong to this user (other tests and programs may come and go,
 /// but ours must not grow).
 fn entries(dir: &str) -> HashSet<std::ffi::OsString> {

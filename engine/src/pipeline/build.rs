@@ -223,6 +223,8 @@ impl Builder {
             in_flight: 0,
             failure: None,
             wakers: 0,
+            space_wakers: Vec::new(),
+            completion_waker: None,
         };
         let submissions = Scatter::new(wiring.submission_rings().map(|r| seg.ring(r).0).collect());
         let (result_rings, ordered) = wiring.result_rings();
@@ -248,6 +250,7 @@ impl Builder {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             restarts: std::sync::atomic::AtomicUsize::new(0),
+            dead: Mutex::new(Vec::new()),
             started: Instant::now(),
             submit_waited_ns: std::sync::atomic::AtomicU64::new(0),
         });

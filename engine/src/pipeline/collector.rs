@@ -104,7 +104,7 @@ pub(crate) fn drive_async(shared: Arc<Shared>) {
     loop {
         {
             let mut book = shared.book.lock();
-            while book.wakers == 0 && !shared.stopping.load(Ordering::Acquire) {
+            while book.async_waiters() == 0 && !shared.stopping.load(Ordering::Acquire) {
                 shared.async_waiting.wait(&mut book);
             }
         }
@@ -112,7 +112,7 @@ pub(crate) fn drive_async(shared: Arc<Shared>) {
             return;
         }
         shared.wait_until(None, |book| {
-            (book.wakers == 0 || book.failure.is_some() || shared.stopping.load(Ordering::Acquire))
+            (book.async_waiters() == 0 || book.failure.is_some() || shared.stopping.load(Ordering::Acquire))
                 .then_some(())
         });
     }

@@ -55,7 +55,8 @@ pub struct ShutdownReport {
     pub graceful: bool,
     /// Why the pipeline broke, if it did.
     pub failure: Option<EngineFailure>,
-    /// How each worker process ended.
+    /// How each worker process ended: those that died and were replaced, then those
+    /// running at shutdown.
     pub workers: Vec<WorkerExit>,
 }
 
@@ -75,7 +76,8 @@ pub struct WorkerExit {
     pub pid: u32,
     /// Its exit status, if it could be collected.
     pub status: Option<std::process::ExitStatus>,
-    /// True if it had to be killed.
+    /// True if ringpipe had to kill it (at shutdown, or for running past its stage's
+    /// timeout).
     pub killed: bool,
 }
 
@@ -175,7 +177,8 @@ impl Pipeline {
     /// [`shutdown`](Self::shutdown) afterwards.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        let _book = self.shared.book.lock();
+        let mut book = self.shared.book.lock();
+        book.wake_space(); // waiting for room is over: they fail with `ShutDown`
         self.shared.done.notify_all();
     }
 
@@ -207,7 +210,11 @@ impl Pipeline {
         shared.seg.control().set_state(STATE_SHUTDOWN);
         shared.nudge_all();
         {
-            let _book = shared.book.lock();
+            let mut book = shared.book.lock();
+            book.wake_space();
+            if let Some(w) = book.completion_waker.take() {
+                w.wake();
+            }
             shared.async_waiting.notify_all();
         }
         let mut graceful = failure.is_none();
@@ -226,7 +233,9 @@ impl Pipeline {
         // waits for what a worker still holds, so its workers are stopped at once and
         // `shutdown_timeout(t)` returns close to `t`.
         let exit_wait = if failure.is_some() { Duration::ZERO } else { WORKER_EXIT_TIMEOUT };
-        let mut exits = Vec::new();
+        // Workers that died and were replaced first: none of them ended gracefully.
+        let mut exits = std::mem::take(&mut *shared.dead.lock());
+        graceful &= exits.is_empty();
         for w in self.workers.lock().iter_mut() {
             let (status, killed) = w.stop(exit_wait);
             w.lifeline = None;

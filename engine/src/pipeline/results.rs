@@ -88,6 +88,31 @@ impl Iterator for Completions<'_> {
     }
 }
 
+/// `Completions` as an async stream (`futures_core::Stream`): the next detached
+/// result, awaited without blocking the thread; `None` once none is in flight.
+impl futures_core::Stream for Completions<'_> {
+    type Item = Result<Output, ItemError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let shared = &self.pipeline.shared;
+        shared.collect_now();
+        let mut book = shared.book.lock();
+        if let Some(ticket) = book.finished.pop_front() {
+            return std::task::Poll::Ready(handles::take(shared, &mut book, ticket));
+        }
+        if !book.has_detached_pending() {
+            return std::task::Poll::Ready(None);
+        }
+        if book.wait_for_completion(cx.waker()) {
+            shared.async_waiting.notify_one(); // the driver collects for us
+        }
+        std::task::Poll::Pending
+    }
+}
+
 /// Results of [`Pipeline::map`], [`Pipeline::map_unordered`] and the
 /// [`Pool`](crate::Pool)'s maps: `Ok(Output)`, or the item's [`ItemError`], each
 /// tagged with its input position ([`Output::index`]).

@@ -107,6 +107,11 @@ pub(crate) struct Book {
     pub failure: Option<EngineFailure>,
     /// Pending entries with a registered waker (futures being polled).
     pub wakers: usize,
+    /// Futures waiting for a free frame (`alloc_async`), woken when one is released
+    /// or submitting can no longer succeed.
+    pub space_wakers: Vec<Waker>,
+    /// The `Completions` stream waiting for a detached item.
+    pub completion_waker: Option<Waker>,
 }
 
 impl Book {
@@ -125,6 +130,38 @@ impl Book {
         self.entries[ticket as usize].state = State::Free;
         self.free_tickets.push(ticket);
         self.free_slots.push(slot);
+        self.wake_space();
+    }
+
+    /// Wakes every future waiting for a free frame (it re-checks).
+    pub fn wake_space(&mut self) {
+        for w in self.space_wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Registers a future waiting for a free frame. True if the async driver should
+    /// start collecting (it was idle).
+    pub fn wait_for_space(&mut self, waker: &Waker) -> bool {
+        let idle = self.async_waiters() == 0;
+        if !self.space_wakers.iter().any(|w| w.will_wake(waker)) {
+            self.space_wakers.push(waker.clone());
+        }
+        idle
+    }
+
+    /// Registers the `Completions` stream's waker. True if the async driver should
+    /// start collecting.
+    pub fn wait_for_completion(&mut self, waker: &Waker) -> bool {
+        let idle = self.async_waiters() == 0;
+        self.completion_waker = Some(waker.clone());
+        idle
+    }
+
+    /// Futures and streams waiting on the pipeline: while there are any, the async
+    /// driver thread collects results for them.
+    pub fn async_waiters(&self) -> usize {
+        self.wakers + self.space_wakers.len() + usize::from(self.completion_waker.is_some())
     }
 
     /// A reserved ticket's item enters the rings.
@@ -146,6 +183,9 @@ impl Book {
                 self.in_flight -= 1;
                 if detached {
                     self.finished.push_back(ticket);
+                    if let Some(w) = self.completion_waker.take() {
+                        w.wake();
+                    }
                 }
                 if let Some(w) = waker {
                     self.wakers -= 1;
@@ -251,12 +291,16 @@ impl Book {
         self.free_tickets.is_empty() && self.in_flight == 0
     }
 
-    /// The pipeline broke: every item in flight fails with `failure`.
+    /// The pipeline broke: every item in flight fails with `failure` (a detached one
+    /// comes out of `Completions` as that failure).
     fn fail_all(&mut self, failure: &EngineFailure) {
-        for entry in &mut self.entries {
+        for (ticket, entry) in self.entries.iter_mut().enumerate() {
             match std::mem::replace(&mut entry.state, State::Free) {
-                State::Pending { waker, .. } => {
+                State::Pending { waker, detached } => {
                     entry.state = State::Failed(failure.clone());
+                    if detached {
+                        self.finished.push_back(ticket as u32);
+                    }
                     if let Some(w) = waker {
                         self.wakers -= 1;
                         w.wake();
@@ -267,6 +311,10 @@ impl Book {
             }
         }
         self.in_flight = 0;
+        self.wake_space();
+        if let Some(w) = self.completion_waker.take() {
+            w.wake();
+        }
     }
 }
 
@@ -306,6 +354,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Worker processes replaced after they died.
     pub restarts: std::sync::atomic::AtomicUsize,
+    /// How each replaced worker ended, for the shutdown report.
+    pub dead: Mutex<Vec<super::WorkerExit>>,
     /// When the pipeline was built.
     pub started: Instant,
     /// Nanoseconds submitters spent waiting for a free frame.

@@ -2,6 +2,7 @@
 //! batches (one lock of the book and one ring publish per batch).
 
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytemuck::Pod;
@@ -60,6 +61,67 @@ impl Pipeline {
     /// Reserves a frame without blocking; `Ok(None)` when `max_in_flight` are in flight.
     pub fn try_alloc(&self, len: usize) -> Result<Option<NewFrame>, SubmitError> {
         self.reserve(len, false)
+    }
+
+    /// Like [`alloc`](Self::alloc), but awaits a free frame instead of blocking the
+    /// thread: an async task that submits into a full pipeline yields to its runtime
+    /// until a result is released. Works under any executor (the pipeline's own
+    /// thread collects results while futures wait).
+    ///
+    /// ```
+    /// # use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// # let p = Pipeline::builder().stage(StageSpec::with_stage("noop", stage_fn(|_| Ok(())))).build()?;
+    /// # let block_on = |f| futures_executor_free::block_on(f);
+    /// # mod futures_executor_free {
+    /// #     pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #         struct W(std::thread::Thread);
+    /// #         impl std::task::Wake for W { fn wake(self: std::sync::Arc<Self>) { self.0.unpark() } }
+    /// #         let w = std::sync::Arc::new(W(std::thread::current())).into();
+    /// #         let mut cx = std::task::Context::from_waker(&w);
+    /// #         let mut f = std::pin::pin!(f);
+    /// #         loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v } std::thread::park() }
+    /// #     }
+    /// # }
+    /// let out = block_on(async {
+    ///     let mut frame = p.alloc_async(3).await?;
+    ///     frame.copy_from_slice(b"abc");
+    ///     Ok::<_, Box<dyn std::error::Error>>(frame.submit()?.await?)
+    /// })?;
+    /// assert_eq!(&out[..], b"abc");
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn alloc_async(&self, len: usize) -> Result<NewFrame, SubmitError> {
+        std::future::poll_fn(|cx| {
+            if let Some(frame) = self.reserve(len, false)? {
+                return Poll::Ready(Ok(frame));
+            }
+            let mut book = self.shared.book.lock();
+            // Re-checked under the lock a release takes to wake us: a frame freed
+            // since `reserve` looked is not missed.
+            if !book.free_tickets.is_empty()
+                || book.failure.is_some()
+                || self.shared.closed.load(Ordering::Acquire)
+            {
+                drop(book);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if book.wait_for_space(cx.waker()) {
+                self.shared.async_waiting.notify_one(); // the driver collects for us
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Like [`submit`](Self::submit), but awaits room instead of blocking the thread
+    /// (see [`alloc_async`](Self::alloc_async)). The ticket is a `Future` too.
+    pub async fn submit_async(&self, data: &[u8]) -> Result<Ticket, SubmitError> {
+        let mut frame = self.alloc_async(data.len()).await?;
+        frame.copy_from_slice(data);
+        frame.submit()
     }
 
     /// Copies `data` into a frame (the one copy) and submits it, blocking while

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
 
+use std::process::ExitStatus;
+
 use super::error::EngineFailure;
 use super::shared::Shared;
+use super::WorkerExit;
 use crate::worker::spawn::{self, WorkerProcess};
 
 /// How long a replacement worker gets to say ready.
@@ -123,7 +126,8 @@ fn replace(
 ) -> Result<(usize, File), EngineFailure> {
     let mut workers = workers.lock();
     let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
-    let status = exit_status(&mut workers[w]);
+    let (exit, status) = exit_status(&mut workers[w]);
+    shared.dead.lock().push(WorkerExit { stage, pid, status: exit, killed: timed_out.is_some() });
     let name = shared.stages[stage].name.clone();
     let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
     let death = super::restart::Death { record: record as u32, pid, status: &status, timed_out };
@@ -139,8 +143,9 @@ fn replace(
     next.handshake(Instant::now() + RESTART_TIMEOUT)
         .map_err(|e| died(format!("{status}; its replacement did not start: {e:?}")))?;
     let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);
-    workers.push(next);
-    Ok((workers.len() - 1, status_pipe))
+    // In place: the dead worker's pipes close now, not at shutdown.
+    workers[w] = next;
+    Ok((w, status_pipe))
 }
 
 /// When each timed runner was first seen on the item it is working on.
@@ -183,16 +188,16 @@ impl Clocks {
     }
 }
 
-/// How worker `worker` ended, once its process is gone.
-fn exit_status(worker: &mut WorkerProcess) -> String {
+/// How worker `worker` ended, once its process is gone: its status, and in words.
+fn exit_status(worker: &mut WorkerProcess) -> (Option<ExitStatus>, String) {
     // The pipe closes as the process exits; give the kernel a moment to make it a zombie.
     let deadline = Instant::now() + Duration::from_millis(200);
     loop {
         match worker.child.try_wait() {
-            Ok(Some(s)) => return s.to_string(),
+            Ok(Some(s)) => return (Some(s), s.to_string()),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => return "closed its status pipe".into(),
-            Err(e) => return e.to_string(),
+            Ok(None) => return (None, "closed its status pipe".into()),
+            Err(e) => return (None, e.to_string()),
         }
     }
 }
