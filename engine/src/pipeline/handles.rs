@@ -26,6 +26,23 @@ use crate::memory::SlotHeader;
 /// assert_eq!(&out[..], b"HELLO");
 /// # Ok(()) }
 /// ```
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Job { id: u64, len: u64 }
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("noop", stage_fn(|_| Ok(())))).build()?;
+/// let mut frame = p.alloc(16 + 5)?; // written in place: no copy
+/// let (job, body) = frame.split::<Job>()?;
+/// *job = Job { id: 7, len: 5 };
+/// body.copy_from_slice(b"hello");
+/// let out = frame.submit()?.wait()?;
+/// assert_eq!(out.header::<Job>()?.id, 7);
+/// # drop(out);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "dropping a NewFrame gives its frame back without submitting it"]
 pub struct NewFrame {
     pub(crate) shared: Arc<Shared>,
@@ -128,6 +145,22 @@ impl Drop for NewFrame {
 ///
 /// Dropping a ticket abandons the result; the engine frees it when the item
 /// comes out.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("noop", stage_fn(|_| Ok(())))).build()?;
+/// let mut ticket = p.submit(b"x")?;
+/// let out = loop {
+///     if let Some(result) = ticket.try_wait() {
+///         break result?; // or `ticket.wait()?`, or `ticket.await?`
+///     }
+///     std::thread::yield_now();
+/// };
+/// assert!(ticket.is_finished());
+/// # drop(out);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "dropping a Ticket abandons the item's result"]
 pub struct Ticket {
     shared: Arc<Shared>,

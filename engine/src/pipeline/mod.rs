@@ -49,6 +49,17 @@ pub const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const WORKER_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a pipeline ended; see [`Pipeline::shutdown`].
+///
+/// ```
+/// use std::time::Duration;
+/// use ringpipe_engine::{stage_fn, EngineFailure, Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("noop", stage_fn(|_| Ok(())))).build()?;
+/// drop(p.submit(b"x")?.wait()?);
+/// let report = p.shutdown_timeout(Duration::from_secs(5));
+/// assert!(report.was_graceful() && report.failure.is_none());
+/// assert!(report.workers.is_empty(), "a thread stage has no worker process");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ShutdownReport {
     /// Every item finished, every stage stopped on request, no worker was killed.

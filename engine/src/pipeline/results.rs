@@ -66,7 +66,19 @@ impl Pipeline {
     }
 }
 
-/// Results of detached submissions; see [`Pipeline::completions`].
+/// Results of detached submissions; see [`Pipeline::completions`]. An iterator that
+/// blocks, and a `futures_core::Stream` that awaits.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("noop", stage_fn(|_| Ok(())))).build()?;
+/// assert_eq!(p.submit_batch((0..10u8).map(|i| [i]))?, 10);
+/// let mut firsts: Vec<u8> = p.completions().map(|r| r.map(|out| out[0])).collect::<Result<_, _>>()?;
+/// firsts.sort();
+/// assert_eq!(firsts, (0..10).collect::<Vec<_>>());
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "an iterator does nothing until it is consumed"]
 pub struct Completions<'p> {
     pipeline: &'p Pipeline,

@@ -38,7 +38,7 @@ const PARK: Duration = Duration::from_millis(100);
 /// The shared control block of one byte ring. All-zero bytes are an open, empty stream.
 #[repr(C)]
 #[derive(Debug, Default)]
-pub struct StreamHeader {
+pub(crate) struct StreamHeader {
     /// Bytes consumed; written by the reader only. In `tail - capacity..=tail`.
     head: CachePadded<AtomicU64>,
     /// Bytes produced; written by the writer only. In `head..=head + capacity`.
@@ -54,13 +54,13 @@ pub struct StreamHeader {
 impl StreamHeader {
     /// Marks the writer failed (the engine calls this when the producer's process dies)
     /// and wakes the reader.
-    pub fn fail_writer(&self) {
+    pub(crate) fn fail_writer(&self) {
         self.set(FAILED);
     }
 
     /// Marks the reader closed (the engine calls this when the consumer's process dies)
     /// and wakes the writer.
-    pub fn close_reader(&self) {
+    pub(crate) fn close_reader(&self) {
         self.set(CLOSED);
     }
 
@@ -176,7 +176,7 @@ impl StreamRef {
 /// `capacity` bytes, both alive as long as `owner`; `capacity > 0`; at most one writer
 /// and one reader exist for this ring at a time, in all processes together; the header
 /// is all zeroes (a fresh stream) when the ends are made.
-pub unsafe fn from_raw(
+pub(crate) unsafe fn from_raw(
     header: NonNull<StreamHeader>,
     data: NonNull<u8>,
     capacity: u64,
@@ -245,6 +245,21 @@ fn wait_on(
 ///
 /// Call [`finish`](Self::finish) when the stream is complete; dropping the writer
 /// without finishing marks the stream failed, and the reader gets an error.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use ringpipe_engine::stream::HeapStream;
+/// let (mut tx, mut rx) = HeapStream::new(8).split();
+/// let writer = std::thread::spawn(move || -> std::io::Result<()> {
+///     tx.write_all(b"longer than the ring")?; // waits for the reader as it goes
+///     Ok(tx.finish()?)
+/// });
+/// let mut got = String::new();
+/// rx.read_to_string(&mut got)?; // end of stream only after `finish`
+/// writer.join().unwrap()?;
+/// assert_eq!(got, "longer than the ring");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct StreamWriter {
     ring: StreamRef,
     /// Next position to write; published as the header's tail on commit.
@@ -564,7 +579,8 @@ impl io::BufRead for StreamReader {
     }
 }
 
-/// A byte ring on the heap: for tests, loom, Miri, and thread-to-thread streams.
+/// A byte ring on the heap: for tests, loom, Miri, and thread-to-thread streams
+/// (see [`StreamWriter`] for an example).
 pub struct HeapStream {
     header: HeapBox<StreamHeader>,
     data: HeapBox<[u8]>,
