@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytemuck::Pod;
 
 use super::handles::{self, Output};
-use super::submit::{Scratch, Stop};
+use super::submit::{Input, Scratch};
 use super::{ItemError, Pipeline, SubmitError};
 
 impl Pipeline {
@@ -182,37 +182,28 @@ where
 
     /// Submits inputs into every free frame, in one batch.
     fn fill(&mut self) {
-        let retry = self.retry;
-        let (sent, submitted) =
-            (std::cell::RefCell::new(&mut self.sent), std::cell::Cell::new(self.submitted));
-        let launched = |ticket, bytes: &[u8]| {
-            let index = submitted.replace(submitted.get() + 1);
-            sent.borrow_mut().push_back(Sent {
-                ticket,
-                index,
-                retry: retry.then(|| bytes.into()),
-                result: None,
+        let (sent, submitted, retry) = (&mut self.sent, &mut self.submitted, self.retry);
+        let batch =
+            self.pipeline.launch_batch(&mut self.inputs, usize::MAX, false, &mut self.scratch, |input| {
+                let index = *submitted;
+                *submitted += 1;
+                sent.push_back(match input {
+                    Input::Launched { ticket, bytes } => {
+                        Sent { ticket, index, retry: retry.then(|| bytes.into()), result: None }
+                    }
+                    // Larger than a frame: it fails alone, in its place; the rest go on.
+                    Input::TooLarge { requested, capacity } => Sent {
+                        ticket: u32::MAX,
+                        index,
+                        retry: None,
+                        result: Some(Err(ItemError::TooLarge { index, requested, capacity })),
+                    },
+                });
+                true
             });
-        };
-        // An input larger than a frame fails alone, in its place; the rest go on.
-        let rejected = |requested, capacity| {
-            let index = submitted.replace(submitted.get() + 1);
-            let result = Some(Err(ItemError::TooLarge { index, requested, capacity }));
-            sent.borrow_mut().push_back(Sent { ticket: u32::MAX, index, retry: None, result });
-            true
-        };
-        let batch = self.pipeline.launch_batch(
-            &mut self.inputs,
-            usize::MAX,
-            false,
-            &mut self.scratch,
-            launched,
-            rejected,
-        );
-        self.submitted = submitted.get();
         match batch {
-            Ok(None) => {}
-            Ok(Some(Stop::Exhausted)) => self.exhausted = true,
+            Ok(false) => {}
+            Ok(true) => self.exhausted = true,
             Err(e) => {
                 self.error.get_or_insert(e);
                 self.exhausted = true;

@@ -163,15 +163,20 @@ impl Pipeline {
                 self.wait_for_space();
             }
             let mut too_large = None;
-            let reject = |requested, capacity| {
-                too_large = Some(SubmitError::TooLarge { requested, capacity });
-                false
-            };
-            let batch = self.launch_batch(&mut items, 256, true, &mut scratch, |_, _| count += 1, reject)?;
+            let ended = self.launch_batch(&mut items, 256, true, &mut scratch, |input| match input {
+                Input::Launched { .. } => {
+                    count += 1;
+                    true
+                }
+                Input::TooLarge { requested, capacity } => {
+                    too_large = Some(SubmitError::TooLarge { requested, capacity });
+                    false
+                }
+            })?;
             if let Some(e) = too_large {
                 return Err(e);
             }
-            if let Some(Stop::Exhausted) = batch {
+            if ended {
                 break;
             }
         }
@@ -181,19 +186,17 @@ impl Pipeline {
     /// The one batch submission under `submit_batch` and [`Map`](crate::Map): reserves
     /// up to `limit` free frames under one lock of the book, fills one per input,
     /// gives the frames left over back and launches the filled ones with one ring
-    /// publish. `sent(ticket, bytes)` learns each item launched; an input larger than
-    /// a frame goes to `reject(requested, capacity)`, which says whether to go on with
-    /// the next input. `Ok(None)`: the inputs go on; `Some(Stop::Exhausted)`: they ran
-    /// out or a rejection stopped them.
+    /// publish. `seen` learns of each input, launched or too large for a frame, and
+    /// says whether to go on with the next. `Ok(true)` once the inputs ran out or
+    /// `seen` stopped them.
     pub(super) fn launch_batch<I, T>(
         &self,
         inputs: &mut I,
         limit: usize,
         detached: bool,
         scratch: &mut Scratch,
-        mut sent: impl FnMut(u32, &[u8]),
-        mut reject: impl FnMut(usize, usize) -> bool,
-    ) -> Result<Option<Stop>, SubmitError>
+        mut seen: impl FnMut(Input<'_>) -> bool,
+    ) -> Result<bool, SubmitError>
     where
         I: Iterator,
         I::Item: AsRef<[T]>,
@@ -207,22 +210,20 @@ impl Pipeline {
             reserved.extend(std::iter::from_fn(|| book.reserve()).take(limit));
         }
         let capacity = shared.seg.layout().slot_capacity();
-        let mut stop = None;
+        let mut ended = false;
         'slots: for (mut slot, ticket, generation) in reserved.drain(..) {
-            while stop.is_none() {
+            while !ended {
                 let Some(data) = inputs.next() else {
-                    stop = Some(Stop::Exhausted);
+                    ended = true;
                     break;
                 };
                 let bytes: &[u8] = bytemuck::cast_slice(data.as_ref());
                 if bytes.len() > capacity {
-                    if !reject(bytes.len(), capacity) {
-                        stop = Some(Stop::Exhausted);
-                    }
+                    ended = !seen(Input::TooLarge { requested: bytes.len(), capacity });
                     continue;
                 }
                 fill(&shared.seg, &mut slot, ticket, generation, bytes);
-                sent(ticket, bytes);
+                ended = !seen(Input::Launched { ticket, bytes });
                 launch.push((slot, ticket, detached));
                 continue 'slots;
             }
@@ -236,10 +237,10 @@ impl Pipeline {
             shared.launch(launch.drain(..), &mut book);
         }
         drop(book);
-        if stop.is_some() {
+        if ended {
             shared.done.notify_all(); // frames went back
         }
-        Ok(stop)
+        Ok(ended)
     }
 
     /// Submits `bytes` again as a new item (a map's retry), blocking for a frame;
@@ -257,10 +258,12 @@ fn fill(seg: &Segment, slot: &mut OwnedSlot, ticket: u32, generation: u32, data:
     slot.set_header(seg, &header);
 }
 
-/// Why a batch stopped taking inputs.
-pub(super) enum Stop {
-    /// The inputs ran out, or a rejected input stopped them.
-    Exhausted,
+/// An input as `launch_batch` handles it.
+pub(super) enum Input<'a> {
+    /// Filled into a frame and launched as `ticket`.
+    Launched { ticket: u32, bytes: &'a [u8] },
+    /// Larger than a frame: not submitted.
+    TooLarge { requested: usize, capacity: usize },
 }
 
 /// Buffers `launch_batch` reuses, so streaming allocates nothing per batch.
