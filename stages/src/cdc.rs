@@ -25,7 +25,7 @@
 
 use std::ops::Range;
 
-use ringpipe_engine::{register, register_stage, BoxError, Frame, Registered, Stage};
+use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
 
 /// Registered name of [`Chunker`] (parameters: [`Chunker::params`]; none: the defaults).
 pub const CHUNKER: &str = "ringpipe.fastcdc";
@@ -149,12 +149,4 @@ register_stage!(CHUNKER, |p: &[u8]| {
         _ => Err("ringpipe.fastcdc takes min, avg, max as three u32 LE, min <= avg <= max".into()),
     }
 });
-impl Registered for Unchunk {
-    const NAME: &'static str = UNCHUNK;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(Unchunk)
-    }
-}
-
-register!(Unchunk);
+register_plain!(Unchunk = UNCHUNK);

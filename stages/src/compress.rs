@@ -178,28 +178,5 @@ impl Registered for Zstd {
     }
 }
 
-impl Registered for Unzstd {
-    const NAME: &'static str = UNZSTD;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(Unzstd)
-    }
-}
-
-impl Registered for Lz4 {
-    const NAME: &'static str = LZ4;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(Lz4)
-    }
-}
-
-impl Registered for Unlz4 {
-    const NAME: &'static str = UNLZ4;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(Unlz4)
-    }
-}
-
-register!(Zstd, Unzstd, Lz4, Unlz4);
+register!(Zstd);
+register_plain!(Unzstd = UNZSTD, Lz4 = LZ4, Unlz4 = UNLZ4);

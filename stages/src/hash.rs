@@ -1,7 +1,7 @@
 //! BLAKE3 digests: [`Blake3Seal`] appends a frame's 32-byte digest, [`Blake3Verify`]
 //! checks and strips it (its inverse, for restore).
 
-use ringpipe_engine::{register, BoxError, Frame, Registered, Stage};
+use ringpipe_engine::{BoxError, Frame, Stage};
 
 use crate::chunk::{set_meta, ChunkError, ChunkMeta, CODEC_NONE};
 
@@ -81,23 +81,7 @@ impl Stage for Blake3Verify {
     }
 }
 
-impl Registered for Blake3Seal {
-    const NAME: &'static str = SEAL;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(Blake3Seal)
-    }
-}
-
-impl Registered for Blake3Verify {
-    const NAME: &'static str = VERIFY;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(Blake3Verify)
-    }
-}
-
-register!(Blake3Seal, Blake3Verify);
+register_plain!(Blake3Seal = SEAL, Blake3Verify = VERIFY);
 
 /// Registered name of [`ChunkId`].
 pub const CHUNK_ID: &str = "ringpipe.chunk.id";
@@ -148,20 +132,4 @@ impl Stage for ChunkCheck {
     }
 }
 
-impl Registered for ChunkId {
-    const NAME: &'static str = CHUNK_ID;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(ChunkId)
-    }
-}
-
-impl Registered for ChunkCheck {
-    const NAME: &'static str = CHUNK_CHECK;
-    type Params = ();
-    fn from_params((): ()) -> Result<Self, BoxError> {
-        Ok(ChunkCheck)
-    }
-}
-
-register!(ChunkId, ChunkCheck);
+register_plain!(ChunkId = CHUNK_ID, ChunkCheck = CHUNK_CHECK);

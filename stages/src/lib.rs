@@ -21,6 +21,23 @@
 //! naming the chunk.
 #![deny(missing_docs)]
 
+/// Registers stages that take no parameters: each is a unit struct, built as itself,
+/// under its name constant (`register_plain!(Unzstd = UNZSTD, Lz4 = LZ4)`).
+macro_rules! register_plain {
+    ($($stage:ident = $name:expr),+ $(,)?) => {
+        $(
+            impl ringpipe_engine::Registered for $stage {
+                const NAME: &'static str = $name;
+                type Params = ();
+                fn from_params((): ()) -> Result<Self, ringpipe_engine::BoxError> {
+                    Ok($stage)
+                }
+            }
+        )+
+        ringpipe_engine::register!($($stage),+);
+    };
+}
+
 pub mod cdc;
 pub mod chunk;
 pub mod compress;

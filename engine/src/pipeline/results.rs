@@ -222,20 +222,25 @@ where
         Some(handles::with_index(s.result.expect("found above"), s.index))
     }
 
-    /// Waits until a result this map can yield is in, taking every finished one of
-    /// its items on the way (one lock of the book for all of them).
+    /// Waits until a result this map can yield is in, taking the finished ones it can
+    /// yield next on the way (one lock of the book for all of them).
     fn collect(&mut self) {
         let shared = &self.pipeline.shared;
         let (sent, ordered) = (&mut self.sent, self.ordered);
         let started = Instant::now();
         shared.wait_until(None, |book| {
-            // Everything finished is taken, in order or not: results that overtook
-            // the oldest are ready when it comes, with no further wait.
+            // In order, only the run of finished items behind the oldest is taken (a
+            // scan past it would cost O(window) on every wake, and what it finds cannot
+            // be yielded yet); out of order, anything finished.
             let mut any = false;
             for s in sent.iter_mut().filter(|s| s.result.is_none()) {
-                if let Some(r) = handles::take(shared, book, s.ticket) {
-                    s.result = Some(r);
-                    any = true;
+                match handles::take(shared, book, s.ticket) {
+                    Some(r) => {
+                        s.result = Some(r);
+                        any = true;
+                    }
+                    None if ordered => break,
+                    None => {}
                 }
             }
             let ready = if ordered { sent.front().is_some_and(|s| s.result.is_some()) } else { any };
