@@ -48,7 +48,7 @@ impl RingHeader {
     /// Parks on this ring's wake word until `ready()`; for a consumer of several rings
     /// whose producers were pointed here with [`Producer::with_doorbell`] (the
     /// tests' view of what `route::Gather` does).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn wait_doorbell(&self, ready: impl FnMut() -> bool, timeout: std::time::Duration) -> Wake {
         self.readable.wait(ready, Some(timeout))
     }

@@ -40,7 +40,7 @@ impl StreamReader {
 
     /// Readable bytes now (re-reading the writer's position), `Ok(0)` at a clean end,
     /// or why reading is over. `Ok(None)`: nothing yet, the stream goes on.
-    fn available(&mut self) -> Result<Option<u64>, StreamError> {
+    pub(super) fn available(&mut self) -> Result<Option<u64>, StreamError> {
         if self.closed {
             return Err(StreamError::ReaderClosed);
         }
