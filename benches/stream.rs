@@ -3,7 +3,7 @@
 //! ratio is the figure that counts on a noisy VM).
 //!
 //! group `stream_64KiB` (throughput in bytes):
-//! - `ringpipe`: two process stages paired with `pipe_with_next`, `io::Write` in,
+//! - `ringpipe`: a pair of two processes (`PairSpec`), `io::Write` in,
 //!   `io::Read` out (a copy on each side, like a pipe).
 //! - `ringpipe_chunks`: the same through the chunk API: the producer fills ring memory
 //!   from its buffer, the consumer uses the bytes where they lie (one copy in all).
@@ -25,7 +25,9 @@ use std::time::Duration;
 use bytemuck::{Pod, Zeroable};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ringpipe::stream::{StreamReader, StreamWriter};
-use ringpipe::{register_stage, BoxError, Frame, Pipeline, Stage, StageSpec};
+use ringpipe::{
+    register_stage, BoxError, Consumer, ConsumerSpec, Frame, PairSpec, Pipeline, Producer, ProducerSpec,
+};
 
 const TOTAL: u64 = 1 << 30;
 const WRITE: usize = 64 << 10;
@@ -45,11 +47,7 @@ struct Job {
 
 struct Source;
 
-impl Stage for Source {
-    fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
-        Err("producer half only".into())
-    }
-
+impl Producer for Source {
     fn produce(&mut self, frame: &mut Frame<'_>, out: &mut StreamWriter) -> Result<(), BoxError> {
         let job: Job = *frame.header()?;
         let source = vec![0xA5u8; WRITE];
@@ -73,11 +71,7 @@ impl Stage for Source {
 
 struct Sink;
 
-impl Stage for Sink {
-    fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
-        Err("consumer half only".into())
-    }
-
+impl Consumer for Sink {
     fn consume(&mut self, frame: &mut Frame<'_>, input: &mut StreamReader) -> Result<(), BoxError> {
         let job: &mut Job = frame.header_mut()?;
         let (mut received, mut checksum) = (0u64, 0u64);
@@ -107,8 +101,8 @@ impl Stage for Sink {
     }
 }
 
-register_stage!("bench.stream.source", |_: &[u8]| Ok(Source));
-register_stage!("bench.stream.sink", |_: &[u8]| Ok(Sink));
+register_stage!(producer: "bench.stream.source", |_: &[u8]| Ok(Source));
+register_stage!(consumer: "bench.stream.sink", |_: &[u8]| Ok(Sink));
 
 fn main() {
     ringpipe::worker_hook();
@@ -130,8 +124,13 @@ fn stream_64kib(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(TOTAL));
 
     let p = Pipeline::builder()
-        .stage(StageSpec::process_named("bench.stream.source").stream_capacity(RING))
-        .stage(StageSpec::process_named("bench.stream.sink"))
+        .pair(
+            PairSpec::new(
+                ProducerSpec::process_named("bench.stream.source"),
+                ConsumerSpec::process_named("bench.stream.sink"),
+            )
+            .stream_capacity(RING),
+        )
         .max_in_flight(2)
         .build()
         .unwrap();

@@ -11,7 +11,10 @@ use std::io::{Read, Write};
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::stream::{StreamReader, StreamWriter};
-use ringpipe::{register_stage, BoxError, Frame, ItemError, Pipeline, Stage, StageSpec};
+use ringpipe::{
+    register, BoxError, Consumer, ConsumerSpec, Frame, ItemError, PairSpec, Pipeline, Producer, ProducerSpec,
+    Registered,
+};
 
 /// The work item (`atbu.mp_pipeline`'s `ProducerConsumerWorkItem`).
 #[repr(C)]
@@ -27,13 +30,10 @@ struct Item {
     consumer_len: u32,
 }
 
-struct Producer;
+/// Sends 10 random bytes.
+struct SendRandom;
 
-impl Stage for Producer {
-    fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
-        Err("the producer only runs as the first half of a pair".into())
-    }
-
+impl Producer for SendRandom {
     fn produce(&mut self, frame: &mut Frame<'_>, stream: &mut StreamWriter) -> Result<(), BoxError> {
         let item: &mut Item = frame.header_mut()?;
         std::fs::File::open("/dev/urandom")?.read_exact(&mut item.producer_data)?;
@@ -50,13 +50,18 @@ impl Stage for Producer {
     }
 }
 
-struct Consumer;
-
-impl Stage for Consumer {
-    fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
-        Err("the consumer only runs as the second half of a pair".into())
+impl Registered for SendRandom {
+    const NAME: &'static str = "example.producer";
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(SendRandom)
     }
+}
 
+/// Receives what the producer sends.
+struct Receive;
+
+impl Consumer for Receive {
     fn consume(&mut self, frame: &mut Frame<'_>, stream: &mut StreamReader) -> Result<(), BoxError> {
         let item: &mut Item = frame.header_mut()?;
         let mut received = Vec::new();
@@ -89,8 +94,16 @@ impl Stage for Consumer {
     }
 }
 
-register_stage!("example.producer", |_: &[u8]| Ok(Producer));
-register_stage!("example.consumer", |_: &[u8]| Ok(Consumer));
+impl Registered for Receive {
+    const NAME: &'static str = "example.consumer";
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Receive)
+    }
+}
+
+register!(producer: SendRandom);
+register!(consumer: Receive);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
@@ -99,8 +112,7 @@ fn hex(bytes: &[u8]) -> String {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     let pipeline = Pipeline::builder()
-        .stage(StageSpec::process_named("example.producer").pipe_with_next())
-        .stage(StageSpec::process_named("example.consumer"))
+        .pair(PairSpec::new(ProducerSpec::process::<SendRandom>(()), ConsumerSpec::process::<Receive>(())))
         .build()?;
     let tickets = [0u32, 1]
         .map(|use_chunks| pipeline.submit(bytemuck::bytes_of(&Item { use_chunks, ..Zeroable::zeroed() })));

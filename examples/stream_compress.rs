@@ -16,7 +16,10 @@ use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 use ringpipe::stream::{StreamReader, StreamWriter};
-use ringpipe::{register_stage, BoxError, Frame, ItemError, Pipeline, Stage, StageSpec};
+use ringpipe::{
+    register, BoxError, Consumer, ConsumerSpec, Frame, ItemError, PairSpec, Pipeline, Producer, ProducerSpec,
+    Registered,
+};
 
 /// Leads every item; the input and output paths follow it, separated by a NUL byte.
 #[repr(C)]
@@ -42,11 +45,7 @@ fn paths(frame: &Frame<'_>) -> Result<(PathBuf, PathBuf), BoxError> {
 /// Reads the input file into the ring.
 struct FileReader;
 
-impl Stage for FileReader {
-    fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
-        Err("runs only as the producer half of a pair".into())
-    }
-
+impl Producer for FileReader {
     fn produce(&mut self, frame: &mut Frame<'_>, stream: &mut StreamWriter) -> Result<(), BoxError> {
         let (input, _) = paths(frame)?;
         let mut file = File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?;
@@ -68,11 +67,7 @@ impl Stage for FileReader {
 /// Compresses the stream into the output file.
 struct Compressor;
 
-impl Stage for Compressor {
-    fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> {
-        Err("runs only as the consumer half of a pair".into())
-    }
-
+impl Consumer for Compressor {
     fn consume(&mut self, frame: &mut Frame<'_>, stream: &mut StreamReader) -> Result<(), BoxError> {
         let (_, output) = paths(frame)?;
         let level = frame.header::<Job>()?.level;
@@ -105,8 +100,24 @@ impl Stage for Compressor {
     }
 }
 
-register_stage!("example.file_reader", |_: &[u8]| Ok(FileReader));
-register_stage!("example.zstd_compressor", |_: &[u8]| Ok(Compressor));
+impl Registered for FileReader {
+    const NAME: &'static str = "example.file_reader";
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(FileReader)
+    }
+}
+
+impl Registered for Compressor {
+    const NAME: &'static str = "example.zstd_compressor";
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        Ok(Compressor)
+    }
+}
+
+register!(producer: FileReader);
+register!(consumer: Compressor);
 
 /// Writes `n` sample files of compressible, log-like text; returns their paths.
 fn sample_files(dir: &Path, n: usize, bytes: usize) -> std::io::Result<Vec<PathBuf>> {
@@ -188,8 +199,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let pipeline = Pipeline::builder()
-        .stage(StageSpec::process_named("example.file_reader").pipe_with_next().stream_capacity(1 << 20))
-        .stage(StageSpec::process_named("example.zstd_compressor"))
+        .pair(
+            PairSpec::new(ProducerSpec::process::<FileReader>(()), ConsumerSpec::process::<Compressor>(()))
+                .stream_capacity(1 << 20),
+        )
         .build()?;
     let started = Instant::now();
     let mut tickets = Vec::new();

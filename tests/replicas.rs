@@ -221,20 +221,7 @@ fn bad_replica_counts_are_typed_errors() {
     bad(build(vec![StageSpec::process_named("r.work").replicas(0)]), 0);
     bad(build(vec![StageSpec::process_named("r.work"), StageSpec::process_named("r.work").replicas(65)]), 1);
     bad(build(vec![StageSpec::with_stage("one", stage_fn(|_f| Ok(()))).replicas(2)]), 0);
-    bad(
-        build(vec![
-            StageSpec::process_named("r.work").pipe_with_next().replicas(2),
-            StageSpec::thread_named("r.work"),
-        ]),
-        0,
-    );
-    bad(
-        build(vec![
-            StageSpec::process_named("r.work").pipe_with_next(),
-            StageSpec::thread_named("r.work").replicas(2),
-        ]),
-        1,
-    );
+    // A pair's halves have no `replicas` to call: that mistake cannot be written.
     // 5 stages of 64 replicas: more runners than a segment describes.
     let many = (0..5).map(|_| StageSpec::process_named("r.work").replicas(64)).collect();
     assert!(matches!(build(many), Err(BuildError::Config(_))));

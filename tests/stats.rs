@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringpipe::{
-    consumer_fn, producer_fn, register_stage, stage_fn, Frame, Pipeline, PipelineStats, StageSpec,
+    consumer_fn, producer_fn, register_stage, stage_fn, ConsumerSpec, Frame, PairSpec, Pipeline,
+    PipelineStats, ProducerSpec, StageSpec,
 };
 
 mod common;
@@ -33,7 +34,7 @@ register_stage!("st.sleep", |p: &[u8]| {
 
 // Streams the item's first byte as a count of KiB, slowly enough that the consumer
 // waits for bytes; the consumer reads it all and stores the count read.
-register_stage!("st.produce", |_: &[u8]| Ok(producer_fn(
+register_stage!(producer: "st.produce", |_: &[u8]| Ok(producer_fn(
     |f: &mut Frame<'_>, w: &mut ringpipe::stream::StreamWriter| {
         for _ in 0..f.bytes()[0] {
             w.write_all(&[7u8; 1024])?;
@@ -42,7 +43,7 @@ register_stage!("st.produce", |_: &[u8]| Ok(producer_fn(
         Ok(())
     }
 )));
-register_stage!("st.consume", |_: &[u8]| Ok(consumer_fn(
+register_stage!(consumer: "st.consume", |_: &[u8]| Ok(consumer_fn(
     |f: &mut Frame<'_>, r: &mut ringpipe::stream::StreamReader| {
         let mut all = Vec::new();
         r.read_to_end(&mut all)?;
@@ -123,8 +124,13 @@ fn replicas_add_up_into_their_stage() {
 #[test]
 fn a_pair_counts_its_stream_and_its_waits() {
     let p = Pipeline::builder()
-        .stage(StageSpec::process_named("st.produce").stream_capacity(4096))
-        .stage(StageSpec::process_named("st.consume"))
+        .pair(
+            PairSpec::new(
+                ProducerSpec::process_named("st.produce"),
+                ConsumerSpec::process_named("st.consume"),
+            )
+            .stream_capacity(4096),
+        )
         .build()
         .unwrap();
     let kib = 40u8;

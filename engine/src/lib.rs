@@ -35,15 +35,16 @@ pub use memory::{
     LayoutError, SegmentError, MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_SLOTS, MAX_STAGES, MAX_STREAM_CAPACITY,
 };
 pub use pipeline::{
-    BuildError, Builder, Completions, EngineFailure, ItemError, Map, NewFrame, OnComplete, Output, Pipeline,
-    PipelineStats, RanOn, ShutdownReport, StageEvent, StageFailure, StageOutcome, StageSpec, StageStats,
-    SubmitError, Ticket, TrySubmitError, WorkerExit, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_STREAM_CAPACITY, DROP_DRAIN_TIMEOUT, MAX_STAGE_TIMEOUT,
+    BuildError, Builder, Completions, ConsumerSpec, EngineFailure, ItemError, Map, NewFrame, OnComplete,
+    Output, PairSpec, Pipeline, PipelineStats, ProducerSpec, RanOn, ShutdownReport, StageEvent, StageFailure,
+    StageOutcome, StageSpec, StageStats, SubmitError, Ticket, TrySubmitError, WorkerExit,
+    DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_STREAM_CAPACITY, DROP_DRAIN_TIMEOUT,
+    MAX_STAGE_TIMEOUT,
 };
 pub use pool::{Pool, PoolBuilder, DEFAULT_POOL_WINDOW, MAX_WORKERS};
 pub use stage::{
-    consumer_fn, producer_fn, stage_fn, BoxError, Chain, ChainError, ConsumerFn, FnStage, KeepConsumer,
-    MakeStage, Params, ProducerFn, Registered, Stage,
+    consumer_fn, producer_fn, stage_fn, BoxError, Chain, ChainError, Consumer, ConsumerFn, FnStage,
+    KeepConsumer, Params, Producer, ProducerFn, Registered, Stage, StageKind,
 };
 pub use worker::worker_hook;
 
@@ -52,6 +53,6 @@ pub use worker::worker_hook;
 pub use linkme as __linkme;
 #[doc(hidden)]
 pub use stage::{
-    __box_stage, __make_registered, find_stage as __find_stage, StageFactory as __StageFactory,
-    STAGES as __STAGES,
+    __box_consumer, __box_producer, __box_stage, __make_consumer, __make_producer, __make_registered,
+    StageCode as __StageCode, StageFactory as __StageFactory, STAGES as __STAGES,
 };

@@ -1,7 +1,7 @@
 //! The hand-off between the two halves of a producer/consumer pair.
 //!
-//! A stage declared the producer half of a pair (`StageSpec::pipe_with_next`) and the
-//! stage after it run on the same item at the same time, streaming bytes through the
+//! The halves of a pair (`Builder::pair`: a producer and the consumer after it) run on
+//! the same item at the same time, streaming bytes through the
 //! pair's byte ring ([`stream`](crate::stream)). Each half gets a frame of its own, so
 //! neither can see the other's writes half-done:
 //!

@@ -13,10 +13,10 @@ mod unit {
     use crate::memory::{
         Layout, Segment, SlotHeader, StageRecord, ROLE_CONSUMER, ROLE_PRODUCER, STATE_SHUTDOWN,
     };
-    use crate::stage::{consumer_fn, producer_fn, stage_fn, BoxError};
+    use crate::stage::{consumer_fn, producer_fn, stage_fn, BoxError, StageCode};
     use crate::stream::{StreamReader, StreamWriter};
     use crate::worker::runner::{RunEnd, StageRunner};
-    use crate::{Frame, Stage};
+    use crate::Frame;
 
     const RING: u64 = 16;
 
@@ -55,8 +55,8 @@ mod unit {
 
     /// Streams the item's bytes repeated 5 times; records the count in its own frame's
     /// first byte; declines items starting with `S`; fails items starting with `E`.
-    fn producer() -> Box<dyn Stage> {
-        Box::new(
+    fn producer() -> StageCode {
+        StageCode::Producer(Box::new(
             producer_fn(|f: &mut Frame<'_>, out: &mut StreamWriter| {
                 if f.bytes().first() == Some(&b'E') {
                     out.write_all(b"partial")?;
@@ -69,12 +69,12 @@ mod unit {
                 Ok(())
             })
             .with_determiner(|f: &mut Frame<'_>| f.bytes().first() != Some(&b'S')),
-        )
+        ))
     }
 
     /// Reads the whole stream into the frame; takes the producer's count as byte 0.
-    fn consumer() -> Box<dyn Stage> {
-        Box::new(
+    fn consumer() -> StageCode {
+        StageCode::Consumer(Box::new(
             consumer_fn(|f: &mut Frame<'_>, input: &mut StreamReader| {
                 let mut all = Vec::new();
                 input.read_to_end(&mut all)?;
@@ -86,7 +86,7 @@ mod unit {
                 f.bytes_mut()[0] = producer[0];
                 Ok(())
             }),
-        )
+        ))
     }
 
     fn submit(seg: &Segment, tx: &mut crate::ring::Producer, slot: u32, data: &[u8]) {
@@ -109,7 +109,7 @@ mod unit {
         }
     }
 
-    fn start(seg: &Arc<Segment>, i: usize, stage: Box<dyn Stage>) -> std::thread::JoinHandle<RunEnd> {
+    fn start(seg: &Arc<Segment>, i: usize, stage: StageCode) -> std::thread::JoinHandle<RunEnd> {
         let runner = StageRunner::new(seg.clone(), i, stage).unwrap();
         std::thread::spawn(move || runner.run())
     }
@@ -153,7 +153,7 @@ mod unit {
         let (mut tx, _) = seg.ring(0);
         tx.try_push(1 | PAIRED).unwrap();
         tx.publish();
-        let stage = Box::new(stage_fn(|_f: &mut Frame<'_>| Ok::<(), BoxError>(())));
+        let stage = StageCode::Stage(Box::new(stage_fn(|_f: &mut Frame<'_>| Ok::<(), BoxError>(()))));
         let end = StageRunner::new(seg.clone(), 0, stage).unwrap().run();
         assert!(matches!(end, RunEnd::Corrupt(ref why) if why.contains("paired")), "{end:?}");
     }

@@ -14,7 +14,7 @@ use super::spec::Placement;
 use super::supervisor::Supervisor;
 use super::wiring::{RunnerId, Wiring};
 use super::{
-    BuildError, EngineFailure, Pipeline, StageSpec, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
+    BuildError, EngineFailure, PairSpec, Pipeline, StageSpec, DEFAULT_FRAME_CAPACITY, DEFAULT_MAX_IN_FLIGHT,
     MAX_STAGE_TIMEOUT,
 };
 use crate::frame::OwnedSlot;
@@ -23,7 +23,7 @@ use crate::memory::{
     ROLE_PRODUCER,
 };
 use crate::route::{Gather, Scatter};
-use crate::stage::{find_stage, BoxError, Stage};
+use crate::stage::{find_stage, BoxError, StageCode, StageKind};
 use crate::worker::runner::{RunEnd, StageRunner};
 use crate::worker::spawn;
 
@@ -57,6 +57,14 @@ impl Builder {
     /// Appends stages.
     pub fn stages(mut self, stages: impl IntoIterator<Item = StageSpec>) -> Self {
         self.stages.extend(stages);
+        self
+    }
+
+    /// Appends a producer/consumer pair: two stages in stage indices, its producer
+    /// then its consumer. See [`PairSpec`].
+    pub fn pair(mut self, pair: PairSpec) -> Self {
+        self.stages.push(pair.producer);
+        self.stages.push(pair.consumer);
         self
     }
 
@@ -122,16 +130,24 @@ impl Builder {
             ));
         }
         // Resolve stage code before starting anything: an instance per thread runner.
-        let mut local: Vec<Option<Box<dyn Stage>>> = Vec::with_capacity(runners.len());
+        let mut local: Vec<Option<StageCode>> = Vec::with_capacity(runners.len());
         let mut infos = Vec::with_capacity(n);
         let mut blob = Vec::new();
         let mut records = Vec::with_capacity(runners.len());
         let mut streams_size = 0u64;
-        let mut last_producer = None;
         for (i, spec) in self.stages.into_iter().enumerate() {
             let registered = || {
-                find_stage(&spec.name)
-                    .ok_or_else(|| BuildError::UnknownStage { stage: i, name: spec.name.clone() })
+                let factory = find_stage(&spec.name)
+                    .ok_or_else(|| BuildError::UnknownStage { stage: i, name: spec.name.clone() })?;
+                if factory.kind != spec.kind {
+                    return Err(BuildError::WrongKind {
+                        stage: i,
+                        name: spec.name.clone(),
+                        registered: factory.kind,
+                        placed: spec.kind,
+                    });
+                }
+                Ok(factory)
             };
             let init_error = |e: BoxError| BuildError::StageInit {
                 stage: i,
@@ -172,8 +188,7 @@ impl Builder {
                 let pair = pairs.iter().position(|&p| p == i).expect("check_pairs lists every producer");
                 record.partner_slot = (runners.len() + pair) as u32;
                 streams_size += Layout::pair_size(capacity as u64);
-                last_producer = Some(i);
-            } else if last_producer.is_some_and(|p| p + 1 == i) {
+            } else if spec.kind == StageKind::Consumer {
                 record.role = ROLE_CONSUMER;
             }
             for replica in 0..spec.replicas {
@@ -324,7 +339,7 @@ impl Pipeline {
     fn start_workers(
         &mut self,
         runners: &[RunnerId],
-        local: &[Option<Box<dyn Stage>>],
+        local: &[Option<StageCode>],
         timeout: Duration,
     ) -> Result<(), BuildError> {
         let mut workers = self.workers.lock();
@@ -357,10 +372,6 @@ fn check_replicas(stages: &[StageSpec]) -> Result<(), BuildError> {
                 "it is one stage instance (`StageSpec::with_stage`); register it to replicate it".into()
             );
         }
-        let follows_producer = i > 0 && stages[i - 1].stream.is_some();
-        if spec.stream.is_some() || follows_producer {
-            return bad("it is half of a producer/consumer pair, which streams through one ring".into());
-        }
     }
     Ok(())
 }
@@ -376,30 +387,18 @@ fn check_timeouts(stages: &[StageSpec]) -> Result<(), BuildError> {
         if !spec.is_process() {
             return bad("it runs on a thread of the parent, which cannot be killed".into());
         }
-        let follows_producer = i > 0 && stages[i - 1].stream.is_some();
-        if spec.stream.is_some() || follows_producer {
-            return bad("it is half of a producer/consumer pair: the producer streams after its item \
-                 went on, so the pair's clock cannot be read"
-                .into());
-        }
     }
     Ok(())
 }
 
-/// Checks the `pipe_with_next` declarations; returns the producer stages' indices.
+/// Checks the pairs' stream capacities; returns the producers' stage indices. (A
+/// producer is always followed by its consumer: `Builder::pair` is the only way in.)
 fn check_pairs(stages: &[StageSpec]) -> Result<Vec<usize>, BuildError> {
     let mut producers = Vec::new();
     for (i, spec) in stages.iter().enumerate() {
         let Some(capacity) = spec.stream else { continue };
-        let bad = |reason| Err(BuildError::BadPair { stage: i, reason });
-        if i + 1 == stages.len() {
-            return bad("it is the last stage");
-        }
-        if producers.last() == Some(&(i.wrapping_sub(1))) {
-            return bad("it already consumes the previous stage's stream (pairs cannot chain)");
-        }
         if capacity == 0 || capacity > crate::memory::MAX_STREAM_CAPACITY {
-            return bad("its stream capacity must be between 1 byte and 1 GiB");
+            return Err(BuildError::BadStreamCapacity { stage: i, capacity });
         }
         producers.push(i);
     }

@@ -287,12 +287,25 @@ pub enum BuildError {
     Spawn(std::io::Error),
     /// `build()` was called inside a worker process (its hook did not run first).
     InsideWorker,
-    /// A stage declared `pipe_with_next` cannot be paired with the stage after it.
-    BadPair {
-        /// Index of the producer stage.
+    /// A pair's [`stream_capacity`](crate::PairSpec::stream_capacity) is 0 or above
+    /// [`MAX_STREAM_CAPACITY`](crate::MAX_STREAM_CAPACITY).
+    BadStreamCapacity {
+        /// Index of the pair's producer.
         stage: usize,
-        /// Why.
-        reason: &'static str,
+        /// The capacity asked for.
+        capacity: usize,
+    },
+    /// A registered name was placed as something it is not: a plain stage's name in a
+    /// pair, say, or a consumer's as a producer.
+    WrongKind {
+        /// Stage index.
+        stage: usize,
+        /// The name.
+        name: String,
+        /// What the name is registered as.
+        registered: crate::StageKind,
+        /// What it was placed as.
+        placed: crate::StageKind,
     },
     /// A stage's [`replicas`](crate::StageSpec::replicas) cannot be honoured.
     BadReplicas {
@@ -330,8 +343,13 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoStages => write!(f, "a pipeline needs at least one stage"),
-            Self::BadPair { stage, reason } => {
-                write!(f, "stage {stage} cannot stream to the next stage: {reason}")
+            Self::BadStreamCapacity { stage, capacity } => write!(
+                f,
+                "the pair at stage {stage} asks for a {capacity}-byte stream ring; it must have 1 to {} bytes",
+                crate::MAX_STREAM_CAPACITY
+            ),
+            Self::WrongKind { stage, name, registered, placed } => {
+                write!(f, "stage {stage}: `{name}` is registered as {registered} but placed as {placed}")
             }
             Self::BadReplicas { stage, reason } => write!(f, "stage {stage} cannot be replicated: {reason}"),
             Self::BadTimeout { stage, reason } => write!(f, "stage {stage} cannot have a timeout: {reason}"),
@@ -339,8 +357,8 @@ impl fmt::Display for BuildError {
             Self::Segment(e) => e.fmt(f),
             Self::UnknownStage { stage, name } => write!(
                 f,
-                "stage {stage}: no stage named `{name}` is registered; register it with \
-                 ringpipe::register_stage! in this executable"
+                "stage {stage}: nothing named `{name}` is registered; register it with \
+                 ringpipe::register! (or register_stage!) in this executable"
             ),
             Self::StageInit { stage, name, message } => {
                 write!(f, "stage {stage} (`{name}`) could not start: {message}")

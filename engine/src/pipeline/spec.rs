@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stage::{Params, Registered, Stage};
+use crate::stage::{Params, Registered, Stage, StageCode, StageKind};
 
 /// Where a stage runs.
 pub(crate) enum Placement {
@@ -12,7 +12,7 @@ pub(crate) enum Placement {
     /// A thread of the parent running the registered stage.
     Thread,
     /// A thread of the parent running this instance.
-    ThreadWith(Box<dyn Stage>),
+    ThreadWith(StageCode),
 }
 
 /// Called in the parent for each stage of each item, in stage order, when the item
@@ -37,6 +37,8 @@ pub struct StageSpec {
     pub(crate) params: Vec<u8>,
     pub(crate) placement: Placement,
     pub(crate) on_complete: Option<OnComplete>,
+    /// What the code is: a plain stage, or which half of a pair.
+    pub(crate) kind: StageKind,
     /// Ring bytes of the stream to the next stage, if this is a producer half.
     pub(crate) stream: Option<usize>,
     /// Runners of this stage (worker processes or threads), at least 1.
@@ -50,17 +52,18 @@ pub struct StageSpec {
 /// The longest [`StageSpec::timeout`]: one day.
 pub const MAX_STAGE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Bytes of a pair's byte ring unless [`StageSpec::stream_capacity`] says otherwise:
+/// Bytes of a pair's byte ring unless [`PairSpec::stream_capacity`](crate::PairSpec::stream_capacity) says otherwise:
 /// 1 MiB, large enough that 64 KiB writes rarely wait, small enough to stay in cache.
 pub const DEFAULT_STREAM_CAPACITY: usize = 1 << 20;
 
 impl StageSpec {
-    fn new(name: &str, placement: Placement) -> Self {
+    pub(crate) fn new(name: &str, kind: StageKind, placement: Placement) -> Self {
         Self {
             name: name.to_owned(),
             params: Vec::new(),
             placement,
             on_complete: None,
+            kind,
             stream: None,
             replicas: 1,
             ordered: true,
@@ -81,12 +84,12 @@ impl StageSpec {
     /// # }
     /// let compress = StageSpec::process::<Zstd>(3).replicas(2);
     /// ```
-    pub fn process<S: Registered>(params: S::Params) -> Self {
+    pub fn process<S: Registered + Stage>(params: S::Params) -> Self {
         Self::process_named(S::NAME).params(params.encode())
     }
 
     /// Stage `S` built from `params`, on a thread of the parent.
-    pub fn thread<S: Registered>(params: S::Params) -> Self {
+    pub fn thread<S: Registered + Stage>(params: S::Params) -> Self {
         Self::thread_named(S::NAME).params(params.encode())
     }
 
@@ -94,19 +97,19 @@ impl StageSpec {
     /// come from [`params`](Self::params). The dynamic form of
     /// [`process`](Self::process).
     pub fn process_named(name: &str) -> Self {
-        Self::new(name, Placement::Process)
+        Self::new(name, StageKind::Stage, Placement::Process)
     }
 
     /// The stage registered as `name`, on a thread of the parent.
     pub fn thread_named(name: &str) -> Self {
-        Self::new(name, Placement::Thread)
+        Self::new(name, StageKind::Stage, Placement::Thread)
     }
 
     /// Any stage value (closures included, see [`stage_fn`](crate::stage_fn)) on a
     /// thread of the parent; `name` is used in errors and events. It may use rayon
     /// inside, on a pool of its own.
     pub fn with_stage(name: &str, stage: impl Stage + 'static) -> Self {
-        Self::new(name, Placement::ThreadWith(Box::new(stage)))
+        Self::new(name, StageKind::Stage, Placement::ThreadWith(StageCode::Stage(Box::new(stage))))
     }
 
     /// Registered stages run one after another on each item in one worker process
@@ -136,49 +139,14 @@ impl StageSpec {
         self
     }
 
-    /// Makes this stage the producer half of a pair with the next stage (`atbu.mp_pipeline`'s
-    /// `is_pipe_with_next_stage`): for each item both run at the same time, this one
-    /// in [`Stage::produce`](crate::Stage::produce) writing a byte stream, the next
-    /// in [`Stage::consume`](crate::Stage::consume) reading it, through a byte ring in
-    /// the shared segment ([`DEFAULT_STREAM_CAPACITY`] bytes unless
-    /// [`stream_capacity`](Self::stream_capacity) says otherwise). Either may be a
-    /// process or a thread stage.
-    ///
-    /// This stage's determiner decides for the pair; the consumer's is not asked. The
-    /// item completes when both halves are done, with the consumer's frame (into which
-    /// [`Stage::merge_producer`](crate::Stage::merge_producer) brings the producer's
-    /// results).
-    ///
-    /// ```
-    /// use ringpipe_engine::StageSpec;
-    /// let stages = [
-    ///     StageSpec::process_named("read-file").pipe_with_next().stream_capacity(256 << 10),
-    ///     StageSpec::thread_named("compress"),
-    /// ];
-    /// assert!(stages[0].is_producer());
-    /// ```
-    pub fn pipe_with_next(mut self) -> Self {
-        self.stream.get_or_insert(DEFAULT_STREAM_CAPACITY);
-        self
-    }
-
-    /// Bytes of the byte ring to the next stage (1 to 1 GiB); implies
-    /// [`pipe_with_next`](Self::pipe_with_next). Streams of any length pass through
-    /// any ring size; a larger ring lets the halves run apart for longer.
-    pub fn stream_capacity(mut self, bytes: usize) -> Self {
-        self.stream = Some(bytes);
-        self
-    }
-
     /// Runs the stage on `n` worker processes (or threads) at once, each with its own
     /// rings (1 to [`MAX_REPLICAS`](crate::memory::MAX_REPLICAS)). Each item goes to the
     /// replica with the shortest queue, so a slow item on one does not hold up the
     /// others; items leave the stage in submission order unless
     /// [`unordered`](Self::unordered). More replicas than cores work: idle ones park.
     ///
-    /// A stage built from an instance ([`with_stage`](Self::with_stage)) and the halves
-    /// of a producer/consumer pair run once; asking for more is
-    /// [`BuildError::BadReplicas`](crate::BuildError::BadReplicas).
+    /// A stage built from an instance ([`with_stage`](Self::with_stage)) runs once;
+    /// asking for more is [`BuildError::BadReplicas`](crate::BuildError::BadReplicas).
     ///
     /// ```
     /// use ringpipe_engine::StageSpec;
@@ -224,10 +192,11 @@ impl StageSpec {
     /// checked every quarter of the timeout (at least every 250 ms), without cost to
     /// the workers.
     ///
-    /// Only a process stage may have one, and not a half of a producer/consumer pair
+    /// Only a process stage may have one
     /// ([`BuildError::BadTimeout`](crate::BuildError::BadTimeout)): a thread cannot be
-    /// killed, and a producer streams after its item went on, so its clock cannot be
-    /// read. A stage that puts replicas' items back in order can time out.
+    /// killed. A stage that puts replicas' items back in order can time out. The halves
+    /// of a producer/consumer pair have none: a producer streams after its item went
+    /// on, so the pair's clock cannot be read.
     ///
     /// ```
     /// use std::time::Duration;
@@ -253,11 +222,6 @@ impl StageSpec {
     /// False if the stage was made [`unordered`](Self::unordered).
     pub fn is_ordered(&self) -> bool {
         self.ordered
-    }
-
-    /// True if this stage streams to the next one.
-    pub fn is_producer(&self) -> bool {
-        self.stream.is_some()
     }
 
     /// True if the stage runs in a worker process.

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::{find_stage, BoxError, Stage};
+use super::{find_stage, BoxError, Stage, StageCode};
 use crate::frame::Frame;
 
 /// Registered name of the chain stage; its parameters come from [`Chain::params`].
@@ -107,7 +107,10 @@ impl Chain {
             }
             let factory =
                 find_stage(&name).ok_or_else(|| format!("chain: no stage registered as {name:?}"))?;
-            let stage = (factory.make)(&params).map_err(|e| format!("chain: {name}: {e}"))?;
+            let made = (factory.make)(&params).map_err(|e| format!("chain: {name}: {e}"))?;
+            let StageCode::Stage(stage) = made else {
+                return Err(format!("chain: {name:?} is {}, not a stage", factory.kind).into());
+            };
             chain.links.push((name, stage));
         }
         Ok(chain)

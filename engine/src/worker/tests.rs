@@ -48,7 +48,7 @@ fn submit(seg: &Segment, tx: &mut crate::ring::Producer, slot: u32, data: &[u8])
 
 /// Runs stage 0 (`picky`) on its own thread, as a thread stage would.
 fn start(seg: &Arc<Segment>) -> std::thread::JoinHandle<RunEnd> {
-    let runner = StageRunner::new(seg.clone(), 0, picky()).unwrap();
+    let runner = StageRunner::new(seg.clone(), 0, crate::stage::StageCode::Stage(picky())).unwrap();
     std::thread::spawn(move || runner.run())
 }
 

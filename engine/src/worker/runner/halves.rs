@@ -29,7 +29,9 @@ impl StageRunner {
     /// the partner slot and starts the stream.
     pub(super) fn begin_pair(&mut self, mut slot: OwnedSlot) -> Result<Handled, RunEnd> {
         let Some(mut header) = self.admit(&mut slot) else { return Ok(Handled::Done(slot)) };
-        let Role::Producer { pair, partner, .. } = &mut self.role else { unreachable!("producer role") };
+        let Role::Producer { code, pair, partner, .. } = &mut self.role else {
+            unreachable!("producer role")
+        };
         // The consumer may still read our previous frame (in `partner` or `spare`,
         // which the determiner below may overwrite): wait until it let go.
         let seg = &*self.seg;
@@ -38,9 +40,8 @@ impl StageRunner {
             return Err(RunEnd::Broken);
         }
         self.meter.waited(Waited::Blocked, started.elapsed());
-        let stage = &mut self.stage;
         let mut frame = Frame::new(seg, &mut slot, &mut self.spare, header.len as usize);
-        let wanted = catch_unwind(AssertUnwindSafe(|| stage.wants(&mut frame)));
+        let wanted = catch_unwind(AssertUnwindSafe(|| code.wants(&mut frame)));
         header.len = frame.len() as u32;
         self.bytes.1 = u64::from(header.len);
         match wanted {
@@ -69,13 +70,14 @@ impl StageRunner {
     /// Producer, after the item went to the consumer: runs `produce` on the partner
     /// frame, ends the stream, and hands the frame and the outcome to the consumer.
     pub(super) fn produce(&mut self) {
-        let Role::Producer { pair, partner, home } = &mut self.role else { unreachable!("producer role") };
+        let Role::Producer { code, pair, partner, home } = &mut self.role else {
+            unreachable!("producer role")
+        };
         let seg = &*self.seg;
         let mut writer = pair.writer();
         let mut header = partner.header(seg);
-        let stage = &mut self.stage;
         let mut frame = Frame::new(seg, partner, &mut self.spare, header.len as usize);
-        let outcome = catch_unwind(AssertUnwindSafe(|| stage.produce(&mut frame, &mut writer)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| code.produce(&mut frame, &mut writer)));
         header.len = frame.len() as u32;
         if partner.index() != *home {
             // `produce` replaced its frame, which swapped the partner and the spare.
@@ -123,7 +125,7 @@ impl StageRunner {
     /// Consumer: runs `consume` on the item alongside the producer, waits for the
     /// producer, then merges its results or records which half failed.
     pub(super) fn consume(&mut self, mut slot: OwnedSlot) -> Result<OwnedSlot, RunEnd> {
-        let Role::Consumer { pair, producer_frame } = &self.role else { unreachable!("consumer role") };
+        let Role::Consumer { pair, producer_frame, .. } = &self.role else { unreachable!("consumer role") };
         let (pair, producer_frame) = (pair.clone(), *producer_frame);
         let state = pair.header().state();
         if state != STARTED && state != PRODUCED {
@@ -137,9 +139,9 @@ impl StageRunner {
         let consumed: Result<(), String> = if header.len as usize > capacity {
             Err(format!("corrupt frame: length {} exceeds capacity {capacity}", header.len))
         } else {
-            let stage = &mut self.stage;
+            let Role::Consumer { code, .. } = &mut self.role else { unreachable!("consumer role") };
             let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
-            let outcome = catch_unwind(AssertUnwindSafe(|| stage.consume(&mut frame, &mut reader)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| code.consume(&mut frame, &mut reader)));
             header.len = frame.len() as u32;
             flatten(outcome)
         };
@@ -176,10 +178,10 @@ impl StageRunner {
             Err(msg) if !producer_failed || outcome == OUTCOME_FAILED_AFTER_CLOSE => Some((self.index, msg)),
             _ if producer_failed => Some((self.index - 1, theirs.error_text(&seg, their_header.error_len))),
             _ => {
-                let stage = &mut self.stage;
+                let Role::Consumer { code, .. } = &mut self.role else { unreachable!("consumer role") };
                 let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
                 let producer = &theirs.payload(&seg)[..their_header.len as usize];
-                let outcome = catch_unwind(AssertUnwindSafe(|| stage.merge_producer(&mut frame, producer)));
+                let outcome = catch_unwind(AssertUnwindSafe(|| code.merge_producer(&mut frame, producer)));
                 header.len = frame.len() as u32;
                 flatten(outcome).err().map(|msg| (self.index, msg))
             }

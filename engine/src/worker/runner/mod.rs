@@ -20,7 +20,7 @@ use crate::memory::{FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT};
 use crate::pair::{PairRef, PAIRED};
 use crate::ring::PushError;
 use crate::route::{Gather, Scatter};
-use crate::stage::{BoxError, Stage};
+use crate::stage::{BoxError, Consumer, Producer, Stage, StageCode};
 
 /// Publish at least this often while draining a burst, so downstream starts early.
 const PUBLISH_EVERY: u32 = 16;
@@ -42,7 +42,6 @@ pub(crate) struct StageRunner {
     seg: Arc<Segment>,
     /// The stage this runner is (a replica of): the index items record.
     index: usize,
-    stage: Box<dyn Stage>,
     input: Gather,
     output: Scatter,
     spare: OwnedSlot,
@@ -60,12 +59,13 @@ pub(crate) struct StageRunner {
     bytes: (u64, u64),
 }
 
-/// What a stage is in a producer/consumer pair.
+/// What the runner runs: a plain stage or a half of a producer/consumer pair.
 enum Role {
-    Plain,
+    Plain(Box<dyn Stage>),
     /// Streams to the next stage, working on its own copy of each item (`partner`,
     /// which is always the record's partner slot when the consumer gets it).
     Producer {
+        code: Box<dyn Producer>,
         pair: PairRef,
         partner: OwnedSlot,
         /// The record's partner slot.
@@ -74,6 +74,7 @@ enum Role {
     /// Reads the previous stage's stream; the producer's frame is always in its
     /// record's partner slot, `producer_frame`.
     Consumer {
+        code: Box<dyn Consumer>,
         pair: PairRef,
         producer_frame: u32,
     },
@@ -89,12 +90,8 @@ enum Handled {
 
 impl StageRunner {
     /// Takes stage record `record_index`'s ring ends, spare slot and, in a pair, its
-    /// half of the pair.
-    pub(crate) fn new(
-        seg: Arc<Segment>,
-        record_index: usize,
-        stage: Box<dyn Stage>,
-    ) -> Result<Self, LayoutError> {
+    /// half of the pair, to run `code` (of the kind the record's role says).
+    pub(crate) fn new(seg: Arc<Segment>, record_index: usize, code: StageCode) -> Result<Self, LayoutError> {
         let record = seg.stage(record_index)?;
         let inputs = (0..record.input_count)
             .map(|k| seg.ring((record.input_ring + k * record.input_stride) as usize).1)
@@ -111,8 +108,9 @@ impl StageRunner {
         // settled it).
         let spare = unsafe { OwnedSlot::assigned(&seg, record.spare_slot) }
             .ok_or(LayoutError::Inconsistent("stage spare slot"))?;
-        let role = match record.role {
-            ROLE_PRODUCER => Role::Producer {
+        let role = match (record.role, code) {
+            (ROLE_PRODUCER, StageCode::Producer(code)) => Role::Producer {
+                code,
                 pair: seg.pair(&record),
                 home: record.partner_slot,
                 // SAFETY: the partner slot is this producer record's own (as the
@@ -120,14 +118,17 @@ impl StageRunner {
                 partner: unsafe { OwnedSlot::assigned(&seg, record.partner_slot) }
                     .ok_or(LayoutError::Inconsistent("stage partner slot"))?,
             },
-            ROLE_CONSUMER => {
+            (ROLE_CONSUMER, StageCode::Consumer(code)) => {
                 let producer = seg.stage(record_index - 1)?;
                 if producer.role != ROLE_PRODUCER {
                     return Err(LayoutError::Inconsistent("consumer stage without a producer before it"));
                 }
-                Role::Consumer { pair: seg.pair(&producer), producer_frame: producer.partner_slot }
+                Role::Consumer { code, pair: seg.pair(&producer), producer_frame: producer.partner_slot }
             }
-            _ => Role::Plain,
+            (ROLE_PRODUCER | ROLE_CONSUMER, _) | (_, StageCode::Producer(_) | StageCode::Consumer(_)) => {
+                return Err(LayoutError::Inconsistent("stage code of another kind than its record's role"));
+            }
+            (_, StageCode::Stage(stage)) => Role::Plain(stage),
         };
         let publish_every = match record.publish_every {
             0 => PUBLISH_EVERY,
@@ -146,7 +147,6 @@ impl StageRunner {
         Ok(Self {
             seg,
             index,
-            stage,
             input,
             output,
             spare,
@@ -195,7 +195,7 @@ impl StageRunner {
                     self.input.release();
                 }
                 let handled = match &self.role {
-                    Role::Plain => Handled::Done(self.handle(slot)),
+                    Role::Plain(_) => Handled::Done(self.handle(slot)),
                     Role::Producer { .. } => match self.begin_pair(slot) {
                         Ok(h) => h,
                         Err(end) => return end,
@@ -301,7 +301,7 @@ impl StageRunner {
     fn handle(&mut self, mut slot: OwnedSlot) -> OwnedSlot {
         let Some(mut header) = self.admit(&mut slot) else { return slot };
         let seg = &*self.seg;
-        let stage = &mut self.stage;
+        let Role::Plain(stage) = &mut self.role else { unreachable!("plain role") };
         let mut frame = Frame::new(seg, &mut slot, &mut self.spare, header.len as usize);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if !stage.wants(&mut frame) {
