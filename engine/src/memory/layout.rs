@@ -18,6 +18,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub use super::error::LayoutError;
+
 use super::counters::Counters;
 use super::journal::Journal;
 use crate::pair::PairHeader;
@@ -208,56 +210,6 @@ pub struct SlotHeader {
     /// That runner's process id.
     pub ran_by_pid: u32,
 }
-
-/// Why a layout cannot be built or trusted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LayoutError {
-    /// A count or size is outside its range.
-    OutOfRange {
-        /// Which quantity.
-        what: &'static str,
-        /// The value given.
-        value: u64,
-        /// The largest allowed.
-        max: u64,
-    },
-    /// The sizes add up past what a segment can hold.
-    TooLarge,
-    /// The header does not start with ringpipe's magic number: not a ringpipe segment.
-    BadMagic,
-    /// The segment was written by another layout version.
-    VersionMismatch {
-        /// Ours.
-        expected: u32,
-        /// The segment's.
-        found: u32,
-    },
-    /// A header field disagrees with the layout its counts imply.
-    Inconsistent(&'static str),
-}
-
-impl std::fmt::Display for LayoutError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::OutOfRange { what, value, max } => {
-                write!(f, "{what} is {value}, outside the allowed range (at most {max})")
-            }
-            Self::TooLarge => write!(f, "the segment would exceed the address space"),
-            Self::BadMagic => write!(f, "not a ringpipe segment (bad magic)"),
-            Self::VersionMismatch { expected, found } => write!(
-                f,
-                "segment layout version {found}, this binary speaks {expected}: \
-                 parent and worker must be built from the same ringpipe"
-            ),
-            Self::Inconsistent(field) => {
-                write!(f, "segment header field `{field}` is inconsistent (corrupt segment)")
-            }
-        }
-    }
-}
-
-impl std::error::Error for LayoutError {}
 
 /// The validated shape of a segment. Every accessor's bounds come from here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! [`Layout`] computed locally, never against numbers read from shared memory.
 
 mod counters;
+mod error;
 mod journal;
 mod layout;
 mod segment;

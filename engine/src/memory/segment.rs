@@ -26,6 +26,7 @@ use std::ptr::NonNull;
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
+pub use super::error::SegmentError;
 use super::layout::{
     Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT,
     MAX_REPLICAS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER,
@@ -60,59 +61,6 @@ impl Control {
         let _ = self
             .state
             .fetch_update(Ordering::Release, Ordering::Relaxed, |s| (s != STATE_BROKEN).then_some(state));
-    }
-}
-
-/// Why a segment could not be created or opened.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum SegmentError {
-    /// The memfd could not be created or sized.
-    Create(std::io::Error),
-    /// Not enough memory (or room in the memfd's tmpfs) for the requested size.
-    NoMemory {
-        /// Bytes asked for.
-        requested: u64,
-        /// What the kernel said.
-        source: std::io::Error,
-    },
-    /// The segment could not be mapped.
-    Map(std::io::Error),
-    /// The segment is not one this binary can use.
-    Layout(LayoutError),
-    /// The memfd is missing its seals: another process could shrink it under us.
-    NotSealed,
-}
-
-impl std::fmt::Display for SegmentError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Create(e) => write!(f, "cannot create the shared segment: {e}"),
-            Self::NoMemory { requested, source } => write!(
-                f,
-                "cannot allocate a {requested}-byte shared segment ({source}); \
-                 lower max_in_flight or frame_capacity, or free memory"
-            ),
-            Self::Map(e) => write!(f, "cannot map the shared segment: {e}"),
-            Self::Layout(e) => write!(f, "invalid shared segment: {e}"),
-            Self::NotSealed => write!(f, "the shared segment is not sealed against resizing"),
-        }
-    }
-}
-
-impl std::error::Error for SegmentError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Create(e) | Self::Map(e) | Self::NoMemory { source: e, .. } => Some(e),
-            Self::Layout(e) => Some(e),
-            Self::NotSealed => None,
-        }
-    }
-}
-
-impl From<LayoutError> for SegmentError {
-    fn from(e: LayoutError) -> Self {
-        Self::Layout(e)
     }
 }
 
