@@ -25,10 +25,10 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput};
 use rayon::prelude::*;
 use ringpipe::stages::chunk::{chunk_frame, ChunkMeta, META_LEN};
-use ringpipe::stages::compress::{self, Zstd};
-use ringpipe::stages::crypt::{self, Cipher, Key, Seal, TAG_LEN};
-use ringpipe::stages::hash;
-use ringpipe::{Pipeline, StageSpec};
+use ringpipe::stages::compress::Zstd;
+use ringpipe::stages::crypt::{Cipher, Key, Seal, SealParams, TAG_LEN};
+use ringpipe::stages::hash::ChunkId;
+use ringpipe::{Chain, Pipeline, StageSpec};
 
 const CHUNK: usize = 1 << 20;
 const CHUNKS: usize = 256;
@@ -81,11 +81,15 @@ fn by_hand(frame: &[u8], z: &mut zstd::bulk::Compressor<'_>, aead: &aes_gcm::Aes
 fn backup_hot_path(c: &mut Criterion) {
     let chunks = corpus();
     let key = Key::from_bytes([7; 32]);
-    let (zstd, seal) = (Zstd::params(3), Seal::params(Cipher::Aes256Gcm, &key, SALT));
+    let sealing = SealParams::new(Cipher::Aes256Gcm, &key, SALT);
     let chained = Pipeline::builder()
         .stage(
-            StageSpec::chain([(hash::CHUNK_ID, &[][..]), (compress::ZSTD, &zstd), (crypt::SEAL, &seal)])
-                .replicas(2),
+            StageSpec::chain([
+                Chain::link::<ChunkId>(()),
+                Chain::link::<Zstd>(3),
+                Chain::link::<Seal>(sealing.clone()),
+            ])
+            .replicas(2),
         )
         .frame_capacity(META_LEN + Zstd::max_output(CHUNK) + TAG_LEN)
         // 16, not 8: at 8 the per-stage table showed the zstd replicas starved 12% of
@@ -94,9 +98,9 @@ fn backup_hot_path(c: &mut Criterion) {
         .build()
         .unwrap();
     let three = Pipeline::builder()
-        .stage(StageSpec::process::<hash::ChunkId>(()))
+        .stage(StageSpec::process::<ChunkId>(()))
         .stage(StageSpec::process::<Zstd>(3).replicas(2))
-        .stage(StageSpec::process_named(crypt::SEAL).params(seal.clone()))
+        .stage(StageSpec::process::<Seal>(sealing))
         .frame_capacity(META_LEN + Zstd::max_output(CHUNK) + TAG_LEN)
         .max_in_flight(16)
         .build()

@@ -33,19 +33,16 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
     let files = walk(dir)?;
     let chunker = Chunker::default();
     let cut = Pipeline::builder()
-        .stage(StageSpec::chain([(cdc::CHUNKER, &chunker.params()[..]), ("backup.ids", &[][..])]))
+        .stage(StageSpec::chain([Chain::link::<Chunker>(chunker), ("backup.ids", vec![])]))
         .frame_capacity(BLOCK + chunker.overhead(BLOCK) + 32 * (BLOCK / (256 << 10) + 2) + 4)
         .max_in_flight(6)
         .build()?;
     let salt = random_salt()?;
     let key = Key::from_passphrase(&passphrase(), &salt)?;
     let max_chunk = 4 << 20;
-    let sealing = Seal::params(CIPHER, &key, salt);
+    let sealing = SealParams::new(CIPHER, &key, salt);
     let seal = Pipeline::builder()
-        .stage(
-            StageSpec::chain([(compress::ZSTD, &Zstd::params(LEVEL)[..]), (crypt::SEAL, &sealing)])
-                .replicas(2),
-        )
+        .stage(StageSpec::chain([Chain::link::<Zstd>(LEVEL), Chain::link::<Seal>(sealing)]).replicas(2))
         .frame_capacity(META_LEN + Zstd::max_output(max_chunk) + TAG_LEN)
         .max_in_flight(16)
         .build()?;

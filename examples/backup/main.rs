@@ -47,12 +47,12 @@ use restore::restore;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use ringpipe::stages::cdc::{self, cuts, Chunker};
+use ringpipe::stages::cdc::{cuts, Chunker};
 use ringpipe::stages::chunk::{ChunkMeta, CODEC_NONE, META_LEN};
-use ringpipe::stages::compress::{self, Zstd};
-use ringpipe::stages::crypt::{self, random_salt, Cipher, Key, Seal, SALT_LEN, TAG_LEN};
-use ringpipe::stages::hash;
-use ringpipe::{register_stage, stage_fn, Frame, ItemError, Pipeline, StageSpec};
+use ringpipe::stages::compress::{Unzstd, Zstd};
+use ringpipe::stages::crypt::{random_salt, Cipher, Key, Open, Seal, SealParams, SALT_LEN, TAG_LEN};
+use ringpipe::stages::hash::ChunkCheck;
+use ringpipe::{register_stage, stage_fn, Chain, Frame, ItemError, Pipeline, StageSpec};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -60,8 +60,8 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
     let sealed_lens: Vec<u64> = table.iter().map(|&(_, len)| len.into()).collect();
     let key = Key::from_passphrase(&passphrase(), &salt)?;
     let max_chunk = 4 << 20;
-    let opening = Seal::params(CIPHER, &key, salt);
-    let links = [(crypt::OPEN, &opening[..]), (compress::UNZSTD, &[][..]), (hash::CHUNK_CHECK, &[][..])];
+    let opening = SealParams::new(CIPHER, &key, salt);
+    let links = [Chain::link::<Open>(opening), Chain::link::<Unzstd>(()), Chain::link::<ChunkCheck>(())];
     let open = Pipeline::builder()
         .stage(StageSpec::chain(links).replicas(2))
         .frame_capacity(META_LEN + Zstd::max_output(max_chunk) + TAG_LEN)

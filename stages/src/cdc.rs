@@ -25,9 +25,9 @@
 
 use std::ops::Range;
 
-use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
+use ringpipe_engine::{register, BoxError, Frame, Params, Registered, Stage};
 
-/// Registered name of [`Chunker`] (parameters: [`Chunker::params`]; none: the defaults).
+/// Registered name of [`Chunker`] (typed: `StageSpec::process::<Chunker>(chunker)`).
 pub const CHUNKER: &str = "ringpipe.fastcdc";
 /// Registered name of [`Unchunk`].
 pub const UNCHUNK: &str = "ringpipe.unchunk";
@@ -63,11 +63,6 @@ impl Chunker {
     /// Sizes as FastCDC takes them (`fastcdc` clamps them to its own limits).
     pub fn new(min: u32, avg: u32, max: u32) -> Self {
         Self { min, avg, max }
-    }
-
-    /// The parameter bytes for the registered stage.
-    pub fn params(&self) -> Vec<u8> {
-        [self.min, self.avg, self.max].iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     /// Room the cut list takes after a block of `len` bytes, at most.
@@ -137,16 +132,36 @@ impl Stage for Unchunk {
     }
 }
 
-register_stage!(CHUNKER, |p: &[u8]| {
-    if p.is_empty() {
-        return Ok(Chunker::default());
+/// A chunker crosses into its worker as its sizes: min, avg, max as `u32` LE (no
+/// bytes: the defaults).
+impl Params for Chunker {
+    fn encode(&self) -> Vec<u8> {
+        [self.min, self.avg, self.max].iter().flat_map(|v| v.to_le_bytes()).collect()
     }
-    let v: Vec<u32> = p.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
-    match v[..] {
-        [min, avg, max] if p.len() == 12 && min <= avg && avg <= max && min > 0 => {
-            Ok(Chunker::new(min, avg, max))
+    fn decode(p: &[u8]) -> Result<Self, BoxError> {
+        if p.is_empty() {
+            return Ok(Chunker::default());
         }
-        _ => Err("ringpipe.fastcdc takes min, avg, max as three u32 LE, min <= avg <= max".into()),
+        let v: Vec<u32> =
+            p.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        match v[..] {
+            [min, avg, max] if p.len() == 12 => Ok(Chunker::new(min, avg, max)),
+            _ => Err("ringpipe.fastcdc takes min, avg, max as three u32 LE".into()),
+        }
     }
-});
+}
+
+/// `StageSpec::process::<Chunker>(Chunker::new(min, avg, max))`.
+impl Registered for Chunker {
+    const NAME: &'static str = CHUNKER;
+    type Params = Chunker;
+    fn from_params(c: Chunker) -> Result<Self, BoxError> {
+        if c.min == 0 || c.min > c.avg || c.avg > c.max {
+            return Err(format!("ringpipe.fastcdc needs 0 < min <= avg <= max, got {c:?}").into());
+        }
+        Ok(c)
+    }
+}
+
+register!(Chunker);
 register_plain!(Unchunk = UNCHUNK);

@@ -53,11 +53,6 @@ impl Zstd {
     pub fn max_output(n: usize) -> usize {
         zstd::zstd_safe::compress_bound(n)
     }
-
-    /// The parameter bytes for the registered stage at `level`.
-    pub fn params(level: i32) -> Vec<u8> {
-        level.to_le_bytes().to_vec()
-    }
 }
 
 /// Rewrites the body of a chunk frame through `code`, in a fresh frame, and sets the

@@ -30,11 +30,11 @@ use std::path::Path;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::Aes256Gcm;
 use chacha20poly1305::ChaCha20Poly1305;
-use ringpipe_engine::{register_stage, BoxError, Frame, Stage};
+use ringpipe_engine::{register, BoxError, Frame, Params, Registered, Stage};
 
 use crate::chunk::{meta_of, ChunkError, META_LEN};
 
-/// Registered name of [`Seal`] (parameters: [`Seal::params`]).
+/// Registered name of [`Seal`] (parameters: [`SealParams`]).
 pub const SEAL: &str = "ringpipe.seal";
 /// Registered name of [`Open`] (same parameters as the seal).
 pub const OPEN: &str = "ringpipe.open";
@@ -201,14 +201,46 @@ impl Aead {
     }
 }
 
-fn parse_params(p: &[u8]) -> Result<(Cipher, Key, [u8; SALT_LEN]), BoxError> {
-    let bad = || BoxError::from("seal/open parameters: 1 byte cipher, 32 bytes key, 16 bytes salt");
-    if p.len() != 1 + 32 + SALT_LEN {
-        return Err(bad());
+/// What [`Seal`] and [`Open`] are built from: the cipher, the master key and the
+/// archive's salt (`StageSpec::process::<Seal>(SealParams::new(cipher, key, salt))`).
+/// As parameter bytes they hold the master key: they live in the pipeline's segment,
+/// an anonymous memfd only the pipeline's processes map.
+#[derive(Clone)]
+pub struct SealParams {
+    cipher: Cipher,
+    key: Key,
+    salt: [u8; SALT_LEN],
+}
+
+impl SealParams {
+    /// Sealing (or opening) with `cipher` under `key`, for the archive with `salt`.
+    pub fn new(cipher: Cipher, key: &Key, salt: [u8; SALT_LEN]) -> Self {
+        Self { cipher, key: key.clone(), salt }
     }
-    let cipher = Cipher::from_code(p[0]).ok_or_else(bad)?;
-    let key = Key(p[1..33].try_into().expect("32 bytes"));
-    Ok((cipher, key, p[33..].try_into().expect("16 bytes")))
+}
+
+impl std::fmt::Debug for SealParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealParams").field("cipher", &self.cipher).field("key", &"(secret)").finish()
+    }
+}
+
+impl Params for SealParams {
+    fn encode(&self) -> Vec<u8> {
+        let mut p = vec![self.cipher.code()];
+        p.extend_from_slice(&self.key.0);
+        p.extend_from_slice(&self.salt);
+        p
+    }
+    fn decode(p: &[u8]) -> Result<Self, BoxError> {
+        let bad = || BoxError::from("seal/open parameters: 1 byte cipher, 32 bytes key, 16 bytes salt");
+        if p.len() != 1 + 32 + SALT_LEN {
+            return Err(bad());
+        }
+        let cipher = Cipher::from_code(p[0]).ok_or_else(bad)?;
+        let key = Key(p[1..33].try_into().expect("32 bytes"));
+        Ok(Self { cipher, key, salt: p[33..].try_into().expect("16 bytes") })
+    }
 }
 
 /// Seals a chunk's body in place and appends the tag. Put it after compression (and
@@ -219,16 +251,6 @@ impl Seal {
     /// Seals with `cipher` under `key`, for the archive with `salt`.
     pub fn new(cipher: Cipher, key: &Key, salt: [u8; SALT_LEN]) -> Self {
         Self(Aead::new(cipher, key, salt))
-    }
-
-    /// The parameter bytes for the registered [`SEAL`] and [`OPEN`] stages. They hold
-    /// the master key: they live in the pipeline's segment, an anonymous memfd only
-    /// the pipeline's processes map.
-    pub fn params(cipher: Cipher, key: &Key, salt: [u8; SALT_LEN]) -> Vec<u8> {
-        let mut p = vec![cipher.code()];
-        p.extend_from_slice(&key.0);
-        p.extend_from_slice(&salt);
-        p
     }
 }
 
@@ -270,11 +292,20 @@ impl Stage for Open {
     }
 }
 
-register_stage!(SEAL, |p: &[u8]| {
-    let (cipher, key, salt) = parse_params(p)?;
-    Ok(Seal::new(cipher, &key, salt))
-});
-register_stage!(OPEN, |p: &[u8]| {
-    let (cipher, key, salt) = parse_params(p)?;
-    Ok(Open::new(cipher, &key, salt))
-});
+impl Registered for Seal {
+    const NAME: &'static str = SEAL;
+    type Params = SealParams;
+    fn from_params(p: SealParams) -> Result<Self, BoxError> {
+        Ok(Seal::new(p.cipher, &p.key, p.salt))
+    }
+}
+
+impl Registered for Open {
+    const NAME: &'static str = OPEN;
+    type Params = SealParams;
+    fn from_params(p: SealParams) -> Result<Self, BoxError> {
+        Ok(Open::new(p.cipher, &p.key, p.salt))
+    }
+}
+
+register!(Seal, Open);

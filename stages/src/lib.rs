@@ -1,10 +1,11 @@
 //! Ready-made ringpipe stages for backup hot paths, on the field's standard crates.
 //!
-//! Each stage is registered (so it runs in worker processes, with replicas:
-//! `StageSpec::process::<Zstd>(3).replicas(2)`, typed through
-//! [`Registered`](ringpipe_engine::Registered); the key-carrying ones, FastCDC and
-//! the ciphers, by name and parameter bytes: `StageSpec::process_named(crypt::SEAL)
-//! .params(Seal::params(cipher, &key, salt))`) and is a plain
+//! Each stage is registered, typed through [`Registered`](ringpipe_engine::Registered),
+//! so it runs in worker processes, with replicas:
+//! `StageSpec::process::<Zstd>(3).replicas(2)`,
+//! `StageSpec::process::<Seal>(SealParams::new(cipher, &key, salt))`, or as a link of a
+//! chain: `StageSpec::chain([Chain::link::<Zstd>(3), Chain::link::<Seal>(sealing)])`.
+//! Each is also a plain
 //! [`Stage`](ringpipe_engine::Stage) value (so it runs on a thread:
 //! `StageSpec::with_stage("zstd", Zstd::new(3))`). Each has its inverse for restore.
 //!

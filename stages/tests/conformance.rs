@@ -7,12 +7,12 @@
 //! what catches a corrupted compressed body that still decodes, so the suite runs
 //! each decompressor's inverse side with it, as a restore does.
 
-use ringpipe_engine::{ItemError, Pipeline, StageSpec};
-use ringpipe_stages::cdc::{self, Chunker, Unchunk};
+use ringpipe_engine::{ItemError, Pipeline, Registered, Stage, StageSpec};
+use ringpipe_stages::cdc::{Chunker, Unchunk};
 use ringpipe_stages::chunk::{chunk_frame, ChunkMeta, META_LEN};
-use ringpipe_stages::compress::{self, Lz4, Unlz4, Unzstd, Zstd};
-use ringpipe_stages::crypt::{self, Cipher, Key, Open, Seal};
-use ringpipe_stages::hash::{self, ChunkCheck, ChunkId};
+use ringpipe_stages::compress::{Lz4, Unlz4, Unzstd, Zstd};
+use ringpipe_stages::crypt::{self, Cipher, Key, Open, Seal, SealParams};
+use ringpipe_stages::hash::{ChunkCheck, ChunkId};
 
 ringpipe_engine::worker_test_entry!();
 
@@ -37,16 +37,12 @@ struct Case {
 const KEY: [u8; 32] = [0x5a; 32];
 const SALT: [u8; 16] = [0xc3; 16];
 
-fn pick(
-    process: bool,
-    name: &str,
-    params: Vec<u8>,
-    value: impl ringpipe_engine::Stage + 'static,
-) -> StageSpec {
+/// Stage `S` in a worker process or on a thread of the parent, built from `params`.
+fn pick<S: Registered + Stage>(process: bool, params: S::Params) -> StageSpec {
     if process {
-        StageSpec::process_named(name).params(params)
+        StageSpec::process::<S>(params)
     } else {
-        StageSpec::with_stage(name, value)
+        StageSpec::thread::<S>(params)
     }
 }
 
@@ -59,11 +55,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "fastcdc",
             prepare: Vec::new,
-            forward: |p| {
-                let c = Chunker::new(4096, 16384, 65536);
-                pick(p, cdc::CHUNKER, c.params(), c)
-            },
-            inverse: |p| vec![pick(p, cdc::UNCHUNK, vec![], Unchunk)],
+            forward: |p| pick::<Chunker>(p, Chunker::new(4096, 16384, 65536)),
+            inverse: |p| vec![pick::<Unchunk>(p, ())],
             growth: |n| Chunker::new(4096, 16384, 65536).overhead(n),
             chunks: false,
             corrupt_says: "cut",
@@ -71,8 +64,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "blake3 id",
             prepare: Vec::new,
-            forward: |p| pick(p, hash::CHUNK_ID, vec![], ChunkId),
-            inverse: |p| vec![pick(p, hash::CHUNK_CHECK, vec![], ChunkCheck)],
+            forward: |p| pick::<ChunkId>(p, ()),
+            inverse: |p| vec![pick::<ChunkCheck>(p, ())],
             growth: |_| 0,
             chunks: true,
             corrupt_says: "do not hash to its id",
@@ -80,13 +73,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "zstd",
             prepare: id,
-            forward: |p| pick(p, compress::ZSTD, Zstd::params(3), Zstd::new(3)),
-            inverse: |p| {
-                vec![
-                    pick(p, compress::UNZSTD, vec![], Unzstd),
-                    pick(p, hash::CHUNK_CHECK, vec![], ChunkCheck),
-                ]
-            },
+            forward: |p| pick::<Zstd>(p, 3),
+            inverse: |p| vec![pick::<Unzstd>(p, ()), pick::<ChunkCheck>(p, ())],
             growth: |n| Zstd::max_output(n) - n,
             chunks: true,
             corrupt_says: "chunk 5",
@@ -94,10 +82,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "lz4",
             prepare: id,
-            forward: |p| pick(p, compress::LZ4, vec![], Lz4),
-            inverse: |p| {
-                vec![pick(p, compress::UNLZ4, vec![], Unlz4), pick(p, hash::CHUNK_CHECK, vec![], ChunkCheck)]
-            },
+            forward: |p| pick::<Lz4>(p, ()),
+            inverse: |p| vec![pick::<Unlz4>(p, ()), pick::<ChunkCheck>(p, ())],
             growth: |n| Lz4::max_output(n) - n,
             chunks: true,
             corrupt_says: "chunk 5",
@@ -105,23 +91,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "aes-256-gcm",
             prepare: id,
-            forward: |p| {
-                let k = Key::from_bytes(KEY);
-                pick(
-                    p,
-                    crypt::SEAL,
-                    Seal::params(Cipher::Aes256Gcm, &k, SALT),
-                    Seal::new(Cipher::Aes256Gcm, &k, SALT),
-                )
-            },
+            forward: |p| pick::<Seal>(p, SealParams::new(Cipher::Aes256Gcm, &Key::from_bytes(KEY), SALT)),
             inverse: |p| {
-                let k = Key::from_bytes(KEY);
-                vec![pick(
-                    p,
-                    crypt::OPEN,
-                    Seal::params(Cipher::Aes256Gcm, &k, SALT),
-                    Open::new(Cipher::Aes256Gcm, &k, SALT),
-                )]
+                vec![pick::<Open>(p, SealParams::new(Cipher::Aes256Gcm, &Key::from_bytes(KEY), SALT))]
             },
             growth: |_| crypt::TAG_LEN,
             chunks: true,
@@ -131,12 +103,10 @@ fn cases() -> Vec<Case> {
             name: "chacha20-poly1305",
             prepare: id,
             forward: |p| {
-                let (k, c) = (Key::from_bytes(KEY), Cipher::ChaCha20Poly1305);
-                pick(p, crypt::SEAL, Seal::params(c, &k, SALT), Seal::new(c, &k, SALT))
+                pick::<Seal>(p, SealParams::new(Cipher::ChaCha20Poly1305, &Key::from_bytes(KEY), SALT))
             },
             inverse: |p| {
-                let (k, c) = (Key::from_bytes(KEY), Cipher::ChaCha20Poly1305);
-                vec![pick(p, crypt::OPEN, Seal::params(c, &k, SALT), Open::new(c, &k, SALT))]
+                vec![pick::<Open>(p, SealParams::new(Cipher::ChaCha20Poly1305, &Key::from_bytes(KEY), SALT))]
             },
             growth: |_| crypt::TAG_LEN,
             chunks: true,

@@ -113,7 +113,8 @@ impl StageSpec {
     }
 
     /// Registered stages run one after another on each item in one worker process
-    /// (a [`Chain`](crate::Chain)): `links` are their names and parameters. Replicate
+    /// (a [`Chain`](crate::Chain)): `links` are their names and parameter bytes
+    /// ([`Chain::link`](crate::Chain::link) makes one from a typed stage). Replicate
     /// the chain to keep each item on one core from its first link to its last, with
     /// no hop between them; where stages outnumber cores this saves a wake (and a
     /// preemption) per link.
@@ -123,7 +124,7 @@ impl StageSpec {
     /// let hash_then_zip = StageSpec::chain([("my.hash", &[][..]), ("my.zip", &[3][..])]).replicas(2);
     /// assert_eq!(hash_then_zip.replica_count(), 2);
     /// ```
-    pub fn chain<'a>(links: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+    pub fn chain<N: AsRef<str>, P: AsRef<[u8]>>(links: impl IntoIterator<Item = (N, P)>) -> Self {
         Self::process_named(crate::stage::CHAIN).params(crate::Chain::params(links))
     }
 

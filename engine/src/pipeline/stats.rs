@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn scribbled_counters_saturate_instead_of_panicking() {
-        let empty_chain = StageSpec::thread_named(CHAIN).params(Chain::params([])).replicas(2);
+        let empty_chain = StageSpec::thread_named(CHAIN).params(Chain::params::<&str, &[u8]>([])).replicas(2);
         let p = Pipeline::builder().stage(empty_chain).build().unwrap();
         let max = u64::MAX;
         let junk =

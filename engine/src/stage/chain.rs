@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::{find_stage, BoxError, Stage, StageCode};
+use super::{find_stage, BoxError, Params, Registered, Stage, StageCode};
 use crate::frame::Frame;
 
 /// Registered name of the chain stage; its parameters come from [`Chain::params`].
@@ -55,6 +55,28 @@ impl Chain {
         self.links.iter().map(|(n, _)| n.as_str())
     }
 
+    /// A link of a registered chain ([`StageSpec::chain`](crate::StageSpec::chain)):
+    /// [`Registered`] stage `S` with its typed parameters, as its name and parameter
+    /// bytes.
+    ///
+    /// ```
+    /// # use ringpipe_engine::{BoxError, Frame, Registered, Stage};
+    /// # struct Zip;
+    /// # impl Stage for Zip { fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> { Ok(()) } }
+    /// # impl Registered for Zip {
+    /// #     const NAME: &'static str = "doc.zip";
+    /// #     type Params = i32;
+    /// #     fn from_params(_: i32) -> Result<Self, BoxError> { Ok(Zip) }
+    /// # }
+    /// use ringpipe_engine::{Chain, StageSpec};
+    /// assert_eq!(Chain::link::<Zip>(3), ("doc.zip", vec![3, 0, 0, 0]));
+    /// let hash_then_zip = StageSpec::chain([("doc.hash", vec![]), Chain::link::<Zip>(3)]);
+    /// # let _ = hash_then_zip;
+    /// ```
+    pub fn link<S: Registered + Stage>(params: S::Params) -> (&'static str, Vec<u8>) {
+        (S::NAME, params.encode())
+    }
+
     /// The parameter bytes of the registered chain stage (`ringpipe.chain`) for `links`, each a
     /// registered stage's name and its parameters.
     ///
@@ -65,10 +87,10 @@ impl Chain {
     /// assert_eq!(links[1], ("a.zip".to_owned(), vec![3, 0, 0, 0]));
     /// # Ok::<(), ringpipe_engine::BoxError>(())
     /// ```
-    pub fn params<'a>(links: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    pub fn params<N: AsRef<str>, P: AsRef<[u8]>>(links: impl IntoIterator<Item = (N, P)>) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, params) in links {
-            for part in [name.as_bytes(), params] {
+            for part in [name.as_ref().as_bytes(), params.as_ref()] {
                 let len = u32::try_from(part.len()).expect("a stage name or parameters over 4 GiB");
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(part);
