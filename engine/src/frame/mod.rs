@@ -116,6 +116,19 @@ impl OwnedSlot {
 }
 
 /// Why a frame operation was refused.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Frame, FrameError, Pipeline, StageSpec};
+/// let grow = stage_fn(|f: &mut Frame<'_>| {
+///     let err = f.set_len(f.capacity() + 1).unwrap_err(); // past the frame's capacity
+///     assert!(matches!(err, FrameError::TooLarge { .. }));
+///     Ok(())
+/// });
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("grow", grow)).build()?;
+/// assert!(p.submit(b"x")?.wait().is_ok());
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameError {
@@ -235,6 +248,20 @@ impl<'a> Frame<'a> {
 
     /// Changes the length. Bytes gained keep whatever the slot held before (they are
     /// initialised, but not zeroed): write them before reading them.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let grow = StageSpec::with_stage("grow", stage_fn(|f| {
+    ///     let n = f.len();
+    ///     f.set_len(n + 1)?; // new bytes are zero
+    ///     f.bytes_mut()[n] = b'!';
+    ///     Ok(())
+    /// }));
+    /// let p = Pipeline::builder().stage(grow).build()?;
+    /// assert_eq!(&p.submit(b"hi")?.wait()?[..], b"hi!");
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_len(&mut self, len: usize) -> Result<(), FrameError> {
         if len > self.capacity() {
             return Err(FrameError::TooLarge { requested: len, capacity: self.capacity() });
@@ -249,6 +276,8 @@ impl<'a> Frame<'a> {
     }
 
     /// The leading `H`, mutably.
+    ///
+    /// See [`set_len`](Self::set_len) and [`Output::header`](crate::Output::header) for examples.
     pub fn header_mut<H: Pod>(&mut self) -> Result<&mut H, FrameError> {
         self.split::<H>().map(|(h, _)| h)
     }

@@ -1,6 +1,12 @@
 //! Why a segment cannot be laid out, created, opened or trusted.
 
 /// Why a layout cannot be built or trusted.
+///
+/// ```
+/// use ringpipe_engine::{BuildError, LayoutError, Pipeline, StageSpec};
+/// let err = Pipeline::builder().stage(StageSpec::thread_named("any")).max_in_flight(0).build().unwrap_err();
+/// assert!(matches!(err, BuildError::Config(LayoutError::OutOfRange { what: "max_in_flight", .. })));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LayoutError {
@@ -51,6 +57,18 @@ impl std::fmt::Display for LayoutError {
 impl std::error::Error for LayoutError {}
 
 /// Why a segment could not be created or opened.
+///
+/// ```
+/// use ringpipe_engine::{BuildError, SegmentError};
+/// fn explain(e: &BuildError) -> &'static str {
+///     match e {
+///         BuildError::Segment(SegmentError::NoMemory { .. }) => "lower max_in_flight or frame_capacity",
+///         BuildError::Segment(_) => "the shared segment could not be made",
+///         _ => "something else",
+///     }
+/// }
+/// # let _ = explain;
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SegmentError {

@@ -62,6 +62,27 @@ impl Builder {
 
     /// Appends a producer/consumer pair: two stages in stage indices, its producer
     /// then its consumer. See [`PairSpec`].
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use ringpipe_engine::{consumer_fn, producer_fn, ConsumerSpec, PairSpec, Pipeline, ProducerSpec};
+    /// let pair = PairSpec::new(
+    ///     ProducerSpec::with_producer("echo", producer_fn(|f, out| Ok(out.write_all(f.bytes())?))),
+    ///     ConsumerSpec::with_consumer("count", consumer_fn(|f, input| {
+    ///         let n = std::io::copy(input, &mut std::io::sink())?;
+    ///         f.set_len(8)?;
+    ///         *f.header_mut::<u64>()? = n;
+    ///         Ok(())
+    ///     })),
+    /// );
+    /// let p = Pipeline::builder().pair(pair).build()?;
+    /// assert_eq!(p.num_stages(), 2); // the producer, then the consumer
+    /// let out = p.submit(b"hello")?.wait()?;
+    /// assert_eq!(*out.header::<u64>()?, 5);
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pair(mut self, pair: PairSpec) -> Self {
         self.stages.push(pair.producer);
         self.stages.push(pair.consumer);
@@ -91,6 +112,15 @@ impl Builder {
 
     /// Creates the segment, starts the workers and threads, and waits until every
     /// worker has checked the segment and built its stage.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// assert_eq!(p.num_stages(), 1);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build(self) -> Result<Pipeline, BuildError> {
         if std::env::var_os(crate::worker::WORKER_ENV).is_some() {
             return Err(BuildError::InsideWorker);

@@ -5,6 +5,18 @@ use std::fmt;
 use super::handles::Output;
 
 /// Why the whole pipeline stopped working; every item still in it fails with this.
+///
+/// ```
+/// use ringpipe_engine::{EngineFailure, ItemError, Ticket};
+/// fn outcome(t: Ticket) -> String {
+///     match t.wait() {
+///         Ok(out) => format!("{} bytes", out.len()),
+///         Err(ItemError::Engine(EngineFailure::Corrupt(why))) => format!("pipeline broken: {why}"),
+///         Err(e) => e.to_string(),
+///     }
+/// }
+/// # let _ = outcome;
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EngineFailure {
@@ -48,6 +60,17 @@ impl fmt::Display for EngineFailure {
 impl std::error::Error for EngineFailure {}
 
 /// Why an item could not be submitted.
+///
+/// ```
+/// use ringpipe_engine::{Pipeline, StageSpec, SubmitError};
+/// let p = Pipeline::builder().stage(StageSpec::thread_named("any")).frame_capacity(4).build();
+/// # let p = match p { Ok(p) => p, Err(_) => return Ok(()) };
+/// assert_eq!(p.submit(b"hello").unwrap_err(), SubmitError::TooLarge { requested: 5, capacity: 4 });
+/// p.close();
+/// assert_eq!(p.submit(b"hi").unwrap_err(), SubmitError::ShutDown);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubmitError {
@@ -81,6 +104,20 @@ impl fmt::Display for SubmitError {
 impl std::error::Error for SubmitError {}
 
 /// Why `try_submit` did not take the item; the item is given back.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec, TrySubmitError};
+/// let id = StageSpec::with_stage("id", stage_fn(|_| Ok(())));
+/// let p = Pipeline::builder().stage(id).max_in_flight(1).build()?;
+/// let held = p.submit(b"a")?.wait()?; // its frame stays in flight until dropped
+/// match p.try_submit(b"b".to_vec()) {
+///     Err(TrySubmitError::Full(item)) => assert_eq!(item, b"b"), // given back
+///     other => panic!("{other:?}"),
+/// }
+/// drop(held);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySubmitError<T> {
     /// `max_in_flight` items are in flight: try again later.
@@ -219,6 +256,20 @@ impl std::error::Error for ItemError {
 }
 
 /// The error an item carries when a stage failed it.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, ItemError, Pipeline, StageSpec};
+/// let p = Pipeline::builder()
+///     .stage(StageSpec::with_stage("picky", stage_fn(|_| Err("not today".into()))))
+///     .build()?;
+/// let Err(ItemError::Stage { failure, output }) = p.submit(b"x")?.wait() else { panic!() };
+/// assert_eq!((failure.stage, failure.name.as_str(), failure.message.as_str()), (0, "picky", "not today"));
+/// assert_eq!(failure.worker_died, None);
+/// assert_eq!(&output[..], b"x"); // the item's bytes stay readable
+/// # drop(output);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageFailure {
     /// Index of the stage that failed.
@@ -246,6 +297,14 @@ impl fmt::Display for StageFailure {
 impl std::error::Error for StageFailure {}
 
 /// Why a pipeline could not be built.
+///
+/// ```
+/// use ringpipe_engine::{BuildError, Pipeline, StageSpec};
+/// let unknown = StageSpec::process_named("nobody.registered.this");
+/// let err = Pipeline::builder().stage(unknown).build().unwrap_err();
+/// assert!(matches!(err, BuildError::UnknownStage { stage: 0, .. }), "{err}");
+/// assert!(matches!(Pipeline::builder().build(), Err(BuildError::NoStages)));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BuildError {

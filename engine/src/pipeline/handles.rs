@@ -177,16 +177,57 @@ impl std::fmt::Debug for Ticket {
 
 impl Ticket {
     /// Blocks until the item leaves the pipeline.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let out = p.submit(b"abc")?.wait()?; // Err if a stage failed it
+    /// assert_eq!(&out[..], b"ABC");
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait(mut self) -> Result<Output, ItemError> {
         wait_for(&self.shared, self.ticket, &mut self.taken, None)
     }
 
     /// Blocks until the item leaves the pipeline or `timeout` passes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let mut t = p.submit(b"abc")?;
+    /// let out = t.wait_timeout(Duration::from_secs(60))?; // ItemError::TimedOut if it took longer
+    /// assert_eq!(&out[..], b"ABC");
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Output, ItemError> {
         wait_for(&self.shared, self.ticket, &mut self.taken, Some(crate::wait::deadline_after(timeout)))
     }
 
     /// The result if the item has left the pipeline, without blocking.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let mut t = p.submit(b"abc")?;
+    /// let out = loop {
+    ///     if let Some(result) = t.try_wait() {
+    ///         break result?;
+    ///     }
+    ///     std::thread::yield_now(); // or other work
+    /// };
+    /// assert_eq!(&out[..], b"ABC");
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_wait(&mut self) -> Option<Result<Output, ItemError>> {
         if self.taken {
             return Some(Err(ItemError::AlreadyTaken));
@@ -310,6 +351,17 @@ pub struct Output {
 
 impl Output {
     /// The failure a stage recorded on the item, if any.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, ItemError, Pipeline, StageSpec};
+    /// let no = stage_fn(|_| Err("refused".into()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("no", no)).build()?;
+    /// let out = p.submit(b"x")?.wait().or_else(ItemError::into_output)?; // keep failed items too
+    /// assert_eq!(out.failure().map(|f| f.message), Some("refused".to_owned()));
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn failure(&self) -> Option<StageFailure> {
         if self.header.status != STATUS_FAILED {
             return None;
@@ -356,12 +408,34 @@ impl Output {
     }
 
     /// The leading `H` of the item's bytes.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let add = StageSpec::with_stage("add", stage_fn(|f| { *f.header_mut::<u64>()? += 1; Ok(()) }));
+    /// let p = Pipeline::builder().stage(add).build()?;
+    /// let out = p.submit(&41u64.to_ne_bytes())?.wait()?;
+    /// assert_eq!(*out.header::<u64>()?, 42); // read in place
+    /// # drop(out);
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn header<H: Pod>(&self) -> Result<&H, FrameError> {
         header_of(self)
     }
 }
 
 /// Where an item was last worked on; see [`Output::ran_on`].
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("id", stage_fn(|_| Ok(())))).build()?;
+/// let out = p.submit(b"x")?.wait()?;
+/// let on = out.ran_on().expect("the stage ran");
+/// assert_eq!((on.stage, on.replica, on.pid), (0, 0, std::process::id())); // a thread stage
+/// # drop(out);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RanOn {

@@ -81,6 +81,16 @@ impl ShutdownReport {
 }
 
 /// How one worker process ended.
+///
+/// ```no_run
+/// use ringpipe_engine::{Pipeline, StageSpec};
+/// let p = Pipeline::builder().stage(StageSpec::process_named("compress").replicas(2)).build()?;
+/// for w in p.shutdown().workers {
+///     let how = if w.killed { "killed" } else { "exited" };
+///     println!("stage {} worker {} {how}: {:?}", w.stage, w.pid, w.status);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct WorkerExit {
     /// Its stage.
@@ -149,6 +159,15 @@ impl Pipeline {
     /// step that starts its replacement, so a listed pid is never reused by another
     /// process. Sending a signal to a listed pid does not mean a process died: count
     /// deaths (a pidfd turning readable), or [`restarts`](Self::restarts).
+    ///
+    /// ```no_run
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let p = Pipeline::builder().stage(StageSpec::process_named("compress").replicas(2)).build()?;
+    /// for (stage, pid) in p.worker_pids() {
+    ///     println!("stage {stage} runs in process {pid}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn worker_pids(&self) -> Vec<(usize, u32)> {
         self.workers.lock().iter().filter(|w| w.lifeline.is_some()).map(|w| (w.stage, w.child.id())).collect()
     }
@@ -180,6 +199,15 @@ impl Pipeline {
     /// before the item it held fails and before its replacement starts: a caller that
     /// saw either finds it counted. A worker killed while idle is counted a moment
     /// after its death.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// assert_eq!(p.restarts(), 0); // thread stages never die alone
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn restarts(&self) -> usize {
         self.shared.restarts.load(Ordering::Relaxed)
     }
@@ -188,6 +216,18 @@ impl Pipeline {
     /// [`SubmitError::ShutDown`]. Items in flight still finish. Useful when several
     /// threads submit and one decides the work is over; call
     /// [`shutdown`](Self::shutdown) afterwards.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec, SubmitError};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let t = p.submit(b"in time")?;
+    /// p.close();
+    /// assert_eq!(p.submit(b"late").unwrap_err(), SubmitError::ShutDown);
+    /// assert_eq!(&t.wait()?[..], b"IN TIME"); // what was in flight still finishes
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         let mut book = self.shared.book.lock();
@@ -197,12 +237,43 @@ impl Pipeline {
 
     /// Finishes every item in flight, stops every stage, and reports whether all went
     /// as asked (`atbu.mp_pipeline`'s `was_graceful_shutdown`).
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let t = p.submit(b"x")?;
+    /// let report = p.shutdown(); // waits for the item
+    /// assert!(report.was_graceful() && report.failure.is_none());
+    /// assert_eq!(&t.wait()?[..], b"X");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self) -> ShutdownReport {
         self.finish(None)
     }
 
     /// Like [`shutdown`](Self::shutdown), but items still in flight after `timeout`
     /// fail with [`EngineFailure::Aborted`] (not graceful).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringpipe_engine::{stage_fn, EngineFailure, ItemError, Pipeline, StageSpec};
+    /// let slow = stage_fn(|_| {
+    ///     std::thread::sleep(Duration::from_millis(200));
+    ///     Ok(())
+    /// });
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("slow", slow)).max_in_flight(8).build()?;
+    /// let tickets: Vec<_> = (0..8u8).map(|i| p.submit(&[i])).collect::<Result<_, _>>()?;
+    /// let report = p.shutdown_timeout(Duration::from_millis(50));
+    /// assert!(!report.was_graceful());
+    /// let aborted = tickets
+    ///     .into_iter()
+    ///     .map(|t| t.wait())
+    ///     .filter(|r| matches!(r, Err(ItemError::Engine(EngineFailure::Aborted))))
+    ///     .count();
+    /// assert!(aborted > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown_timeout(mut self, timeout: Duration) -> ShutdownReport {
         self.finish(Some(timeout))
     }

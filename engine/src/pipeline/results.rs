@@ -16,6 +16,8 @@ impl Pipeline {
     /// Results of items submitted with [`submit_batch`](Self::submit_batch) or
     /// [`NewFrame::submit_detached`](crate::NewFrame::submit_detached), in completion
     /// order. Ends when none is in flight.
+    ///
+    /// See [`submit_batch`](Self::submit_batch) for an example.
     pub fn completions(&self) -> Completions<'_> {
         Completions { pipeline: self }
     }
@@ -56,6 +58,18 @@ impl Pipeline {
 
     /// Like [`map`](Self::map), but yields each result as soon as it is out, tagged
     /// with its input position ([`Output::index`]).
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let mut got: Vec<(u64, u8)> =
+    ///     p.map_unordered([b"a", b"b"]).map(|o| o.map(|o| (o.index(), o[0]))).collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got, [(0, b'A'), (1, b'B')]); // each tagged with its input's position
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map_unordered<I, T>(&self, inputs: I) -> Map<'_, I::IntoIter, T>
     where
         I: IntoIterator,
@@ -131,6 +145,22 @@ impl futures_core::Stream for Completions<'_> {
 ///
 /// Dropping it midway gives back what it had in flight: their frames return to the
 /// pipeline as they come out.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+/// let p = Pipeline::builder()
+///     .stage(StageSpec::with_stage("upper", stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()))))
+///     .max_in_flight(2)
+///     .build()?;
+/// let words = ["a", "b", "c", "d", "e"];
+/// let outs: Vec<String> = p
+///     .map(words.iter().map(|w| w.as_bytes())) // 5 inputs through 2 frames, in input order
+///     .map(|r| r.map(|o| String::from_utf8_lossy(&o).into_owned()))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(outs, ["A", "B", "C", "D", "E"]);
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "an iterator does nothing until it is consumed"]
 pub struct Map<'p, I, T = u8> {
     pipeline: &'p Pipeline,

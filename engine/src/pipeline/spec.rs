@@ -17,6 +17,24 @@ pub(crate) enum Placement {
 
 /// Called in the parent for each stage of each item, in stage order, when the item
 /// leaves the pipeline and before its ticket resolves (`atbu.mp_pipeline`'s `stage_complete`).
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use ringpipe_engine::{stage_fn, Pipeline, StageOutcome, StageSpec};
+/// let ran = Arc::new(AtomicUsize::new(0));
+/// let r = ran.clone();
+/// let count = StageSpec::with_stage("id", stage_fn(|_| Ok(()))).on_complete(move |e| {
+///     if e.outcome == StageOutcome::Ran {
+///         r.fetch_add(1, Ordering::Relaxed);
+///     }
+/// });
+/// let p = Pipeline::builder().stage(count).build()?;
+/// drop(p.submit(b"x")?.wait()?);
+/// assert_eq!(ran.load(Ordering::Relaxed), 1); // before the ticket resolved
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type OnComplete = Arc<dyn Fn(&StageEvent<'_>) + Send + Sync>;
 
 /// One stage of a pipeline, before it is built.
@@ -52,7 +70,8 @@ pub struct StageSpec {
 /// The longest [`StageSpec::timeout`]: one day.
 pub const MAX_STAGE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Bytes of a pair's byte ring unless [`PairSpec::stream_capacity`](crate::PairSpec::stream_capacity) says otherwise:
+/// Bytes of a pair's byte ring unless
+/// [`PairSpec::stream_capacity`](crate::PairSpec::stream_capacity) says otherwise:
 /// 1 MiB, large enough that 64 KiB writes rarely wait, small enough to stay in cache.
 pub const DEFAULT_STREAM_CAPACITY: usize = 1 << 20;
 
@@ -237,6 +256,8 @@ impl StageSpec {
 }
 
 /// What one stage did with one item.
+///
+/// See [`OnComplete`] for an example.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StageOutcome<'a> {
     /// The stage processed the item successfully.
@@ -250,6 +271,8 @@ pub enum StageOutcome<'a> {
 }
 
 /// Passed to an [`OnComplete`] callback.
+///
+/// See [`OnComplete`] for an example.
 #[derive(Debug)]
 pub struct StageEvent<'a> {
     /// Index of the stage in the pipeline.

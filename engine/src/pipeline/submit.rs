@@ -54,11 +54,34 @@ impl Pipeline {
 
     /// Reserves a frame of `len` bytes to fill in place, blocking while
     /// `max_in_flight` items are in flight.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let mut frame = p.alloc(3)?; // filled in place: no copy
+    /// frame.copy_from_slice(b"abc");
+    /// assert_eq!(&frame.submit()?.wait()?[..], b"ABC");
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn alloc(&self, len: usize) -> Result<NewFrame, SubmitError> {
         Ok(self.reserve(len, true)?.expect("blocking reserve returns a frame"))
     }
 
     /// Reserves a frame without blocking; `Ok(None)` when `max_in_flight` are in flight.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let id = StageSpec::with_stage("id", stage_fn(|_| Ok(())));
+    /// let p = Pipeline::builder().stage(id).max_in_flight(1).build()?;
+    /// let held = p.try_alloc(1)?.expect("one frame is free");
+    /// assert!(p.try_alloc(1)?.is_none(), "full: no blocking");
+    /// drop(held); // an unsubmitted frame goes back
+    /// assert!(p.try_alloc(1)?.is_some());
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_alloc(&self, len: usize) -> Result<Option<NewFrame>, SubmitError> {
         self.reserve(len, false)
     }
@@ -126,6 +149,16 @@ impl Pipeline {
 
     /// Copies `data` into a frame (the one copy) and submits it, blocking while
     /// `max_in_flight` items are in flight.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// let ticket = p.submit(b"abc")?;
+    /// assert_eq!(&ticket.wait()?[..], b"ABC");
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit(&self, data: &[u8]) -> Result<Ticket, SubmitError> {
         let mut frame = self.alloc(data.len())?;
         frame.copy_from_slice(data);
@@ -148,6 +181,18 @@ impl Pipeline {
     /// `max_in_flight` items are in flight (so consume completions on another
     /// thread, or use [`map`](Self::map), which does both). Returns how many were
     /// submitted.
+    ///
+    /// ```
+    /// use ringpipe_engine::{stage_fn, Pipeline, StageSpec};
+    /// let upper = stage_fn(|f| Ok(f.bytes_mut().make_ascii_uppercase()));
+    /// let p = Pipeline::builder().stage(StageSpec::with_stage("upper", upper)).build()?;
+    /// assert_eq!(p.submit_batch([b"a", b"b", b"c"])?, 3);
+    /// let mut got: Vec<u8> = p.completions().take(3).map(|o| o.map(|o| o[0])).collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got, b"ABC");
+    /// # p.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit_batch<I>(&self, items: I) -> Result<usize, SubmitError>
     where
         I: IntoIterator,

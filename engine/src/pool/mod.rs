@@ -26,6 +26,13 @@ pub const DEFAULT_POOL_WINDOW: usize = 64;
 pub const MAX_WORKERS: usize = MAX_REPLICAS;
 
 /// Configures a [`Pool`]; see [`Pool::builder`].
+///
+/// ```no_run
+/// use ringpipe_engine::Pool;
+/// let pool = Pool::builder_named("work").workers(4).max_in_flight(64).retry_once(true).build()?;
+/// # drop(pool);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
     task: String,
@@ -181,6 +188,17 @@ impl Pool {
     /// keeping at most `max_in_flight` tasks out. Tasks are byte slices or slices of
     /// any `bytemuck::Pod` type; the iterator is consumed lazily, so it may be
     /// endless or larger than memory. Several maps may run at once, from any threads.
+    ///
+    /// ```no_run
+    /// use ringpipe_engine::Pool;
+    /// let pool = Pool::builder_named("square").workers(4).build()?;
+    /// for out in pool.map((0u64..1000).map(|i| i.to_le_bytes())) {
+    ///     let out = out?; // in input order; `out.index()` is the input's position
+    ///     let v: u64 = *out.header()?;
+    ///     println!("{}: {v}", out.index());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map<I, T>(&self, tasks: I) -> Map<'_, I::IntoIter, T>
     where
         I: IntoIterator,
@@ -201,6 +219,14 @@ impl Pool {
     }
 
     /// Finishes the tasks out, stops every worker and reports how each ended.
+    ///
+    /// ```no_run
+    /// use ringpipe_engine::Pool;
+    /// let pool = Pool::builder_named("square").workers(4).build()?;
+    /// let report = pool.shutdown();
+    /// assert!(report.was_graceful(), "{report:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(self) -> ShutdownReport {
         self.pipeline.shutdown()
     }

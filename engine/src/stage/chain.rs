@@ -151,6 +151,16 @@ impl Stage for Chain {
 }
 
 /// A chain's link failed; the item's error message starts with the link's name.
+///
+/// ```
+/// use ringpipe_engine::{stage_fn, Chain, ItemError, Pipeline, StageSpec};
+/// let chain = Chain::new().then("ok", stage_fn(|_| Ok(()))).then("bad", stage_fn(|_| Err("no".into())));
+/// let p = Pipeline::builder().stage(StageSpec::with_stage("chain", chain)).build()?;
+/// let Err(ItemError::Stage { failure, .. }) = p.submit(b"x")?.wait() else { panic!() };
+/// assert!(failure.message.contains("bad"), "{failure}"); // the link that failed
+/// # p.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ChainError {
     /// The failing link's name.

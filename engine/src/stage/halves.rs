@@ -75,6 +75,21 @@ pub trait Producer: Send {
 /// The second half of a producer/consumer pair ([`PairSpec`](crate::PairSpec)):
 /// reads the stream its [`Producer`] writes for the item, while it writes it. See
 /// [`Producer`] for an example of both.
+///
+/// ```
+/// use std::io::Read;
+/// use ringpipe_engine::stream::StreamReader;
+/// use ringpipe_engine::{BoxError, Consumer, Frame};
+/// /// Counts the stream's bytes into the item's first 8 bytes.
+/// struct Count;
+/// impl Consumer for Count {
+///     fn consume(&mut self, f: &mut Frame<'_>, input: &mut StreamReader) -> Result<(), BoxError> {
+///         let n = std::io::copy(input, &mut std::io::sink())?;
+///         *f.header_mut::<u64>()? = n;
+///         Ok(())
+///     }
+/// }
+/// ```
 pub trait Consumer: Send {
     /// Reads the producer's bytes from `stream`. `frame` is the item itself, and the
     /// item leaves the pair with this frame.
@@ -111,6 +126,8 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
 }
 
 /// A [`Producer`] made of closures: see [`producer_fn`].
+///
+/// See [`producer_fn`] for an example.
 pub struct ProducerFn<W, D> {
     work: W,
     determiner: D,
@@ -158,9 +175,13 @@ where
 
 /// The merge step of a [`consumer_fn`] without [`with_merge`](ConsumerFn::with_merge):
 /// keeps the consumer's frame as it is.
+///
+/// See [`consumer_fn`] for an example.
 pub type KeepConsumer = fn(&mut Frame<'_>, &[u8]) -> Result<(), BoxError>;
 
 /// A [`Consumer`] made of closures: see [`consumer_fn`].
+///
+/// See [`consumer_fn`] for an example.
 pub struct ConsumerFn<W, M> {
     work: W,
     merge: M,

@@ -22,6 +22,18 @@ pub use registry::{
 use crate::frame::Frame;
 
 /// Any error a stage returns; its `Display` text is recorded on the failed item.
+///
+/// ```
+/// use ringpipe_engine::{BoxError, Frame};
+/// fn check(f: &Frame<'_>) -> Result<(), BoxError> {
+///     if f.is_empty() {
+///         return Err("empty item".into()); // any error type converts
+///     }
+///     let _n: u32 = std::str::from_utf8(f.bytes())?.trim().parse()?;
+///     Ok(())
+/// }
+/// # let _ = check;
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The code of one pipeline stage.
@@ -63,6 +75,17 @@ impl<S: Stage + ?Sized> Stage for Box<S> {
 /// What a registered name stands for: a plain stage or one half of a
 /// producer/consumer pair. Placing a name as something it is not is
 /// [`BuildError::WrongKind`](crate::BuildError::WrongKind).
+///
+/// ```
+/// use ringpipe_engine::{BuildError, ConsumerSpec, PairSpec, Pipeline, ProducerSpec, StageKind};
+/// # use ringpipe_engine::{register_stage, stage_fn};
+/// # register_stage!("doc.plain", |_: &[u8]| Ok(stage_fn(|_| Ok(()))));
+/// // "doc.plain" is registered as a plain stage: it cannot be a pair's producer.
+/// let pair = PairSpec::new(ProducerSpec::thread_named("doc.plain"), ConsumerSpec::thread_named("doc.plain"));
+/// let err = Pipeline::builder().pair(pair).build().unwrap_err();
+/// let BuildError::WrongKind { registered, placed, .. } = err else { panic!("{err}") };
+/// assert_eq!((registered, placed), (StageKind::Stage, StageKind::Producer));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StageKind {
@@ -96,6 +119,8 @@ pub enum StageCode {
 }
 
 /// A stage made of closures: see [`stage_fn`].
+///
+/// See [`stage_fn`] for an example.
 pub struct FnStage<W, D> {
     work: W,
     determiner: D,

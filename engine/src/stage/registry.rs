@@ -71,6 +71,29 @@ pub trait Registered: Sized + 'static {
 /// Stage parameters as they cross into a worker process: encoded by the parent,
 /// decoded by the worker. Implemented for `()`, the integer types (little-endian),
 /// `bool`, `Vec<u8>` and `String`; implement it for a struct of your own.
+///
+/// ```
+/// use ringpipe_engine::{BoxError, Params};
+/// /// A compression level and a dictionary id, as 8 bytes.
+/// #[derive(Debug, PartialEq)]
+/// struct Settings { level: i32, dict: u32 }
+/// impl Params for Settings {
+///     fn encode(&self) -> Vec<u8> {
+///         [self.level.to_le_bytes(), self.dict.to_le_bytes()].concat()
+///     }
+///     fn decode(b: &[u8]) -> Result<Self, BoxError> {
+///         let b: [u8; 8] = b.try_into().map_err(|_| "Settings takes 8 bytes")?;
+///         Ok(Settings {
+///             level: i32::from_le_bytes(b[..4].try_into()?),
+///             dict: u32::from_le_bytes(b[4..].try_into()?),
+///         })
+///     }
+/// }
+/// let s = Settings { level: 3, dict: 7 };
+/// assert_eq!(Settings::decode(&s.encode())?, s);
+/// assert!(Settings::decode(&[1, 2]).is_err());
+/// # Ok::<(), BoxError>(())
+/// ```
 pub trait Params: Sized {
     /// The bytes that stand for these parameters.
     fn encode(&self) -> Vec<u8>;

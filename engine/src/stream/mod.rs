@@ -93,6 +93,19 @@ impl StreamHeader {
 }
 
 /// Why a stream operation failed. Converts to `io::Error` for the `Read`/`Write` impls.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use ringpipe_engine::stream::{HeapStream, StreamError};
+/// let (mut w, mut r) = HeapStream::new(64).split();
+/// w.write_all(b"abc")?;
+/// w.fail(); // the producer failed: the reader sees an error, never end-of-file
+/// let mut all = Vec::new();
+/// let err = r.read_to_end(&mut all).unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+/// assert!(matches!(r.read_chunk().map(|c| c.len()), Err(StreamError::ProducerFailed)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StreamError {
@@ -327,6 +340,8 @@ impl StreamWriter {
     }
 
     /// Ends the stream cleanly: the reader sees end-of-file after the last byte.
+    ///
+    /// See [`StreamReader`] for an example.
     pub fn finish(&mut self) -> Result<(), StreamError> {
         if self.done {
             return Err(StreamError::WriterDone);
@@ -368,6 +383,17 @@ impl Drop for StreamWriter {
 /// It holds a pointer, not a `&mut [u8]`: a reference into the ring must not be alive
 /// while `commit` publishes the bytes to the reader (Miri's Stacked Borrows flags a
 /// protected `&mut` argument overlapping the reader's access).
+///
+/// ```
+/// use ringpipe_engine::stream::HeapStream;
+/// let (mut w, mut r) = HeapStream::new(64).split();
+/// let mut chunk = w.write_chunk(10)?; // ring memory, lent
+/// let n = chunk.len();
+/// chunk[..n].fill(7);
+/// chunk.commit(n); // published: the reader can take them
+/// assert_eq!(r.read_chunk()?.len(), n);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct WriteChunk<'a> {
     /// Start of free space the writer owns (`len` bytes, inside the ring).
     ptr: NonNull<u8>,

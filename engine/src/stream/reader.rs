@@ -20,6 +20,21 @@ pub(crate) unsafe fn reader_from_raw(
 }
 
 /// The consuming end of a stream. Implements [`io::Read`] and [`io::BufRead`].
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use ringpipe_engine::stream::HeapStream;
+/// let (mut w, mut r) = HeapStream::new(16).split();
+/// let writer = std::thread::spawn(move || -> std::io::Result<()> {
+///     w.write_all(&[1u8; 100])?; // through a 16-byte ring
+///     Ok(w.finish()?)
+/// });
+/// let mut all = Vec::new();
+/// r.read_to_end(&mut all)?; // end-of-file only after `finish`
+/// assert_eq!(all, [1u8; 100]);
+/// writer.join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct StreamReader {
     pub(super) ring: StreamRef,
     /// Next position to read; published as the header's head on consume.
@@ -70,6 +85,20 @@ impl StreamReader {
     /// Lends the readable bytes (contiguous, up to where the ring wraps), waiting for
     /// some if there are none. An empty slice means the producer finished: end of
     /// stream. A producer that failed or died gives `Err(ProducerFailed)` instead.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use ringpipe_engine::stream::HeapStream;
+    /// let (mut w, mut r) = HeapStream::new(64).split();
+    /// w.write_all(b"abc")?;
+    /// w.finish()?;
+    /// let chunk = r.read_chunk()?; // the ring's bytes, in place
+    /// assert_eq!(chunk, b"abc");
+    /// let n = chunk.len();
+    /// r.consume(n); // and give them back
+    /// assert!(r.read_chunk()?.is_empty()); // end of stream
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_chunk(&mut self) -> Result<&[u8], StreamError> {
         let deadline = self.timeout.map(crate::wait::deadline_after);
         let available = loop {
