@@ -17,6 +17,11 @@ use super::{LIFELINE_FD, SEGMENT_FD, STATUS_FD, TEST_ENTRY, WORKER_ENV};
 /// 3, 4 and 5 in the child can never overwrite one another.
 const HIGH_FD: i32 = 10;
 
+/// Environment variables a worker does not inherit: what MPI launchers (MPICH's
+/// Hydra, Open MPI, PMIx) give each rank. A worker that saw them and reached MPI
+/// initialisation would join the job as its parent's rank.
+const LAUNCHER_ENV: [&str; 5] = ["PMI_", "PMIX_", "OMPI_", "HYDI_", "HYDRA_"];
+
 /// A started worker process.
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
@@ -58,14 +63,21 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
     cmd.args([TEST_ENTRY, "--exact", "--nocapture", "--test-threads=1", "-q"])
         .env(WORKER_ENV, record.to_string())
         .stdin(Stdio::null());
-    // SAFETY: between fork and exec the closure only calls dup2, which is
-    // async-signal-safe and allocates nothing. Sources are >= HIGH_FD and targets are
-    // 3..=5, so no move overwrites a later source; dup2 clears CLOEXEC on the target.
+    for (name, _) in std::env::vars_os() {
+        if LAUNCHER_ENV.iter().any(|p| name.as_encoded_bytes().starts_with(p.as_bytes())) {
+            cmd.env_remove(name);
+        }
+    }
+    // SAFETY: between fork and exec the closure only makes raw syscalls (dup2,
+    // close_range, close), which are async-signal-safe and allocate nothing. Sources are
+    // >= HIGH_FD and targets are 3..=5, so no move overwrites a later source; dup2
+    // clears CLOEXEC on the target.
     unsafe {
         cmd.pre_exec(move || {
             for (from, to) in raw {
                 dup2_raw(from, to)?;
             }
+            close_from(STATUS_FD + 1);
             Ok(())
         });
     }
@@ -86,6 +98,29 @@ fn dup2_raw(from: i32, to: i32) -> std::io::Result<()> {
     // SAFETY: `from` is open in the child (inherited from the parent, which holds it).
     let src = unsafe { rustix::fd::BorrowedFd::borrow_raw(from) };
     rustix::io::dup2(src, &mut target).map_err(std::io::Error::from)
+}
+
+/// Closes every descriptor from `first` up, in the child between fork and exec: a
+/// worker inherits stdio and its three descriptors, nothing the parent's launcher left
+/// open without close-on-exec (an MPI launcher's sockets, say).
+fn close_from(first: i32) {
+    // SAFETY: raw syscalls on integer descriptors in the forked child, which owns no
+    // Rust object for them and is about to exec.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) == 0 {
+            return;
+        }
+        // Kernels before 5.9: close each up to the descriptor limit.
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(1 << 20) as i32
+        } else {
+            1 << 16
+        };
+        for fd in first..top {
+            libc::close(fd);
+        }
+    }
 }
 
 impl WorkerProcess {
