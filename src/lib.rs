@@ -57,3 +57,6 @@ pub use ringpipe_engine::*;
 
 /// Ready-made stages for backup hot paths.
 pub use ringpipe_stages as stages;
+
+#[cfg(feature = "mpi")]
+pub mod cluster;

@@ -139,7 +139,7 @@ pub struct Pool {
 impl Pool {
     /// Starts configuring a pool running task `S`, built from `params` in each
     /// worker.
-    pub fn builder<S: Registered>(params: S::Params) -> PoolBuilder {
+    pub fn builder<S: Registered + crate::Stage>(params: S::Params) -> PoolBuilder {
         Self::builder_named(S::NAME).params(params.encode())
     }
 

@@ -1,0 +1,135 @@
+//! The MPI master-worker pool, across hosts: tasks are arrays of `f64`, each doubled
+//! after a random sleep, by whichever host has room; the output says which host and
+//! which worker process did which task, and every index comes back exactly once.
+//!
+//! ```text
+//! cargo run --release --features mpi --example mpi_pool                 # one host, no mpiexec
+//! mpiexec -n 3 target/release/examples/mpi_pool                         # three ranks, one machine
+//! mpiexec -f hostfile -n 3 target/release/examples/mpi_pool [TASKS]     # a cluster
+//! ... mpi_pool 1000 --task-ms 5 --resume done.bin   # record finished tasks; a rerun skips them
+//! ```
+//!
+//! Rank 0 is the master (its host works too); every other rank leads the worker
+//! processes of its host. See `ringpipe::cluster` and the README's "Across hosts".
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringpipe::cluster::{Cluster, ClusterPool};
+use ringpipe::{register, BoxError, Frame, Registered, Stage};
+
+/// Values per task.
+const VALUES: usize = 4;
+
+/// Doubles every `f64` of the task after sleeping 0 to 3 ms (plus its parameter, in
+/// milliseconds), then appends the pid of the worker process that did it.
+struct Double {
+    extra: Duration,
+}
+
+impl Stage for Double {
+    fn process(&mut self, f: &mut Frame<'_>) -> Result<(), BoxError> {
+        let n = f.len();
+        if n % 8 != 0 {
+            return Err(format!("a task is whole f64s; got {n} bytes").into());
+        }
+        let values: &mut [f64] = bytemuck::try_cast_slice_mut(f.bytes_mut())
+            .map_err(|e| format!("task bytes are not aligned f64s: {e}"))?;
+        // A sleep that differs per task, so that hosts finish out of order.
+        let seed = values.first().map_or(0, |v| v.to_bits());
+        let x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
+        std::thread::sleep(Duration::from_micros(x * 3) + self.extra);
+        for v in values.iter_mut() {
+            *v *= 2.0;
+        }
+        f.set_len(n + 4)?;
+        f.bytes_mut()[n..].copy_from_slice(&std::process::id().to_le_bytes());
+        Ok(())
+    }
+}
+
+impl Registered for Double {
+    const NAME: &'static str = "mpi_pool.double";
+    /// Extra milliseconds per task.
+    type Params = u64;
+    fn from_params(ms: u64) -> Result<Self, BoxError> {
+        Ok(Double { extra: Duration::from_millis(ms) })
+    }
+}
+
+register!(Double);
+
+/// `[TASKS] [--task-ms MS] [--resume FILE]`, the same on every rank.
+struct Args {
+    tasks: usize,
+    task_ms: u64,
+    resume: Option<PathBuf>,
+}
+
+fn args() -> Result<Args, Box<dyn std::error::Error>> {
+    let mut a = Args { tasks: 200, task_ms: 0, resume: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--task-ms" => a.task_ms = it.next().ok_or("--task-ms takes a number")?.parse()?,
+            "--resume" => a.resume = Some(it.next().ok_or("--resume takes a file")?.into()),
+            n => a.tasks = n.parse().map_err(|_| format!("not a task count: {n}"))?,
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ringpipe::worker_hook();
+    let args = args()?;
+    let cluster = Cluster::init()?;
+    // One write, so that ranks' lines never interleave in mpiexec's output.
+    let hello = format!("rank {} pid {} on {}\n", cluster.rank(), std::process::id(), cluster.host());
+    std::io::stderr().write_all(hello.as_bytes())?;
+    let pool = ClusterPool::builder::<Double>(args.task_ms).workers_per_host(2).batch(8).build(&cluster)?;
+    if !cluster.is_master() {
+        return Ok(pool.serve()?);
+    }
+    let n = args.tasks;
+    let tasks: Vec<[f64; VALUES]> =
+        (0..n).map(|i| std::array::from_fn(|k| (i * VALUES + k) as f64 + 0.5)).collect();
+    println!("{} hosts: {}", cluster.size(), pool.hosts().join(", "));
+    let started = Instant::now();
+    let mut seen = vec![false; n];
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    let inputs = tasks.iter().map(|t| bytemuck::cast_slice::<f64, u8>(t));
+    let (done_before, results) = match &args.resume {
+        Some(record) => {
+            let before = std::fs::read(record).unwrap_or_default();
+            let before: HashSet<usize> =
+                before.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
+            println!("resuming: {} tasks done before", before.len());
+            (before, pool.map_resumable(inputs, record)?)
+        }
+        None => (HashSet::new(), pool.map(inputs)),
+    };
+    for result in results {
+        let out = result?;
+        let i = out.index() as usize;
+        let doubled: [f64; VALUES] = out.read().ok_or("a result is shorter than its task")?;
+        let pid = u32::from_le_bytes(out[VALUES * 8..VALUES * 8 + 4].try_into()?);
+        assert_eq!(doubled, tasks[i].map(|v| v * 2.0), "task {i}");
+        assert!(!std::mem::replace(&mut seen[i], true), "task {i} came back twice");
+        *per_host.entry(format!("{} (rank {})", out.host(), out.rank())).or_default() += 1;
+        println!(
+            "task {i:>4}: {} (rank {}), worker {pid}: {:?} -> {doubled:?}",
+            out.host(),
+            out.rank(),
+            tasks[i]
+        );
+    }
+    for (i, &s) in seen.iter().enumerate() {
+        assert!(s != done_before.contains(&i), "task {i}: done before and now, or neither");
+    }
+    let now = seen.iter().filter(|&&s| s).count();
+    println!("{now} tasks, each once, in {:.2?}; per host: {per_host:?}", started.elapsed());
+    pool.shutdown();
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! One host's share of the work: a thread that owns the host's [`Pool`] and turns
+//! task batches into result batches. It never calls MPI (the rank's main thread does
+//! all of that, as `Threading::Funneled` asks), so it talks to it over channels.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+
+use ringpipe_engine::{ItemError, Pool, ShutdownReport};
+
+use super::wire::{self, Entry};
+
+/// Results are sent back once this many are in, and whenever the host runs dry.
+pub(crate) const RESULTS_PER_BATCH: usize = 64;
+
+/// The host's runner thread and its two channels.
+pub(crate) struct Host {
+    tasks: Option<Sender<Vec<u8>>>,
+    results: Receiver<Result<Vec<u8>, String>>,
+    thread: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl Host {
+    /// Starts the runner over `pool`.
+    pub(crate) fn start(pool: Pool) -> std::io::Result<Self> {
+        let (task_tx, task_rx) = channel::<Vec<u8>>();
+        let (result_tx, result_rx) = channel();
+        let thread = std::thread::Builder::new().name("ringpipe-host".into()).spawn(move || {
+            // Ends when the master's side hangs up (either channel).
+            let _ = run(&pool, &task_rx, &result_tx);
+            pool.shutdown()
+        })?;
+        Ok(Self { tasks: Some(task_tx), results: result_rx, thread: Some(thread) })
+    }
+
+    /// Hands the runner a task batch.
+    pub(crate) fn submit(&self, batch: Vec<u8>) -> Result<(), String> {
+        let tasks = self.tasks.as_ref().ok_or("the host was stopped")?;
+        tasks.send(batch).map_err(|_| "the host's runner thread is gone".to_owned())
+    }
+
+    /// A result batch, if one is ready; `Err` if the runner failed or is gone.
+    pub(crate) fn try_results(&self) -> Option<Result<Vec<u8>, String>> {
+        match self.results.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err("the host's runner thread is gone".into())),
+        }
+    }
+
+    /// Lets the runner finish what it has, then stops its pool.
+    pub(crate) fn stop(mut self) -> Option<ShutdownReport> {
+        self.tasks = None; // the runner's receive ends
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.tasks = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The tasks of a run: those of the batches received, topped up from the channel
+/// without waiting; it ends when none is left. Remembers each input's task index by
+/// its position in the run (the map's `Output::index`).
+struct Run<'a> {
+    tasks: &'a Receiver<Vec<u8>>,
+    queue: VecDeque<Vec<u8>>,
+    current: Option<(Vec<u8>, std::vec::IntoIter<Entry>)>,
+    index_of: &'a RefCell<Vec<u64>>,
+    malformed: Option<String>,
+}
+
+impl Iterator for Run<'_> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some((batch, entries)) = self.current.as_mut() {
+                if let Some(e) = entries.next() {
+                    self.index_of.borrow_mut().push(e.index);
+                    return Some(batch[e.bytes].to_vec());
+                }
+            }
+            if self.queue.is_empty() {
+                self.queue.extend(std::iter::from_fn(|| self.tasks.try_recv().ok()));
+            }
+            let batch = self.queue.pop_front()?;
+            match wire::entries(&batch, false) {
+                Ok(entries) => self.current = Some((batch, entries.into_iter())),
+                Err(e) => {
+                    self.malformed = Some(format!("a task batch is malformed: {e}"));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The runner: for each run of batches that are there, one unordered map over their
+/// tasks; results go back in batches of [`RESULTS_PER_BATCH`], and all of them when
+/// the run ends (so a master waiting for credit never waits on a result held here).
+fn run(pool: &Pool, tasks: &Receiver<Vec<u8>>, results: &Sender<Result<Vec<u8>, String>>) -> Result<(), ()> {
+    let send = |r: Result<Vec<u8>, String>| results.send(r).map_err(|_| ());
+    // Blocks for the first batch of each run; ends when the master's side hangs up.
+    while let Ok(first) = tasks.recv() {
+        let index_of = RefCell::new(Vec::new());
+        let mut run = Run {
+            tasks,
+            queue: VecDeque::from([first]),
+            current: None,
+            index_of: &index_of,
+            malformed: None,
+        };
+        let mut out = Vec::new();
+        let mut count = 0;
+        for result in pool.map_unordered(&mut run) {
+            let (position, ok, bytes) = match result {
+                Ok(o) => (o.index(), true, o.to_vec()),
+                Err(ItemError::Stage { failure, output }) => {
+                    (output.index(), false, failure.to_string().into_bytes())
+                }
+                Err(ItemError::TooLarge { index, requested, capacity }) => (
+                    index,
+                    false,
+                    format!("a task of {requested} bytes; frames hold {capacity}").into_bytes(),
+                ),
+                Err(e) => return send(Err(format!("the host's pool failed: {e}"))),
+            };
+            let index = index_of.borrow()[position as usize];
+            wire::put_result(&mut out, index, ok, &bytes);
+            count += 1;
+            if count == RESULTS_PER_BATCH {
+                send(Ok(std::mem::take(&mut out)))?;
+                count = 0;
+            }
+        }
+        if count > 0 {
+            send(Ok(out))?;
+        }
+        if let Some(e) = run.malformed.take() {
+            send(Err(e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! The pool across hosts, on MPI (`--features mpi`): one MPI rank per host, the
+//! host's leader; inside a host everything is as on one machine (worker processes,
+//! shared-memory rings, restarts, statistics).
+//!
+//! Rank 0 is the master: it hands out batches of tasks, each to whichever host has
+//! room (every host holds at most a few batches of credit), and yields the results
+//! tagged with their task index, in input order or as they finish. Its own host works
+//! too. Tasks and results cross hosts as their bytes, in length-prefixed batches; a
+//! message of any size is cut into chunks MPI can count (`wire.rs`). Only each rank's
+//! main thread calls MPI (`Threading::Funneled`); a host's pool runs on a thread of
+//! its own (`host.rs`).
+//!
+//! ```no_run
+//! use ringpipe::cluster::{Cluster, ClusterPool};
+//! # use ringpipe::{register, BoxError, Frame, Registered, Stage};
+//! # struct Double;
+//! # impl Stage for Double { fn process(&mut self, _: &mut Frame<'_>) -> Result<(), BoxError> { Ok(()) } }
+//! # impl Registered for Double { const NAME: &'static str = "doc.double"; type Params = ();
+//! #     fn from_params((): ()) -> Result<Self, BoxError> { Ok(Double) } }
+//! # register!(Double);
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     ringpipe::worker_hook();
+//!     let cluster = Cluster::init()?; // under mpiexec: one rank per host
+//!     let pool = ClusterPool::builder::<Double>(()).workers_per_host(2).build(&cluster)?;
+//!     if !cluster.is_master() {
+//!         return Ok(pool.serve()?); // a leader: run tasks until the master is done
+//!     }
+//!     let tasks = (0..100u64).map(|i| (i as f64).to_le_bytes());
+//!     for result in pool.map(tasks) {
+//!         let out = result?;
+//!         println!("task {} on {}: {:?}", out.index(), out.host(), out.read::<f64>());
+//!     }
+//!     pool.shutdown();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # When a host is lost
+//!
+//! What holds depends on the MPI library, and ringpipe says exactly what it found. With
+//! MPICH 4.0.2 (Debian's, the one tested here) a rank that dies takes the whole job
+//! down: `mpiexec` kills every rank and exits non-zero, so nothing hangs, but the
+//! master cannot go on without that host (with `-disable-auto-cleanup` the master is
+//! never told and would wait; rsmpi installs `MPI_ERRORS_ARE_FATAL` and does not expose
+//! ULFM). What ringpipe adds is [`ClusterPool::map_resumable`]: it records each
+//! finished task's index in a file as it hands the result over, and a rerun skips
+//! them, so losing a host costs only the work in flight.
+
+mod host;
+mod wire;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpi::collective::CommunicatorCollectives;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::Threading;
+use ringpipe_engine::{BuildError, Params, Pool, Registered, ShutdownReport, Stage};
+
+use self::host::Host;
+use self::wire::Kind;
+
+/// This process's place in the MPI job.
+pub struct Cluster {
+    world: SimpleCommunicator,
+    host: String,
+    // Last: finalizes MPI when dropped, after everything that uses it.
+    _universe: mpi::environment::Universe,
+}
+
+impl Cluster {
+    /// Initialises MPI with `Threading::Funneled` (only the main thread calls MPI).
+    /// Call it once, from the main thread, after `ringpipe::worker_hook()`.
+    pub fn init() -> Result<Self, ClusterError> {
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Funneled)
+            .ok_or_else(|| ClusterError::Init("MPI was initialised already".into()))?;
+        if threading < Threading::Funneled {
+            return Err(ClusterError::Init(format!(
+                "this MPI gives {threading:?} threading; ringpipe needs Funneled"
+            )));
+        }
+        let host = mpi::environment::processor_name().unwrap_or_else(|_| "?".into());
+        Ok(Self { world: universe.world(), host, _universe: universe })
+    }
+
+    /// This rank (0 is the master).
+    pub fn rank(&self) -> i32 {
+        self.world.rank()
+    }
+
+    /// How many ranks (hosts) the job has.
+    pub fn size(&self) -> i32 {
+        self.world.size()
+    }
+
+    /// True on rank 0.
+    pub fn is_master(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// This host's name, as MPI knows it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+/// Why the pool across hosts could not do something.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// MPI could not start as ringpipe needs it.
+    Init(String),
+    /// This host's pool could not be built.
+    Build(BuildError),
+    /// A task failed on a host: its stage failed it, or its worker died holding it.
+    Task {
+        /// The task's index.
+        index: u64,
+        /// The host's rank.
+        rank: i32,
+        /// The host's name.
+        host: String,
+        /// What the host said.
+        message: String,
+    },
+    /// A host's runner stopped, or sent what ringpipe did not write.
+    Host {
+        /// The host's rank.
+        rank: i32,
+        /// Why.
+        message: String,
+    },
+    /// Reading or writing the resume record failed.
+    Resume(std::io::Error),
+}
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Init(e) => write!(f, "cannot start MPI: {e}"),
+            Self::Build(e) => write!(f, "cannot build this host's pool: {e}"),
+            Self::Task { index, rank, host, message } => {
+                write!(f, "task {index} failed on rank {rank} ({host}): {message}")
+            }
+            Self::Host { rank, message } => write!(f, "rank {rank}: {message}"),
+            Self::Resume(e) => write!(f, "resume record: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Build(e) => Some(e),
+            Self::Resume(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Configures a [`ClusterPool`]; every rank builds the same one.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClusterPoolBuilder {
+    task: String,
+    params: Vec<u8>,
+    workers: usize,
+    frame_capacity: usize,
+    batch: usize,
+    credit: usize,
+}
+
+impl ClusterPoolBuilder {
+    /// Parameter bytes of the task (the typed [`ClusterPool::builder`] sets them).
+    pub fn params(mut self, params: impl Into<Vec<u8>>) -> Self {
+        self.params = params.into();
+        self
+    }
+
+    /// Worker processes on each host (default: one per core).
+    pub fn workers_per_host(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Bytes each frame holds: the largest task and result (default 64 KiB).
+    pub fn frame_capacity(mut self, bytes: usize) -> Self {
+        self.frame_capacity = bytes;
+        self
+    }
+
+    /// Tasks per batch sent to a host (default 64; at least 1).
+    pub fn batch(mut self, tasks: usize) -> Self {
+        self.batch = tasks.max(1);
+        self
+    }
+
+    /// Batches a host may hold at once (default 3; at least 1): enough that a host
+    /// never waits for the master, few enough that the work is shared out by speed.
+    pub fn credit(mut self, batches: usize) -> Self {
+        self.credit = batches.max(1);
+        self
+    }
+
+    /// Builds this host's pool and, on the master, learns every host's name.
+    pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
+        let pool = Pool::builder_named(&self.task)
+            .params(self.params)
+            .workers(self.workers)
+            .frame_capacity(self.frame_capacity)
+            .max_in_flight((self.workers * 4).max(self.batch))
+            .build()
+            .map_err(ClusterError::Build)?;
+        let host =
+            Host::start(pool).map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
+        let world = &cluster.world;
+        let mut hosts = vec![cluster.host.clone()];
+        if cluster.is_master() {
+            for rank in 1..cluster.size() {
+                hosts.push(
+                    String::from_utf8_lossy(&wire::receive_from(world, rank, Kind::Hello)).into_owned(),
+                );
+            }
+        } else {
+            wire::send(world, 0, Kind::Hello, cluster.host.as_bytes());
+        }
+        Ok(ClusterPool {
+            cluster,
+            host: Some(host),
+            hosts,
+            batch: self.batch,
+            credit: self.credit,
+            stopped: false,
+        })
+    }
+}
+
+/// The pool across hosts: see the [module docs](self).
+pub struct ClusterPool<'c> {
+    cluster: &'c Cluster,
+    host: Option<Host>,
+    /// Every rank's host name (on the master; on a leader only its own).
+    hosts: Vec<String>,
+    batch: usize,
+    credit: usize,
+    stopped: bool,
+}
+
+impl ClusterPool<'_> {
+    /// Starts configuring a pool running task `S`, built from `params` on each host.
+    pub fn builder<S: Registered + Stage>(params: S::Params) -> ClusterPoolBuilder {
+        Self::builder_named(S::NAME).params(params.encode())
+    }
+
+    /// The dynamic form of [`builder`](Self::builder).
+    pub fn builder_named(task: &str) -> ClusterPoolBuilder {
+        ClusterPoolBuilder {
+            task: task.to_owned(),
+            params: Vec::new(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            frame_capacity: ringpipe_engine::DEFAULT_FRAME_CAPACITY,
+            batch: 64,
+            credit: 3,
+        }
+    }
+
+    /// The hosts' names by rank (the master knows them all).
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// On a leader (rank > 0): runs the tasks the master sends until it says stop.
+    pub fn serve(mut self) -> Result<(), ClusterError> {
+        let world = &self.cluster.world;
+        let rank = self.cluster.rank();
+        let host = self.host.take().expect("a pool has its host until stopped");
+        let mut idle = Backoff::default();
+        loop {
+            let mut worked = false;
+            while let Some(r) = host.try_results() {
+                let batch = r.map_err(|message| ClusterError::Host { rank, message })?;
+                wire::send(world, 0, Kind::Results, &batch);
+                worked = true;
+            }
+            if let Some(msg) = wire::try_receive(world) {
+                worked = true;
+                match msg.kind {
+                    Kind::Tasks => {
+                        host.submit(msg.bytes).map_err(|message| ClusterError::Host { rank, message })?
+                    }
+                    Kind::Stop => break,
+                    other => {
+                        return Err(ClusterError::Host {
+                            rank: msg.rank,
+                            message: format!("unexpected {other:?}"),
+                        })
+                    }
+                }
+            }
+            idle.after(worked);
+        }
+        host.stop();
+        self.stopped = true;
+        world.barrier(); // before MPI_Finalize: ranks over TCP can hang there otherwise
+        Ok(())
+    }
+
+    /// On the master: runs `tasks` across the hosts; results in input order, each
+    /// tagged with its index.
+    pub fn map<I, T>(&self, tasks: I) -> ClusterMap<'_, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        ClusterMap::new(self, tasks.into_iter(), true, HashSet::new(), None)
+    }
+
+    /// Like [`map`](Self::map), results as they finish.
+    pub fn map_unordered<I, T>(&self, tasks: I) -> ClusterMap<'_, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        ClusterMap::new(self, tasks.into_iter(), false, HashSet::new(), None)
+    }
+
+    /// Like [`map_unordered`](Self::map_unordered), skipping the tasks `record` lists
+    /// as finished, and adding each task to it as its result is handed over. A rerun
+    /// after a lost host (or anything else that ended the job) does only the rest.
+    /// The record is a file of little-endian `u64` indices, created if missing.
+    pub fn map_resumable<I, T>(
+        &self,
+        tasks: I,
+        record: &Path,
+    ) -> Result<ClusterMap<'_, I::IntoIter>, ClusterError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let mut done = HashSet::new();
+        if let Ok(f) = File::open(record) {
+            let mut bytes = Vec::new();
+            BufReader::new(f).read_to_end(&mut bytes).map_err(ClusterError::Resume)?;
+            // A torn last write (the job died mid-record) is ignored.
+            done.extend(bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))));
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(record)
+            .map_err(ClusterError::Resume)?;
+        Ok(ClusterMap::new(self, tasks.into_iter(), false, done, Some(file)))
+    }
+
+    /// On the master: tells every leader to stop, and stops this host's pool.
+    pub fn shutdown(mut self) -> Option<ShutdownReport> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Option<ShutdownReport> {
+        if std::mem::replace(&mut self.stopped, true) {
+            return None;
+        }
+        let report = self.host.take().and_then(Host::stop);
+        if self.cluster.is_master() {
+            for rank in 1..self.cluster.size() {
+                wire::send(&self.cluster.world, rank, Kind::Stop, &[]);
+            }
+            self.cluster.world.barrier();
+        }
+        report
+    }
+}
+
+impl Drop for ClusterPool<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Spins a little, then yields, then sleeps up to 200 µs between polls that found
+/// nothing: MPI offers no wait on "a message or a local result".
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn after(&mut self, worked: bool) {
+        if worked {
+            self.0 = 0;
+            return;
+        }
+        self.0 = self.0.saturating_add(1);
+        match self.0 {
+            0..=64 => std::hint::spin_loop(),
+            65..=128 => std::thread::yield_now(),
+            n => std::thread::sleep(Duration::from_micros(u64::from((n - 128).min(200)))),
+        }
+    }
+}
+
+/// A task's result from whichever host ran it.
+pub struct ClusterOutput {
+    index: u64,
+    rank: i32,
+    host: Arc<str>,
+    batch: Arc<Vec<u8>>,
+    bytes: std::ops::Range<usize>,
+}
+
+impl ClusterOutput {
+    /// The task's index: its position in the map's input.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The rank of the host that ran it.
+    pub fn rank(&self) -> i32 {
+        self.rank
+    }
+
+    /// The name of the host that ran it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The result's leading bytes as a `T` (copied: a result's bytes are not aligned).
+    pub fn read<T: bytemuck::Pod>(&self) -> Option<T> {
+        self.get(..std::mem::size_of::<T>()).map(bytemuck::pod_read_unaligned)
+    }
+}
+
+impl std::ops::Deref for ClusterOutput {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.batch[self.bytes.clone()]
+    }
+}
+
+/// Results of [`ClusterPool::map`] and its siblings.
+#[must_use = "an iterator does nothing until it is consumed"]
+pub struct ClusterMap<'p, I> {
+    pool: &'p ClusterPool<'p>,
+    tasks: I,
+    ordered: bool,
+    exhausted: bool,
+    next_index: u64,
+    /// Tasks each rank holds now.
+    outstanding: Vec<usize>,
+    /// In order: results by index until their turn; unordered: in arrival order.
+    ready: BTreeMap<u64, Result<ClusterOutput, ClusterError>>,
+    arrived: VecDeque<Result<ClusterOutput, ClusterError>>,
+    next_out: u64,
+    skip: HashSet<u64>,
+    record: Option<File>,
+    hosts: Vec<Arc<str>>,
+    idle: Backoff,
+}
+
+impl<'p, I, T> ClusterMap<'p, I>
+where
+    I: Iterator<Item = T>,
+    T: AsRef<[u8]>,
+{
+    fn new(
+        pool: &'p ClusterPool<'p>,
+        tasks: I,
+        ordered: bool,
+        skip: HashSet<u64>,
+        record: Option<File>,
+    ) -> Self {
+        assert!(pool.cluster.is_master(), "only the master (rank 0) maps; leaders serve()");
+        let ranks = pool.cluster.size() as usize;
+        Self {
+            pool,
+            tasks,
+            ordered,
+            exhausted: false,
+            next_index: 0,
+            outstanding: vec![0; ranks],
+            ready: BTreeMap::new(),
+            arrived: VecDeque::new(),
+            next_out: 0,
+            skip,
+            record,
+            hosts: pool.hosts.iter().map(|h| Arc::from(h.as_str())).collect(),
+            idle: Backoff::default(),
+        }
+    }
+
+    /// Sends a batch to every host with room, while tasks are left.
+    fn dispatch(&mut self) {
+        let limit = self.pool.batch * self.pool.credit;
+        for rank in 0..self.outstanding.len() {
+            while !self.exhausted && self.outstanding[rank] + self.pool.batch <= limit {
+                let mut batch = Vec::new();
+                let mut n = 0;
+                while n < self.pool.batch {
+                    let Some(task) = self.tasks.next() else {
+                        self.exhausted = true;
+                        break;
+                    };
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    if self.skip.contains(&index) {
+                        continue;
+                    }
+                    wire::put_task(&mut batch, index, task.as_ref());
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                self.outstanding[rank] += n;
+                if rank == 0 {
+                    let host = self.pool.host.as_ref().expect("the master's host runs while mapping");
+                    if let Err(message) = host.submit(batch) {
+                        self.arrived.push_back(Err(ClusterError::Host { rank: 0, message }));
+                    }
+                } else {
+                    wire::send(&self.pool.cluster.world, rank as i32, Kind::Tasks, &batch);
+                }
+            }
+        }
+    }
+
+    /// Takes in every result batch that is there; true if any came.
+    fn collect(&mut self) -> bool {
+        let mut batches = Vec::new();
+        if let Some(host) = self.pool.host.as_ref() {
+            while let Some(r) = host.try_results() {
+                batches.push((0, r));
+            }
+        }
+        while let Some(msg) = wire::try_receive(&self.pool.cluster.world) {
+            match msg.kind {
+                Kind::Results => batches.push((msg.rank, Ok(msg.bytes))),
+                other => batches.push((msg.rank, Err(format!("unexpected {other:?} message")))),
+            }
+        }
+        let came = !batches.is_empty();
+        for (rank, batch) in batches {
+            self.take_batch(rank, batch);
+        }
+        came
+    }
+
+    fn take_batch(&mut self, rank: i32, batch: Result<Vec<u8>, String>) {
+        let host_error = |message| Err(ClusterError::Host { rank, message });
+        let batch = match batch {
+            Ok(b) => Arc::new(b),
+            Err(message) => return self.arrived.push_back(host_error(message)),
+        };
+        let entries = match wire::entries(&batch, true) {
+            Ok(e) => e,
+            Err(e) => return self.arrived.push_back(host_error(format!("a result batch is malformed: {e}"))),
+        };
+        let host = self.hosts.get(rank as usize).cloned().unwrap_or_else(|| Arc::from("?"));
+        self.outstanding[rank as usize] = self.outstanding[rank as usize].saturating_sub(entries.len());
+        for e in entries {
+            let result = if e.ok {
+                Ok(ClusterOutput {
+                    index: e.index,
+                    rank,
+                    host: host.clone(),
+                    batch: batch.clone(),
+                    bytes: e.bytes,
+                })
+            } else {
+                Err(ClusterError::Task {
+                    index: e.index,
+                    rank,
+                    host: host.to_string(),
+                    message: String::from_utf8_lossy(&batch[e.bytes]).into_owned(),
+                })
+            };
+            if self.ordered {
+                self.ready.insert(e.index, result);
+            } else {
+                self.arrived.push_back(result);
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Result<ClusterOutput, ClusterError>> {
+        if let Some(r) = self.arrived.pop_front() {
+            return Some(r);
+        }
+        if self.ordered {
+            while self.skip.contains(&self.next_out) {
+                self.next_out += 1;
+            }
+            if let Some(r) = self.ready.remove(&self.next_out) {
+                self.next_out += 1;
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn record(&mut self, result: &Result<ClusterOutput, ClusterError>) -> Result<(), ClusterError> {
+        if let (Some(file), Ok(out)) = (self.record.as_mut(), result) {
+            file.write_all(&out.index.to_le_bytes()).map_err(ClusterError::Resume)?;
+        }
+        Ok(())
+    }
+}
+
+impl<I, T> Iterator for ClusterMap<'_, I>
+where
+    I: Iterator<Item = T>,
+    T: AsRef<[u8]>,
+{
+    type Item = Result<ClusterOutput, ClusterError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.pop() {
+                return Some(match self.record(&r) {
+                    Ok(()) => r,
+                    Err(e) => Err(e),
+                });
+            }
+            self.dispatch();
+            if self.exhausted && self.outstanding.iter().all(|&n| n == 0) {
+                return None;
+            }
+            let came = self.collect();
+            self.idle.after(came);
+        }
+    }
+}

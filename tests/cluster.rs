@@ -1,0 +1,209 @@
+//! The pool across hosts (`--features mpi`), with real MPI: one host without
+//! `mpiexec`, three ranks on one machine, two emulated hosts over TCP (network
+//! namespaces, `tests/mpi/hosts.sh`; root only), and a host killed mid-job: no hang, the
+//! job ends, and a rerun resumes from the record of finished tasks.
+//!
+//! Run: `cargo test --features mpi --test cluster` (MPICH's `mpiexec` on the PATH).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Past this, a job that has not ended is a hang.
+const HANG: Duration = Duration::from_secs(120);
+
+/// One MPI job at a time: jobs share the machine's cores and, across emulated hosts, one
+/// bridge.
+static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_job() -> std::sync::MutexGuard<'static, ()> {
+    ONE_JOB.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join("mpi_pool");
+    assert!(path.exists(), "{} not built; run `cargo test --features mpi`", path.display());
+    path
+}
+
+/// Runs `cmd` to its end, reading its output meanwhile, failing the test if it takes
+/// longer than [`HANG`].
+fn finish(mut cmd: Command) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(HANG) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the job hung: still running after {HANG:?}");
+        }
+    }
+}
+
+/// Task indices the master printed, and how many ran on each rank.
+fn tasks_printed(stdout: &str) -> (Vec<usize>, [usize; 4]) {
+    let mut tasks = Vec::new();
+    let mut per_rank = [0; 4];
+    for line in stdout.lines().filter(|l| l.starts_with("task ")) {
+        let i: usize = line[5..].split(':').next().unwrap().trim().parse().unwrap();
+        let rank: usize = line.split("(rank ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+        tasks.push(i);
+        per_rank[rank] += 1;
+    }
+    (tasks, per_rank)
+}
+
+fn check_all_once(out: &Output, n: usize) -> [usize; 4] {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let (mut tasks, per_rank) = tasks_printed(&stdout);
+    tasks.sort_unstable();
+    assert_eq!(tasks, (0..n).collect::<Vec<_>>(), "every task once");
+    per_rank
+}
+
+fn mpiexec(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpiexec");
+    cmd.args(["-n", &ranks.to_string()]);
+    cmd
+}
+
+#[test]
+fn one_host_without_mpiexec_runs_every_task_once() {
+    let _one = one_job();
+    let out = finish({
+        let mut c = Command::new(example());
+        c.arg("50");
+        c
+    });
+    assert_eq!(check_all_once(&out, 50)[0], 50);
+}
+
+#[test]
+fn three_ranks_share_the_tasks_each_once() {
+    let _one = one_job();
+    let out = finish({
+        let mut c = mpiexec(3);
+        c.arg(example()).arg("600");
+        c
+    });
+    let per_rank = check_all_once(&out, 600);
+    assert!(per_rank[..3].iter().all(|&n| n > 0), "every host got work: {per_rank:?}");
+}
+
+/// The emulated hosts, removed when the test ends however it ends.
+struct Hosts;
+
+impl Hosts {
+    fn up(n: usize) -> Option<Self> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: emulated hosts need root (network namespaces)");
+            return None;
+        }
+        let ok = Command::new(script()).args(["up", &n.to_string()]).status().unwrap().success();
+        assert!(ok, "tests/mpi/hosts.sh up failed");
+        Some(Hosts)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("down").status();
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mpi/hosts.sh")
+}
+
+fn across_hosts(n: usize) -> Command {
+    let enter = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mpi/enter");
+    let hosts: Vec<String> = (1..=n).map(|i| format!("10.77.0.{i}")).collect();
+    let mut cmd = Command::new("mpiexec");
+    cmd.arg("-launcher").arg("rsh").arg("-launcher-exec").arg(enter);
+    cmd.args(["-iface", "rpbr0", "-hosts", &hosts.join(","), "-n", &n.to_string()]);
+    cmd
+}
+
+/// One test for everything across emulated hosts: they share one bridge.
+#[test]
+fn across_emulated_hosts_every_task_once_and_a_lost_host_ends_the_job_for_a_resume() {
+    let _one = one_job();
+    let Some(_hosts) = Hosts::up(2) else { return };
+    let out = finish({
+        let mut c = across_hosts(2);
+        c.arg(example()).arg("400");
+        c
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 hosts: h1, h2"), "each rank on its own host: {stdout}");
+    let per_rank = check_all_once(&out, 400);
+    assert!(per_rank[0] > 0 && per_rank[1] > 0, "{per_rank:?}");
+
+    // A host lost mid-job: rank 1 is SIGKILLed once some tasks are done.
+    let dir = std::env::temp_dir().join(format!("ringpipe-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = dir.join("done.bin");
+    // About 5 s of work: rank 1 is killed long before the end, on any machine.
+    let n = 1000;
+    let job = |record: &Path| {
+        let mut c = across_hosts(2);
+        c.arg(example()).arg(n.to_string()).args(["--task-ms", "20", "--resume"]).arg(record);
+        c
+    };
+    // Its output is not read: to a file, so that a full pipe cannot stall mpiexec.
+    let log = std::fs::File::create(dir.join("first.out")).unwrap();
+    let mut first = job(&record).stdout(log).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = first.stderr.take().unwrap();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        // "rank 1 pid N on h2": the leader's pid (no pid namespace: the same here);
+        // then read on to the end, so that stderr never fills.
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("first run, stderr: {line}");
+            if let Some(pid) = line.strip_prefix("rank 1 pid ") {
+                let _ = pid_tx.send(pid.split_whitespace().next().unwrap().parse::<i32>().unwrap());
+            }
+        }
+    });
+    let Ok(pid) = pid_rx.recv_timeout(HANG) else {
+        let status = first.wait().unwrap();
+        let out = std::fs::read_to_string(dir.join("first.out")).unwrap_or_default();
+        panic!("rank 1 never said its pid; the job ended {status}:\n{out}");
+    };
+    let deadline = Instant::now() + HANG;
+    while std::fs::metadata(&record).map_or(0, |m| m.len()) < 8 * 40 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let victim = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(victim, rustix::process::Signal::KILL).unwrap();
+    let killed = Instant::now();
+    while first.try_wait().unwrap().is_none() {
+        assert!(killed.elapsed() < HANG, "the master hung after losing a host");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = first.wait().unwrap();
+    assert!(!status.success(), "with MPICH a lost rank ends the job");
+    let before: BTreeSet<u64> = std::fs::read(&record)
+        .unwrap()
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(before.len() >= 40 && before.len() < n, "{} done before the loss", before.len());
+
+    // The rerun does only the rest.
+    let out = finish(job(&record));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (now, _) = tasks_printed(&stdout);
+    let now: BTreeSet<u64> = now.into_iter().map(|i| i as u64).collect();
+    assert!(now.is_disjoint(&before), "a task done before ran again");
+    assert_eq!(now.len() + before.len(), n, "every task done once across the two runs");
+    let _ = std::fs::remove_dir_all(&dir);
+}
