@@ -247,6 +247,7 @@ impl Ticket {
 }
 
 /// Takes a finished item's result out of the book, or `None` if still pending.
+#[inline]
 pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option<Result<Output, ItemError>> {
     Some(match book.take(ticket)? {
         Taken::Done(slot, header) => {
@@ -263,6 +264,7 @@ pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option
 }
 
 /// Tags a taken result with the index its taker knows it by (a map's input position).
+#[inline]
 pub(crate) fn with_index(mut result: Result<Output, ItemError>, index: u64) -> Result<Output, ItemError> {
     match &mut result {
         Ok(output) | Err(ItemError::Stage { output, .. }) => output.index = index,

@@ -172,6 +172,10 @@ pub struct Map<'p, I, T = u8> {
     exhausted: bool,
     /// Items submitted and not yet yielded, in input order.
     sent: VecDeque<Sent>,
+    /// Of those, the ones still in the pipeline (result not taken yet): what the
+    /// refill threshold counts. Results taken and not yet yielded hold their frames,
+    /// but counting them would let the pipeline run dry behind a run of results.
+    in_flight: usize,
     /// Inputs submitted so far: the next one's index.
     submitted: u64,
     error: Option<SubmitError>,
@@ -203,6 +207,7 @@ where
             retry,
             exhausted: false,
             sent: VecDeque::new(),
+            in_flight: 0,
             submitted: 0,
             error: None,
             scratch: Scratch::default(),
@@ -212,13 +217,15 @@ where
 
     /// Submits inputs into every free frame, in one batch.
     fn fill(&mut self) {
-        let (sent, submitted, retry) = (&mut self.sent, &mut self.submitted, self.retry);
+        let (sent, submitted, in_flight, retry) =
+            (&mut self.sent, &mut self.submitted, &mut self.in_flight, self.retry);
         let batch =
             self.pipeline.launch_batch(&mut self.inputs, usize::MAX, false, &mut self.scratch, |input| {
                 let index = *submitted;
                 *submitted += 1;
                 sent.push_back(match input {
                     Input::Launched { ticket, bytes } => {
+                        *in_flight += 1;
                         Sent { ticket, index, retry: retry.then(|| bytes.into()), result: None }
                     }
                     // Larger than a frame: it fails alone, in its place; the rest go on.
@@ -256,7 +263,7 @@ where
     /// yield next on the way (one lock of the book for all of them).
     fn collect(&mut self) {
         let shared = &self.pipeline.shared;
-        let (sent, ordered) = (&mut self.sent, self.ordered);
+        let (sent, in_flight, ordered) = (&mut self.sent, &mut self.in_flight, self.ordered);
         let started = Instant::now();
         shared.wait_until(None, |book| {
             // In order, only the run of finished items behind the oldest is taken (a
@@ -267,6 +274,7 @@ where
                 match handles::take(shared, book, s.ticket) {
                     Some(r) => {
                         s.result = Some(r);
+                        *in_flight -= 1;
                         any = true;
                     }
                     None if ordered => break,
@@ -294,7 +302,10 @@ where
             let Some(bytes) = s.retry.take() else { continue }; // run again once only
             s.result = None; // drops the failed output: its frame is free for the rerun
             match self.pipeline.resubmit(&bytes) {
-                Ok(ticket) => s.ticket = ticket,
+                Ok(ticket) => {
+                    s.ticket = ticket;
+                    self.in_flight += 1;
+                }
                 Err(e) => s.result = Some(Err(ItemError::Submit(e))),
             }
         }
@@ -317,7 +328,7 @@ where
             }
             // Refill in batches of at least half the window: one lock of the book and
             // one ring publish for many items.
-            if !self.exhausted && self.sent.len() <= window / 2 {
+            if !self.exhausted && self.in_flight <= window / 2 {
                 self.fill();
             }
             if self.sent.is_empty() {

@@ -116,6 +116,7 @@ pub(crate) struct Book {
 
 impl Book {
     /// Takes a free slot and ticket, if any.
+    #[inline]
     pub fn reserve(&mut self) -> Option<(OwnedSlot, u32, u32)> {
         let ticket = self.free_tickets.pop()?;
         let slot = self.free_slots.pop().expect("one free slot per free ticket");
@@ -126,6 +127,7 @@ impl Book {
     }
 
     /// Returns a slot and its ticket to the free lists (callers notify `done`).
+    #[inline]
     pub fn release(&mut self, slot: OwnedSlot, ticket: u32) {
         self.entries[ticket as usize].state = State::Free;
         self.free_tickets.push(ticket);
@@ -165,12 +167,14 @@ impl Book {
     }
 
     /// A reserved ticket's item enters the rings.
+    #[inline]
     fn launch(&mut self, ticket: u32, detached: bool) {
         self.entries[ticket as usize].state = State::Pending { waker: None, detached };
         self.in_flight += 1;
     }
 
     /// An item came out of the last ring: its ticket is done (or, abandoned, freed).
+    #[inline]
     pub fn finish(&mut self, slot: OwnedSlot, header: SlotHeader) -> Result<(), Forged> {
         let ticket = header.ticket;
         let entry = &mut self.entries[ticket as usize];
@@ -207,6 +211,7 @@ impl Book {
     }
 
     /// Takes a finished ticket's result, or `None` while it is in flight.
+    #[inline]
     pub fn take(&mut self, ticket: u32) -> Option<Taken> {
         let entry = &mut self.entries[ticket as usize];
         match std::mem::replace(&mut entry.state, State::Taken) {
@@ -364,6 +369,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Refuses submission if closed or broken.
+    #[inline]
     pub fn check_open(&self, book: &Book) -> Result<(), SubmitError> {
         if let Some(f) = &book.failure {
             return Err(SubmitError::Broken(f.clone()));
