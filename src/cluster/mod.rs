@@ -106,6 +106,11 @@ impl Cluster {
     pub fn host(&self) -> &str {
         &self.host
     }
+
+    /// The world communicator, for MPI calls of the caller's own (rsmpi's API).
+    pub fn world(&self) -> &SimpleCommunicator {
+        &self.world
+    }
 }
 
 /// Why the pool across hosts could not do something.
@@ -171,6 +176,7 @@ pub struct ClusterPoolBuilder {
     frame_capacity: usize,
     batch: usize,
     credit: usize,
+    master_works: bool,
 }
 
 impl ClusterPoolBuilder {
@@ -205,6 +211,14 @@ impl ClusterPoolBuilder {
         self
     }
 
+    /// Whether the master's own host runs tasks too (default true). Off, every task
+    /// crosses to another host, as in a master-worker pool whose master only
+    /// dispatches; a job of one rank works on the master's host regardless.
+    pub fn master_works(mut self, yes: bool) -> Self {
+        self.master_works = yes;
+        self
+    }
+
     /// Builds this host's pool and, on the master, learns every host's name.
     pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
         let pool = Pool::builder_named(&self.task)
@@ -233,6 +247,7 @@ impl ClusterPoolBuilder {
             hosts,
             batch: self.batch,
             credit: self.credit,
+            master_works: self.master_works || cluster.size() == 1,
             stopped: false,
         })
     }
@@ -246,6 +261,7 @@ pub struct ClusterPool<'c> {
     hosts: Vec<String>,
     batch: usize,
     credit: usize,
+    master_works: bool,
     stopped: bool,
 }
 
@@ -264,6 +280,7 @@ impl ClusterPool<'_> {
             frame_capacity: ringpipe_engine::DEFAULT_FRAME_CAPACITY,
             batch: 64,
             credit: 3,
+            master_works: true,
         }
     }
 
@@ -493,7 +510,8 @@ where
     /// Sends a batch to every host with room, while tasks are left.
     fn dispatch(&mut self) {
         let limit = self.pool.batch * self.pool.credit;
-        for rank in 0..self.outstanding.len() {
+        let first = usize::from(!self.pool.master_works);
+        for rank in first..self.outstanding.len() {
             while !self.exhausted && self.outstanding[rank] + self.pool.batch <= limit {
                 let mut batch = Vec::new();
                 let mut n = 0;
