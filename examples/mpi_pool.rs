@@ -7,13 +7,13 @@
 //! mpiexec -n 3 target/release/examples/mpi_pool                         # three ranks, one machine
 //! mpiexec -f hostfile -n 3 target/release/examples/mpi_pool [TASKS]     # a cluster
 //! ... mpi_pool 1000 --task-ms 5 --resume done.bin   # record finished tasks; a rerun skips them
+//! ... mpi_pool --pid-dir DIR                        # each rank writes its pid to DIR/rank-N
 //! ```
 //!
 //! Rank 0 is the master (its host works too); every other rank leads the worker
 //! processes of its host. See `ringpipe::cluster` and the README's "Across hosts".
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -61,20 +61,23 @@ impl Registered for Double {
 
 register!(Double);
 
-/// `[TASKS] [--task-ms MS] [--resume FILE]`, the same on every rank.
+/// `[TASKS] [--task-ms MS] [--resume FILE] [--pid-dir DIR]`, the same on every rank.
 struct Args {
     tasks: usize,
     task_ms: u64,
     resume: Option<PathBuf>,
+    /// Each rank writes its pid to `DIR/rank-N` (tests kill a host by it).
+    pid_dir: Option<PathBuf>,
 }
 
 fn args() -> Result<Args, Box<dyn std::error::Error>> {
-    let mut a = Args { tasks: 200, task_ms: 0, resume: None };
+    let mut a = Args { tasks: 200, task_ms: 0, resume: None, pid_dir: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--task-ms" => a.task_ms = it.next().ok_or("--task-ms takes a number")?.parse()?,
             "--resume" => a.resume = Some(it.next().ok_or("--resume takes a file")?.into()),
+            "--pid-dir" => a.pid_dir = Some(it.next().ok_or("--pid-dir takes a directory")?.into()),
             n => a.tasks = n.parse().map_err(|_| format!("not a task count: {n}"))?,
         }
     }
@@ -85,9 +88,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     let args = args()?;
     let cluster = Cluster::init()?;
-    // One write, so that ranks' lines never interleave in mpiexec's output.
-    let hello = format!("rank {} pid {} on {}\n", cluster.rank(), std::process::id(), cluster.host());
-    std::io::stderr().write_all(hello.as_bytes())?;
+    if let Some(dir) = &args.pid_dir {
+        std::fs::write(dir.join(format!("rank-{}", cluster.rank())), std::process::id().to_string())?;
+    }
     let pool = ClusterPool::builder::<Double>(args.task_ms).workers_per_host(2).batch(8).build(&cluster)?;
     if !cluster.is_master() {
         return Ok(pool.serve()?);

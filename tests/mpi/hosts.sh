@@ -35,7 +35,14 @@ up() {
 }
 
 down() {
-  for ns in $(ip netns list 2>/dev/null | awk '/^rp-h[0-9]+/ {print $1}'); do ip netns del "$ns"; done
+  for ns in $(ip netns list 2>/dev/null | awk '/^rp-h[0-9]+/ {print $1}'); do
+    # Whatever still runs there (a job that failed) would keep the namespace alive.
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns"
+  done
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^rpv[0-9]'); do
+    ip link del "$link" 2>/dev/null || true
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$STATE"
 }
