@@ -68,10 +68,9 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
             cmd.env_remove(name);
         }
     }
-    // SAFETY: between fork and exec the closure only makes raw syscalls (dup2,
-    // close_range, close), which are async-signal-safe and allocate nothing. Sources are
-    // >= HIGH_FD and targets are 3..=5, so no move overwrites a later source; dup2
-    // clears CLOEXEC on the target.
+    // SAFETY: between fork and exec the closure makes only async-signal-safe raw
+    // syscalls (dup2, close_range, close), allocating nothing. Sources are >= HIGH_FD,
+    // targets 3..=5: no move overwrites a later source; dup2 clears CLOEXEC on targets.
     unsafe {
         cmd.pre_exec(move || {
             for (from, to) in raw {
