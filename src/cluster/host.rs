@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use ringpipe_engine::{ItemError, Pool, ShutdownReport};
@@ -71,20 +72,33 @@ impl Drop for Host {
 struct Run<'a> {
     tasks: &'a Receiver<Vec<u8>>,
     queue: VecDeque<Vec<u8>>,
-    current: Option<(Vec<u8>, std::vec::IntoIter<Entry>)>,
+    current: Option<(Arc<Vec<u8>>, std::vec::IntoIter<Entry>)>,
     index_of: &'a RefCell<Vec<u64>>,
     malformed: Option<String>,
 }
 
-impl Iterator for Run<'_> {
-    type Item = Vec<u8>;
+/// One task's bytes where they lie in their batch: the pool copies them straight into
+/// a frame, with no copy of their own on the way.
+struct Task {
+    batch: Arc<Vec<u8>>,
+    bytes: std::ops::Range<usize>,
+}
 
-    fn next(&mut self) -> Option<Vec<u8>> {
+impl AsRef<[u8]> for Task {
+    fn as_ref(&self) -> &[u8] {
+        &self.batch[self.bytes.clone()]
+    }
+}
+
+impl Iterator for Run<'_> {
+    type Item = Task;
+
+    fn next(&mut self) -> Option<Task> {
         loop {
             if let Some((batch, entries)) = self.current.as_mut() {
                 if let Some(e) = entries.next() {
                     self.index_of.borrow_mut().push(e.index);
-                    return Some(batch[e.bytes].to_vec());
+                    return Some(Task { batch: batch.clone(), bytes: e.bytes });
                 }
             }
             if self.queue.is_empty() {
@@ -92,7 +106,7 @@ impl Iterator for Run<'_> {
             }
             let batch = self.queue.pop_front()?;
             match wire::entries(&batch, false) {
-                Ok(entries) => self.current = Some((batch, entries.into_iter())),
+                Ok(entries) => self.current = Some((Arc::new(batch), entries.into_iter())),
                 Err(e) => {
                     self.malformed = Some(format!("a task batch is malformed: {e}"));
                     return None;
@@ -120,20 +134,19 @@ fn run(pool: &Pool, tasks: &Receiver<Vec<u8>>, results: &Sender<Result<Vec<u8>, 
         let mut out = Vec::new();
         let mut count = 0;
         for result in pool.map_unordered(&mut run) {
-            let (position, ok, bytes) = match result {
-                Ok(o) => (o.index(), true, o.to_vec()),
+            let task = |position: u64| index_of.borrow()[position as usize];
+            match result {
+                // The result's bytes go from its frame into the batch: one copy.
+                Ok(o) => wire::put_result(&mut out, task(o.index()), true, &o),
                 Err(ItemError::Stage { failure, output }) => {
-                    (output.index(), false, failure.to_string().into_bytes())
+                    wire::put_result(&mut out, task(output.index()), false, failure.to_string().as_bytes())
                 }
-                Err(ItemError::TooLarge { index, requested, capacity }) => (
-                    index,
-                    false,
-                    format!("a task of {requested} bytes; frames hold {capacity}").into_bytes(),
-                ),
+                Err(ItemError::TooLarge { index, requested, capacity }) => {
+                    let why = format!("a task of {requested} bytes; frames hold {capacity}");
+                    wire::put_result(&mut out, task(index), false, why.as_bytes())
+                }
                 Err(e) => return send(Err(format!("the host's pool failed: {e}"))),
-            };
-            let index = index_of.borrow()[position as usize];
-            wire::put_result(&mut out, index, ok, &bytes);
+            }
             count += 1;
             if count == RESULTS_PER_BATCH {
                 send(Ok(std::mem::take(&mut out)))?;
