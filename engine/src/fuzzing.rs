@@ -52,7 +52,13 @@ pub fn exercise(bytes: &[u8]) {
     }
     // What the parent reads from a dead worker's journal.
     for i in 0..STAGES {
-        let death = Death { record: i as u32, pid: 1, status: "killed by the fuzzer", timed_out: None };
+        let death = Death {
+            record: i as u32,
+            pid: 1,
+            status: "killed by the fuzzer",
+            timed_out: None,
+            violation: None,
+        };
         let _ = settle(&seg, i, &death);
     }
 }

@@ -6,7 +6,7 @@
 //! `sync` → `wait` (spin, then futex) → `ring` (SPSC over any memory) → `stream`
 //! (byte ring) → `pair` (a pair's hand-off) → `memory` (the segment, whose layout
 //! places the headers of the three before it) → `frame` → `route` → `stage` →
-//! `worker` → `pipeline` (the user API, no `unsafe`) → `pool`. `ARCHITECTURE.md` at
+//! `sandbox` → `worker` → `pipeline` (the user API, no `unsafe`) → `pool`. `ARCHITECTURE.md` at
 //! the repository root walks through them.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -24,6 +24,7 @@ mod pipeline;
 mod pool;
 mod ring;
 mod route;
+mod sandbox;
 mod stage;
 pub mod stream;
 mod sync;
@@ -42,6 +43,7 @@ pub use pipeline::{
     MAX_STAGE_TIMEOUT,
 };
 pub use pool::{Pool, PoolBuilder, DEFAULT_POOL_WINDOW, MAX_WORKERS};
+pub use sandbox::{Landlock, Sandbox, SandboxReport, Violation};
 pub use stage::{
     consumer_fn, producer_fn, stage_fn, BoxError, Chain, ChainError, Consumer, ConsumerFn, FnStage,
     KeepConsumer, Params, Producer, ProducerFn, Registered, Stage, StageKind,

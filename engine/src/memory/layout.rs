@@ -209,6 +209,11 @@ pub struct SlotHeader {
     pub ran_by: u32,
     /// That runner's process id.
     pub ran_by_pid: u32,
+    /// When a failure is a sandboxed worker's death: the limit it hit
+    /// ([`Violation::code`](crate::Violation), 0 otherwise).
+    pub violation: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 /// The validated shape of a segment. Every accessor's bounds come from here.

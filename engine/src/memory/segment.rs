@@ -19,7 +19,6 @@
 //! 4. **Size.** The memfd is sealed against shrinking and growing before any worker
 //!    maps it, and its pages are allocated up front, so no access can SIGBUS.
 
-use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -123,10 +122,7 @@ impl Segment {
         rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size)
             .map_err(|e| SegmentError::NoMemory { requested: size, source: e.into() })?;
         rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(|e| SegmentError::Create(e.into()))?;
-        let map = MmapOptions::new()
-            .len(layout.size())
-            .map_raw(&File::from(fd.try_clone().map_err(SegmentError::Create)?))
-            .map_err(SegmentError::Map)?;
+        let map = MmapOptions::new().len(layout.size()).map_raw(&fd).map_err(SegmentError::Map)?;
         let segment = Self { backing: Backing::Memfd { map, fd }, layout };
         // SAFETY: offset 0 holds a SegmentHeader (layout); the mapping is fresh, so no
         // other process can see it yet (rule 1).
@@ -149,7 +145,7 @@ impl Segment {
         let len = usize::try_from(size).map_err(|_| LayoutError::TooLarge)?;
         let map = MmapOptions::new()
             .len(len)
-            .map_raw(&File::from(fd.try_clone().map_err(SegmentError::Map)?))
+            .map_raw(&fd) // no new descriptor: a sandboxed worker may open none
             .map_err(SegmentError::Map)?;
         // SAFETY: the mapping is at least a header long (checked above) and page-aligned;
         // the header is Pod, so any bytes are a valid value; read once (rule 3).

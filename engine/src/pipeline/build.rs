@@ -23,6 +23,7 @@ use crate::memory::{
     ROLE_PRODUCER,
 };
 use crate::route::{Gather, Scatter};
+use crate::sandbox::SandboxReport;
 use crate::stage::{find_stage, BoxError, StageCode, StageKind};
 use crate::worker::runner::{RunEnd, StageRunner};
 use crate::worker::spawn;
@@ -132,6 +133,7 @@ impl Builder {
         let pairs = check_pairs(&self.stages)?;
         check_replicas(&self.stages)?;
         check_timeouts(&self.stages)?;
+        check_sandboxes(&self.stages)?;
         let wiring = Wiring::new(
             &self.stages.iter().map(|s| s.replicas).collect::<Vec<_>>(),
             &self.stages.iter().map(|s| s.ordered).collect::<Vec<_>>(),
@@ -240,6 +242,7 @@ impl Builder {
                 timeout: spec.timeout,
                 records: records.len() - spec.replicas..records.len(),
                 on_thread,
+                sandbox: spec.sandbox,
             });
         }
         let layout = Layout::with_rings(
@@ -375,13 +378,21 @@ impl Pipeline {
         let mut workers = self.workers.lock();
         let fd = self.shared.seg.fd().try_clone_to_owned().map_err(BuildError::Spawn)?;
         for (r, _) in local.iter().enumerate().filter(|(_, s)| s.is_none()) {
-            workers.push(spawn::spawn(&fd, r, runners[r].stage).map_err(BuildError::Spawn)?);
+            let stage = runners[r].stage;
+            let sandbox = self.shared.stages[stage].sandbox.as_ref();
+            workers.push(spawn::spawn(&fd, r, stage, sandbox).map_err(BuildError::Spawn)?);
         }
         let deadline = crate::wait::deadline_after(timeout);
         for w in workers.iter_mut() {
             let stage = w.stage;
-            let name = &self.shared.stages[stage].name;
-            w.handshake(deadline).map_err(|e| BuildError::from_handshake(e, stage, name))?;
+            let info = &self.shared.stages[stage];
+            w.handshake(deadline).map_err(|e| BuildError::from_handshake(e, stage, &info.name))?;
+            let (Some(sandbox), Some(enforced)) = (&info.sandbox, w.enforced) else { continue };
+            let report = SandboxReport::new(stage, info.name.clone(), sandbox, enforced);
+            if sandbox.is_required() && !report.is_complete() {
+                let missing = report.missing().join(", ");
+                return Err(BuildError::SandboxIncomplete { stage, name: info.name.clone(), missing });
+            }
         }
         Ok(())
     }
@@ -419,6 +430,14 @@ fn check_timeouts(stages: &[StageSpec]) -> Result<(), BuildError> {
         }
     }
     Ok(())
+}
+
+/// Checks that only process stages ask for a sandbox.
+fn check_sandboxes(stages: &[StageSpec]) -> Result<(), BuildError> {
+    match stages.iter().position(|s| s.sandbox.is_some() && !s.is_process()) {
+        Some(stage) => Err(BuildError::SandboxOnThread { stage, name: stages[stage].name.clone() }),
+        None => Ok(()),
+    }
 }
 
 /// Checks the pairs' stream capacities; returns the producers' stage indices. (A

@@ -182,6 +182,16 @@ pub enum ItemError {
         /// The item, as the failing stage left it. Dropping it recycles the frame.
         output: Output,
     },
+    /// The item killed its worker twice: a map that runs an item again when its
+    /// worker dies ([`PoolBuilder::retry_once`](crate::PoolBuilder::retry_once)) ran it
+    /// once more, and that run killed the replacement too. It is not run a third time,
+    /// so a poison input cannot keep a stage restarting.
+    Poison {
+        /// The second death (its `violation` names the sandbox limit, if any).
+        failure: Box<StageFailure>,
+        /// The item, as the dead worker left it. Dropping it recycles the frame.
+        output: Output,
+    },
     /// The engine failed the item (the pipeline broke, or shutdown aborted it).
     Engine(EngineFailure),
     /// `wait_timeout` ran out; the item is still in flight.
@@ -210,7 +220,7 @@ impl ItemError {
     /// `result.or_else(ItemError::into_output)` reads failed items' bytes like any.
     pub fn into_output(self) -> Result<Output, Self> {
         match self {
-            Self::Stage { output, .. } => Ok(output),
+            Self::Stage { output, .. } | Self::Poison { output, .. } => Ok(output),
             other => Err(other),
         }
     }
@@ -218,7 +228,7 @@ impl ItemError {
     /// The stage failure, if that is what this is.
     pub fn stage_failure(&self) -> Option<&StageFailure> {
         match self {
-            Self::Stage { failure, .. } => Some(failure),
+            Self::Stage { failure, .. } | Self::Poison { failure, .. } => Some(failure),
             _ => None,
         }
     }
@@ -228,6 +238,9 @@ impl fmt::Display for ItemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Stage { failure, .. } => failure.fmt(f),
+            Self::Poison { failure, .. } => {
+                write!(f, "poison item, quarantined after killing two workers; the second: {failure}")
+            }
             Self::Engine(e) => e.fmt(f),
             Self::TimedOut => write!(f, "timed out waiting for the item"),
             Self::TooLarge { index, requested, capacity } => write!(
@@ -286,6 +299,9 @@ pub struct StageFailure {
     /// [`timeout`](crate::StageSpec::timeout): its worker process (`worker_died`) was
     /// killed and restarted.
     pub timed_out: Option<std::time::Duration>,
+    /// `Some` if the worker (`worker_died`) was killed by its
+    /// [`sandbox`](crate::StageSpec::sandbox): the limit it hit.
+    pub violation: Option<crate::Violation>,
 }
 
 impl fmt::Display for StageFailure {
@@ -380,6 +396,24 @@ pub enum BuildError {
         /// Why.
         reason: String,
     },
+    /// A thread stage asked for a [`sandbox`](crate::StageSpec::sandbox): only a worker
+    /// process can be confined; a thread shares everything with the parent.
+    SandboxOnThread {
+        /// Index of the stage.
+        stage: usize,
+        /// Its name.
+        name: String,
+    },
+    /// A stage's sandbox was built with [`require_full`](crate::Sandbox::require_full)
+    /// and this kernel cannot enforce all of it.
+    SandboxIncomplete {
+        /// Index of the stage.
+        stage: usize,
+        /// Its name.
+        name: String,
+        /// What is missing (see [`SandboxReport::missing`](crate::SandboxReport::missing)).
+        missing: String,
+    },
 }
 
 impl BuildError {
@@ -412,6 +446,15 @@ impl fmt::Display for BuildError {
             }
             Self::BadReplicas { stage, reason } => write!(f, "stage {stage} cannot be replicated: {reason}"),
             Self::BadTimeout { stage, reason } => write!(f, "stage {stage} cannot have a timeout: {reason}"),
+            Self::SandboxOnThread { stage, name } => write!(
+                f,
+                "stage {stage} (`{name}`) runs on a thread of the parent, which cannot be sandboxed; \
+                 place it in a worker process to sandbox it"
+            ),
+            Self::SandboxIncomplete { stage, name, missing } => write!(
+                f,
+                "stage {stage} (`{name}`) requires its full sandbox, and this kernel cannot enforce: {missing}"
+            ),
             Self::Config(e) => write!(f, "invalid pipeline configuration: {e}"),
             Self::Segment(e) => e.fmt(f),
             Self::UnknownStage { stage, name } => write!(

@@ -250,9 +250,8 @@ impl Ticket {
 #[inline]
 pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option<Result<Output, ItemError>> {
     Some(match book.take(ticket)? {
-        Taken::Done(slot, header) => {
-            let output =
-                Output { shared: shared.clone(), slot: Some(slot), ticket, index: header.seq, header };
+        Taken::Done { slot, len, seq } => {
+            let output = Output { shared: shared.clone(), slot: Some(slot), ticket, index: seq, len };
             match output.failure() {
                 None => Ok(output),
                 Some(failure) => Err(ItemError::Stage { failure: Box::new(failure), output }),
@@ -348,7 +347,9 @@ pub struct Output {
     pub(crate) ticket: u32,
     /// See [`Output::index`].
     pub(crate) index: u64,
-    pub(crate) header: SlotHeader,
+    /// Bytes of the result, checked against the frame capacity when it came out (the
+    /// rest of its slot header is read where it lies, when asked for).
+    pub(crate) len: u32,
 }
 
 impl Output {
@@ -365,19 +366,29 @@ impl Output {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn failure(&self) -> Option<StageFailure> {
-        if self.header.status != STATUS_FAILED {
+        let header = self.slot_header();
+        if header.status != STATUS_FAILED {
             return None;
         }
-        let stage = self.header.failed_stage as usize;
+        let stage = header.failed_stage as usize;
         let slot = self.slot.as_ref().expect("held until drop");
         Some(StageFailure {
             stage,
             name: self.shared.stages.get(stage).map_or_else(|| "?".into(), |s| s.name.clone()),
-            message: slot.error_text(&self.shared.seg, self.header.error_len),
-            worker_died: (self.header.died_pid != 0).then_some(self.header.died_pid),
-            timed_out: (self.header.timeout_ms != 0)
-                .then(|| std::time::Duration::from_millis(self.header.timeout_ms.into())),
+            message: slot.error_text(&self.shared.seg, header.error_len),
+            worker_died: (header.died_pid != 0).then_some(header.died_pid),
+            timed_out: (header.timeout_ms != 0)
+                .then(|| std::time::Duration::from_millis(header.timeout_ms.into())),
+            violation: crate::Violation::from_code(
+                header.violation,
+                self.shared.stages.get(stage).and_then(|s| s.sandbox.as_ref()),
+            ),
         })
+    }
+
+    /// The item's slot header as it lies in the segment: what the stages recorded.
+    fn slot_header(&self) -> SlotHeader {
+        self.slot.as_ref().expect("held until drop").header(&self.shared.seg)
     }
 
     /// The item's index: its position among the inputs of the [`Map`](crate::Map)
@@ -391,15 +402,16 @@ impl Output {
     /// replicas (a [`Pool`](crate::Pool)'s worker number), in which process. `None`
     /// if no stage wanted the item.
     pub fn ran_on(&self) -> Option<RanOn> {
-        let record = (self.header.ran_by as usize).checked_sub(1)?;
+        let header = self.slot_header();
+        let record = (header.ran_by as usize).checked_sub(1)?;
         let (stage, info) =
             self.shared.stages.iter().enumerate().find(|(_, s)| s.records.contains(&record))?;
-        Some(RanOn { stage, replica: record - info.records.start, pid: self.header.ran_by_pid })
+        Some(RanOn { stage, replica: record - info.records.start, pid: header.ran_by_pid })
     }
 
     /// True if stage `stage` processed the item (its determiner wanted it).
     pub fn stage_ran(&self, stage: usize) -> bool {
-        crate::frame::has_run(&self.header, stage)
+        crate::frame::has_run(&self.slot_header(), stage)
     }
 
     /// The item's bytes as a slice of `U` (frames are 128-byte aligned): a pool
@@ -453,7 +465,7 @@ impl std::ops::Deref for Output {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let slot = self.slot.as_ref().expect("held until drop");
-        &slot.payload(&self.shared.seg)[..self.header.len as usize]
+        &slot.payload(&self.shared.seg)[..self.len as usize]
     }
 }
 

@@ -194,6 +194,32 @@ impl Pipeline {
         self.shared.book.lock().free_slots.len()
     }
 
+    /// What each sandboxed stage's sandbox enforced on this kernel, as its first
+    /// replica's worker found it when it applied it (the latest, if that worker was
+    /// replaced): one report per stage with a [`sandbox`](StageSpec::sandbox).
+    ///
+    /// ```no_run
+    /// use ringpipe_engine::{Pipeline, Sandbox, StageSpec};
+    /// let unzstd = StageSpec::process_named("unzstd").sandbox(Sandbox::strict());
+    /// let p = Pipeline::builder().stage(unzstd).build()?;
+    /// for report in p.sandbox_reports() {
+    ///     println!("{report}"); // stage 0 (`unzstd`): Landlock ABI 6, seccomp on, ...
+    ///     assert!(report.missing().is_empty() || !report.is_complete());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sandbox_reports(&self) -> Vec<crate::SandboxReport> {
+        let workers = self.workers.lock();
+        let stages = self.shared.stages.iter().enumerate();
+        stages
+            .filter_map(|(i, info)| {
+                let sandbox = info.sandbox.as_ref()?;
+                let enforced = workers.iter().find(|w| w.stage == i)?.enforced?;
+                Some(crate::SandboxReport::new(i, info.name.clone(), sandbox, enforced))
+            })
+            .collect()
+    }
+
     /// How many worker processes were replaced after they died. A death is counted
     /// when the supervisor notices it (at once: the worker's status pipe hangs up),
     /// before the item it held fails and before its replacement starts: a caller that

@@ -96,6 +96,12 @@ macro_rules! half_spec {
                 Self(self.0.on_complete(f))
             }
 
+            /// Runs this half's worker process in `sandbox`; see
+            /// [`StageSpec::sandbox`](crate::StageSpec::sandbox).
+            pub fn sandbox(self, sandbox: crate::Sandbox) -> Self {
+                Self(self.0.sandbox(sandbox))
+            }
+
             /// True if it runs in a worker process.
             pub fn is_process(&self) -> bool {
                 self.0.is_process()

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::frame::{mark_ran, OwnedSlot, RanBy};
 use crate::memory::{Segment, StageRecord, FLAG_ORDERED_INPUT, ROLE_CONSUMER, ROLE_PRODUCER};
 use crate::ring::PushError;
+use crate::sandbox::Violation;
 use crate::sync::Ordering;
 use crate::worker::runner::record_failure;
 
@@ -36,6 +37,8 @@ pub(crate) struct Death<'a> {
     pub status: &'a str,
     /// The supervisor killed it for running past this timeout.
     pub timed_out: Option<Duration>,
+    /// The sandbox limit it died of, if any.
+    pub violation: Option<Violation>,
 }
 
 /// Settles what the dead runner of `record` held, and rewrites its record for a
@@ -217,9 +220,16 @@ fn mark_failed(
             header.timeout_ms = t.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
             format!("timed out: ran past the stage's timeout of {t:?}; worker process {pid} was killed and restarted")
         }
-        None => {
-            format!("worker process {pid} died ({}) while running this item; it was restarted", death.status)
-        }
+        None => match death.violation {
+            Some(v) => {
+                header.violation = v.code();
+                format!("worker process {pid} was killed for {v} while running this item; it was restarted")
+            }
+            None => format!(
+                "worker process {pid} died ({}) while running this item; it was restarted",
+                death.status
+            ),
+        },
     };
     record_failure(seg, slot, header, stage, &msg);
 }

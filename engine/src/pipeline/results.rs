@@ -189,6 +189,8 @@ struct Sent {
     index: u64,
     /// Its bytes, kept while it may still be run again (`retry`).
     retry: Option<Box<[u8]>>,
+    /// It was run again after its worker died.
+    rerun: bool,
     /// Its result, once taken from the book.
     result: Option<Result<Output, ItemError>>,
 }
@@ -226,13 +228,14 @@ where
                 sent.push_back(match input {
                     Input::Launched { ticket, bytes } => {
                         *in_flight += 1;
-                        Sent { ticket, index, retry: retry.then(|| bytes.into()), result: None }
+                        Sent { ticket, index, retry: retry.then(|| bytes.into()), rerun: false, result: None }
                     }
                     // Larger than a frame: it fails alone, in its place; the rest go on.
                     Input::TooLarge { requested, capacity } => Sent {
                         ticket: u32::MAX,
                         index,
                         retry: None,
+                        rerun: false,
                         result: Some(Err(ItemError::TooLarge { index, requested, capacity })),
                     },
                 });
@@ -288,7 +291,8 @@ where
         shared.submit_waited_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Runs again, once, each item whose worker died holding it (with `retry` on).
+    /// Runs again, once, each item whose worker died holding it (with `retry` on); one
+    /// that kills the replacement too is poison.
     fn retry_deaths(&mut self) {
         if !self.retry {
             return;
@@ -299,7 +303,14 @@ where
             if !died {
                 continue;
             }
-            let Some(bytes) = s.retry.take() else { continue }; // run again once only
+            if s.rerun {
+                if let Some(Err(ItemError::Stage { failure, output })) = s.result.take() {
+                    s.result = Some(Err(ItemError::Poison { failure, output }));
+                }
+                continue;
+            }
+            let Some(bytes) = s.retry.take() else { continue };
+            s.rerun = true;
             s.result = None; // drops the failed output: its frame is free for the rerun
             match self.pipeline.resubmit(&bytes) {
                 Ok(ticket) => {

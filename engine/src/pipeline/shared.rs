@@ -59,8 +59,9 @@ enum State {
     Reserved,
     /// In the rings.
     Pending { waker: Option<Waker>, detached: bool },
-    /// Out of the pipeline; the slot holds the result.
-    Done { slot: OwnedSlot, header: SlotHeader },
+    /// Out of the pipeline; the slot holds the result: `len` bytes (checked against
+    /// the frame capacity when it came out), submitted as number `seq`.
+    Done { slot: OwnedSlot, len: u32, seq: u64 },
     /// Out of the pipeline and handed to its owner as an `Output`.
     Taken,
     /// The engine failed it.
@@ -83,8 +84,8 @@ impl Entry {
 
 /// What taking a finished ticket's result found.
 pub(crate) enum Taken {
-    /// The item came out: its slot and header.
-    Done(OwnedSlot, SlotHeader),
+    /// The item came out: its slot, length and submission number.
+    Done { slot: OwnedSlot, len: u32, seq: u64 },
     /// The engine failed it.
     Failed(EngineFailure),
     /// Its result was taken before.
@@ -183,7 +184,7 @@ impl Book {
         }
         match std::mem::replace(&mut entry.state, State::Free) {
             State::Pending { waker, detached } => {
-                entry.state = State::Done { slot, header };
+                entry.state = State::Done { slot, len: header.len, seq: header.seq };
                 self.in_flight -= 1;
                 if detached {
                     self.finished.push_back(ticket);
@@ -219,7 +220,7 @@ impl Book {
                 entry.state = State::Pending { waker, detached };
                 None
             }
-            State::Done { slot, header } => Some(Taken::Done(slot, header)),
+            State::Done { slot, len, seq } => Some(Taken::Done { slot, len, seq }),
             State::Failed(f) => {
                 entry.state = State::Free;
                 self.free_tickets.push(ticket);
@@ -330,6 +331,8 @@ pub(crate) struct StageInfo {
     /// Its runners' stage records (one per replica, next to each other).
     pub records: std::ops::Range<usize>,
     pub on_thread: bool,
+    /// Its workers' sandbox, if it has one.
+    pub sandbox: Option<crate::Sandbox>,
 }
 
 pub(crate) struct Shared {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sandbox::Sandbox;
 use crate::stage::{Params, Registered, Stage, StageCode, StageKind};
 
 /// Where a stage runs.
@@ -65,6 +66,8 @@ pub struct StageSpec {
     pub(crate) ordered: bool,
     /// Kill and restart a worker that runs one item for longer than this.
     pub(crate) timeout: Option<Duration>,
+    /// Confine its worker processes.
+    pub(crate) sandbox: Option<Sandbox>,
 }
 
 /// The longest [`StageSpec::timeout`]: one day.
@@ -87,6 +90,7 @@ impl StageSpec {
             replicas: 1,
             ordered: true,
             timeout: None,
+            sandbox: None,
         }
     }
 
@@ -227,6 +231,30 @@ impl StageSpec {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Runs the stage's worker processes in `sandbox`: it can reach nothing but what it
+    /// was given (see [`Sandbox`]). A violation kills only the worker; the item it held
+    /// fails with a [`StageFailure`](crate::StageFailure) whose `violation` names the
+    /// limit, and a replacement starts.
+    ///
+    /// Only a process stage can be sandboxed
+    /// ([`BuildError::SandboxOnThread`](crate::BuildError::SandboxOnThread)): a thread
+    /// shares everything with the parent.
+    ///
+    /// ```
+    /// use ringpipe_engine::{Sandbox, StageSpec};
+    /// let unzstd = StageSpec::process_named("unzstd").sandbox(Sandbox::strict().memory_cap(64 << 20));
+    /// assert!(unzstd.sandbox_spec().is_some());
+    /// ```
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// The stage's [`sandbox`](Self::sandbox), if it has one.
+    pub fn sandbox_spec(&self) -> Option<&Sandbox> {
+        self.sandbox.as_ref()
     }
 
     /// The stage's [`timeout`](Self::timeout), if it has one.

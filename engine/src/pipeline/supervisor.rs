@@ -27,6 +27,7 @@ use std::process::ExitStatus;
 use super::error::EngineFailure;
 use super::shared::Shared;
 use super::WorkerExit;
+use crate::sandbox::Violation;
 use crate::worker::spawn::{self, WorkerProcess};
 
 /// How long a replacement worker gets to say ready.
@@ -130,7 +131,13 @@ fn replace(
     shared.dead.lock().push(WorkerExit { stage, pid, status: exit, killed: timed_out.is_some() });
     let name = shared.stages[stage].name.clone();
     let died = |status: String| EngineFailure::WorkerDied { stage, name: name.clone(), pid, status };
-    let death = super::restart::Death { record: record as u32, pid, status: &status, timed_out };
+    let sandbox = shared.stages[stage].sandbox.as_ref();
+    let signal = exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+    let violation = match (sandbox, signal) {
+        (Some(sandbox), Some(signal)) if timed_out.is_none() => Violation::from_signal(sandbox, signal),
+        _ => None,
+    };
+    let death = super::restart::Death { record: record as u32, pid, status: &status, timed_out, violation };
     // Counted before the item it held is settled and before its replacement exists,
     // so no caller sees that item fail, or an item pass through the replacement,
     // before the count includes it. A replacement that fails to start breaks the
@@ -138,8 +145,8 @@ fn replace(
     shared.restarts.fetch_add(1, Ordering::Relaxed);
     super::restart::settle(&shared.seg, record, &death).map_err(EngineFailure::Corrupt)?;
     workers[w].lifeline = None;
-    let mut next =
-        spawn::spawn(segment, record, stage).map_err(|e| died(format!("{status}; restart failed: {e}")))?;
+    let mut next = spawn::spawn(segment, record, stage, shared.stages[stage].sandbox.as_ref())
+        .map_err(|e| died(format!("{status}; restart failed: {e}")))?;
     next.handshake(Instant::now() + RESTART_TIMEOUT)
         .map_err(|e| died(format!("{status}; its replacement did not start: {e:?}")))?;
     let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);

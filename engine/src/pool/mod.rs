@@ -42,6 +42,7 @@ pub struct PoolBuilder {
     frame_capacity: usize,
     retry_once: bool,
     startup_timeout: Duration,
+    sandbox: Option<crate::Sandbox>,
 }
 
 impl PoolBuilder {
@@ -80,6 +81,14 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs every worker in `sandbox`; see [`StageSpec::sandbox`]. With
+    /// [`retry_once`](Self::retry_once), a task that kills its worker twice is failed as
+    /// [`ItemError::Poison`](crate::ItemError::Poison).
+    pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
     /// How long worker processes get to report ready (default 30 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
@@ -101,7 +110,10 @@ impl PoolBuilder {
         }
         // Unordered: each result leaves as soon as it is done; `map` restores the task
         // order itself, so one slow task holds up only the results after it.
-        let stage = StageSpec::process_named(&self.task).params(self.params).replicas(n).unordered();
+        let mut stage = StageSpec::process_named(&self.task).params(self.params).replicas(n).unordered();
+        if let Some(sandbox) = self.sandbox {
+            stage = stage.sandbox(sandbox);
+        }
         let pipeline = Pipeline::builder()
             .stage(stage)
             .max_in_flight(in_flight)
@@ -154,6 +166,7 @@ impl Pool {
             max_in_flight: None,
             frame_capacity: DEFAULT_FRAME_CAPACITY,
             retry_once: false,
+            sandbox: None,
             startup_timeout: Duration::from_secs(30),
         }
     }
@@ -167,6 +180,12 @@ impl Pool {
     /// [`Pipeline::worker_pids`]).
     pub fn worker_pids(&self) -> Vec<u32> {
         self.pipeline.worker_pids().into_iter().map(|(_, pid)| pid).collect()
+    }
+
+    /// What the workers' sandbox enforced on this kernel, if the pool has one (see
+    /// [`Pipeline::sandbox_reports`]).
+    pub fn sandbox_reports(&self) -> Vec<crate::SandboxReport> {
+        self.pipeline.sandbox_reports()
     }
 
     /// Workers restarted so far after dying.

@@ -1,5 +1,5 @@
-//! The worker process's side: adopt the descriptors, check the segment, build the
-//! stage, say ready, serve.
+//! The worker process's side: adopt the descriptors, apply the sandbox if it has one,
+//! check the segment, build the stage, say ready, serve.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::runner::{RunEnd, StageRunner};
 use super::{exit, LIFELINE_FD, SEGMENT_FD, STATUS_FD, WORKER_ENV};
 use crate::memory::Segment;
+use crate::sandbox::{self, Sandbox, SANDBOX_ENV};
 use crate::stage::find_stage;
 
 /// Turns this process into a ringpipe worker if it was started as one, and returns
@@ -67,6 +68,17 @@ fn run(spec: &str) -> Result<RunEnd, ()> {
     let (Some(segment_fd), Some(lifeline)) = (adopt(SEGMENT_FD), adopt(LIFELINE_FD)) else {
         return refuse("started without the segment or lifeline descriptor".into());
     };
+    // The sandbox first: before any thread starts and before a byte of the segment
+    // (which any worker can scribble on) is read. It comes from the environment, which
+    // only the parent wrote.
+    let enforced = match std::env::var(SANDBOX_ENV).ok().map(|s| Sandbox::from_env(&s)) {
+        None => None,
+        Some(Ok(sandbox)) => match sandbox::apply::apply(&sandbox) {
+            Ok(enforced) => Some(enforced),
+            Err(e) => return refuse(e),
+        },
+        Some(Err(e)) => return refuse(e),
+    };
     watch_parent(lifeline);
     let seg = match Segment::open(segment_fd) {
         Ok(seg) => Arc::new(seg),
@@ -96,7 +108,8 @@ fn run(spec: &str) -> Result<RunEnd, ()> {
         Ok(r) => r,
         Err(e) => return refuse(e.to_string()),
     };
-    if status.write_all(b"R").is_err() {
+    let ready = enforced.map_or_else(|| "R".to_owned(), |e| format!("{}R", e.encode()));
+    if status.write_all(ready.as_bytes()).is_err() {
         return Err(()); // the parent is gone already
     }
     // `status` stays open until the process exits: its EOF tells the parent we died.

@@ -12,6 +12,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::pipe::PipeFlags;
 
 use super::{LIFELINE_FD, SEGMENT_FD, STATUS_FD, TEST_ENTRY, WORKER_ENV};
+use crate::sandbox::{Enforced, Sandbox, SANDBOX_ENV};
 
 /// Descriptors are first duplicated at or above this number, so that moving them to
 /// 3, 4 and 5 in the child can never overwrite one another.
@@ -34,6 +35,8 @@ pub(crate) struct WorkerProcess {
     pub record: usize,
     /// The stage that record is (a replica of).
     pub stage: usize,
+    /// What its sandbox enforced, as it reported when ready (none: not sandboxed).
+    pub enforced: Option<Enforced>,
 }
 
 /// How a start-up handshake failed.
@@ -48,9 +51,19 @@ pub(crate) enum Handshake {
     Io(std::io::Error),
 }
 
-/// Starts the worker serving stage record `record` (of stage `stage`): the current
-/// executable with the segment at fd 3, the lifeline at fd 4 and the status pipe at fd 5.
-pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::Result<WorkerProcess> {
+/// Environment variables a sandboxed worker does not inherit: with them set, a panic
+/// would read the executable to symbolise a backtrace, which the sandbox forbids.
+const BACKTRACE_ENV: [&str; 2] = ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"];
+
+/// Starts the worker serving stage record `record` (of stage `stage`), in `sandbox` if
+/// given: the current executable with the segment at fd 3, the lifeline at fd 4 and
+/// the status pipe at fd 5.
+pub(crate) fn spawn(
+    segment: &OwnedFd,
+    record: usize,
+    stage: usize,
+    sandbox: Option<&Sandbox>,
+) -> std::io::Result<WorkerProcess> {
     let (life_read, life_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let (status_read, status_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let high = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, HIGH_FD);
@@ -65,6 +78,12 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
         .stdin(Stdio::null());
     for (name, _) in std::env::vars_os() {
         if LAUNCHER_ENV.iter().any(|p| name.as_encoded_bytes().starts_with(p.as_bytes())) {
+            cmd.env_remove(name);
+        }
+    }
+    if let Some(sandbox) = sandbox {
+        cmd.env(SANDBOX_ENV, sandbox.to_env());
+        for name in BACKTRACE_ENV {
             cmd.env_remove(name);
         }
     }
@@ -84,7 +103,14 @@ pub(crate) fn spawn(segment: &OwnedFd, record: usize, stage: usize) -> std::io::
     drop(moves);
     drop(life_read);
     drop(status_write);
-    Ok(WorkerProcess { child, status: File::from(status_read), lifeline: Some(life_write), record, stage })
+    Ok(WorkerProcess {
+        child,
+        status: File::from(status_read),
+        lifeline: Some(life_write),
+        record,
+        stage,
+        enforced: None,
+    })
 }
 
 /// dup2 without allocation, for use between fork and exec. rustix returns the error
@@ -123,7 +149,8 @@ fn close_from(first: i32) {
 }
 
 impl WorkerProcess {
-    /// Waits for the worker's `R`, its refusal, or its exit.
+    /// Waits for the worker's `R` (after its sandbox report, if sandboxed), its
+    /// refusal, or its exit.
     pub(crate) fn handshake(&mut self, deadline: Instant) -> Result<(), Handshake> {
         let mut got = Vec::new();
         loop {
@@ -141,6 +168,12 @@ impl WorkerProcess {
                     got.extend_from_slice(&buf[..n]);
                     if got == b"R" {
                         return Ok(());
+                    }
+                    if let Some(report) = got.strip_suffix(b"\nR") {
+                        self.enforced = Enforced::decode(report);
+                        if self.enforced.is_some() {
+                            return Ok(());
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -1,0 +1,294 @@
+//! Sandboxed process stages (issue 16), with real worker processes: each forbidden act
+//! kills only its worker, the item fails naming the limit, nothing happens outside, a
+//! replacement serves the next item, and a poison item is quarantined after two deaths.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use ringpipe::{
+    register_stage, stage_fn, BuildError, Frame, ItemError, Landlock, Pipeline, Pool, Sandbox, StageSpec,
+    Violation,
+};
+
+ringpipe::worker_test_entry!();
+
+/// Item: `[command, argument...]`; the argument is a path, an address or a size.
+const ECHO: u8 = b'e';
+const READ: u8 = b'r';
+const WRITE: u8 = b'w';
+const CONNECT: u8 = b'c';
+const FORK: u8 = b'f';
+const EXEC: u8 = b'x';
+const ALLOC: u8 = b'a';
+const STDOUT: u8 = b'o';
+const UNLINK: u8 = b'u';
+
+register_stage!("sb.try", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
+    let (command, arg) = f.bytes().split_first().ok_or("empty item")?;
+    let arg = String::from_utf8_lossy(arg).into_owned();
+    match *command {
+        ECHO => {}
+        READ => {
+            let bytes = std::fs::read(&arg)?;
+            f.set_len(bytes.len().min(f.capacity()))?;
+        }
+        WRITE => std::fs::write(&arg, b"escaped")?,
+        UNLINK => std::fs::remove_file(&arg)?,
+        CONNECT => drop(TcpStream::connect(&arg)?),
+        FORK => {
+            // SAFETY: the child only exits; nothing runs between fork and _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: exiting the child at once, without running destructors.
+                unsafe { libc::_exit(0) };
+            }
+            return Err(format!("fork returned {pid}").into());
+        }
+        EXEC => {
+            let err = std::os::unix::process::CommandExt::exec(&mut std::process::Command::new(&arg));
+            return Err(err.into());
+        }
+        ALLOC => {
+            let n: usize = arg.parse()?;
+            let mut v = vec![0u8; n];
+            v[n - 1] = 1; // touch it
+            f.bytes_mut()[0] = v[n / 2];
+        }
+        STDOUT => {
+            let n: usize = arg.parse()?;
+            std::io::stdout().lock().write_all(&vec![b'.'; n])?;
+            std::io::stdout().flush()?;
+        }
+        other => return Err(format!("unknown command {other}").into()),
+    }
+    Ok(())
+})));
+
+fn item(command: u8, arg: &str) -> Vec<u8> {
+    let mut v = vec![command];
+    v.extend_from_slice(arg.as_bytes());
+    v
+}
+
+fn sandboxed(sandbox: Sandbox) -> Pipeline {
+    let stage = StageSpec::process_named("sb.try").sandbox(sandbox);
+    Pipeline::builder().stage(stage).build().expect("a sandboxed stage builds")
+}
+
+/// Runs `input`, expecting it to fail with `violation`; then checks a replacement
+/// serves the next item.
+fn expect_violation(p: &Pipeline, input: &[u8], violation: Violation) {
+    let restarts = p.restarts();
+    let err = p.submit(input).unwrap().wait().expect_err("the violation fails the item");
+    let failure = err.stage_failure().unwrap_or_else(|| panic!("a stage failure: {err}"));
+    assert_eq!(failure.violation, Some(violation), "{failure}");
+    assert!(failure.worker_died.is_some(), "{failure}");
+    assert!(failure.message.contains("sandbox"), "{}", failure.message);
+    assert_eq!(p.restarts(), restarts + 1, "one death, one restart");
+    let out = p.submit(&item(ECHO, "after")).unwrap().wait().expect("the replacement serves");
+    assert_eq!(&out[..], b"eafter");
+}
+
+/// Shuts `report`'s pipeline down and checks it: not broken, and exactly `deaths`
+/// workers ended otherwise than by a clean exit (the ones the sandbox killed).
+fn check_shutdown(report: ringpipe::ShutdownReport, deaths: usize) {
+    assert_eq!(report.failure, None);
+    let unclean = report.workers.iter().filter(|w| !w.status.is_some_and(|s| s.success())).count();
+    assert_eq!(unclean, deaths, "{:?}", report.workers);
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringpipe-sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn opening_a_file_kills_the_worker_and_reads_nothing() {
+    let secret = temp("secret");
+    std::fs::write(&secret, b"top secret").unwrap();
+    let p = sandboxed(Sandbox::strict());
+    expect_violation(&p, &item(READ, secret.to_str().unwrap()), Violation::Syscall);
+    check_shutdown(p.shutdown(), 1);
+    std::fs::remove_file(secret).unwrap();
+}
+
+#[test]
+fn writing_a_file_kills_the_worker_and_creates_nothing() {
+    let path = temp("escaped");
+    let p = sandboxed(Sandbox::strict());
+    expect_violation(&p, &item(WRITE, path.to_str().unwrap()), Violation::Syscall);
+    assert!(!path.exists(), "the file was not created");
+    check_shutdown(p.shutdown(), 1);
+}
+
+#[test]
+fn connecting_a_socket_kills_the_worker_and_connects_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let p = sandboxed(Sandbox::strict());
+    expect_violation(&p, &item(CONNECT, &listener.local_addr().unwrap().to_string()), Violation::Syscall);
+    let accepted = listener.accept().map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(accepted, Err(std::io::ErrorKind::WouldBlock), "no connection was made");
+    check_shutdown(p.shutdown(), 1);
+}
+
+#[test]
+fn fork_and_exec_kill_the_worker_before_a_process_appears() {
+    let p = sandboxed(Sandbox::strict());
+    // Had fork or exec run, the item would have ended otherwise: `fork returned`, an
+    // exec error, or a worker that exits 0 as `/bin/true`.
+    expect_violation(&p, &item(FORK, ""), Violation::Syscall);
+    expect_violation(&p, &item(EXEC, "/bin/true"), Violation::Syscall);
+    check_shutdown(p.shutdown(), 2);
+}
+
+#[test]
+fn allocating_past_the_memory_cap_kills_only_the_worker() {
+    let cap = 64 << 20;
+    let p = sandboxed(Sandbox::strict().memory_cap(cap));
+    let ok = p.submit(&item(ALLOC, &(8 << 20).to_string())).unwrap().wait().expect("8 MiB fits");
+    drop(ok);
+    expect_violation(&p, &item(ALLOC, &(256 << 20).to_string()), Violation::MemoryCap { cap });
+    check_shutdown(p.shutdown(), 1);
+}
+
+#[test]
+fn writing_past_the_file_size_limit_through_an_inherited_descriptor_kills_the_worker() {
+    // The worker inherits stdout: make it a regular file while the worker starts.
+    let path = temp("stdout");
+    let file = std::fs::File::create(&path).unwrap();
+    let limit = 1024;
+    let p = {
+        let _stdout = Redirect::stdout_to(&file);
+        sandboxed(Sandbox::strict().file_size_limit(limit))
+    };
+    let ok = p.submit(&item(STDOUT, "100")).unwrap().wait().expect("under the limit");
+    drop(ok);
+    expect_violation(&p, &item(STDOUT, "4096"), Violation::FileSize { limit });
+    let written = std::fs::metadata(&path).unwrap().len();
+    assert!(written <= limit, "{written} bytes written past the {limit}-byte limit");
+    check_shutdown(p.shutdown(), 1);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Points fd 1 at a file until dropped.
+struct Redirect {
+    saved: i32,
+}
+
+impl Redirect {
+    fn stdout_to(file: &std::fs::File) -> Self {
+        // SAFETY: dup and dup2 on descriptors this process owns; fd 1 is restored on drop.
+        unsafe {
+            let saved = libc::dup(1);
+            assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 1) == 1);
+            Self { saved }
+        }
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        // SAFETY: puts back the descriptor saved in `stdout_to`, then closes the copy.
+        unsafe {
+            libc::dup2(self.saved, 1);
+            libc::close(self.saved);
+        }
+    }
+}
+
+#[test]
+fn a_poison_item_is_quarantined_after_two_deaths() {
+    let pool =
+        Pool::builder_named("sb.try").workers(1).retry_once(true).sandbox(Sandbox::strict()).build().unwrap();
+    let inputs = [item(ECHO, "a"), item(FORK, ""), item(ECHO, "b")];
+    let results: Vec<_> = pool.map(inputs.iter()).collect();
+    assert_eq!(&results[0].as_ref().unwrap()[..], b"ea");
+    assert_eq!(&results[2].as_ref().unwrap()[..], b"eb");
+    match &results[1] {
+        Err(ItemError::Poison { failure, .. }) => assert_eq!(failure.violation, Some(Violation::Syscall)),
+        other => panic!("expected poison, got {other:?}"),
+    }
+    assert_eq!(pool.restarts(), 2, "two deaths, and no third run");
+    drop(results);
+    check_shutdown(pool.shutdown(), 2);
+}
+
+#[test]
+fn a_thread_stage_cannot_be_sandboxed() {
+    let stage = StageSpec::thread_named("sb.try").sandbox(Sandbox::strict());
+    match Pipeline::builder().stage(stage).build() {
+        Err(BuildError::SandboxOnThread { stage: 0, name }) => assert_eq!(name, "sb.try"),
+        other => panic!("expected SandboxOnThread, got {:?}", other.err()),
+    }
+}
+
+/// This kernel's Landlock ABI, asked directly (`landlock_create_ruleset` with the
+/// version flag), or `None` without Landlock.
+fn kernel_landlock_abi() -> Option<u8> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: a null attribute pointer and size 0 with the version flag only asks for
+    // the ABI version.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (abi > 0).then_some(abi as u8)
+}
+
+#[test]
+fn the_report_says_what_this_kernel_enforced() {
+    let p = sandboxed(Sandbox::strict().memory_cap(32 << 20));
+    let reports = p.sandbox_reports();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!((r.stage, r.name.as_str()), (0, "sb.try"));
+    let seccomp_here = std::fs::read_to_string("/proc/self/status").unwrap().contains("Seccomp:");
+    assert_eq!(r.seccomp, seccomp_here);
+    assert!(r.no_new_privs && r.no_new_files && r.no_core_dumps);
+    assert_eq!((r.memory_cap, r.file_size_limit), (Some(32 << 20), 0));
+    match (kernel_landlock_abi(), r.landlock) {
+        (Some(kernel), Landlock::Full { abi }) => assert!(kernel >= 6 && abi >= 6 && abi <= kernel),
+        (Some(kernel), Landlock::Partial { abi }) => assert!(kernel < 6 && abi == kernel),
+        (None, Landlock::Unavailable) => {}
+        (kernel, got) => panic!("kernel Landlock ABI {kernel:?}, report says {got:?}"),
+    }
+    println!("{r}");
+    assert!(p.shutdown().was_graceful());
+
+    // Refusing instead: builds where the report is complete, fails typed where not.
+    let required = StageSpec::process_named("sb.try").sandbox(Sandbox::strict().require_full());
+    match (r.is_complete(), Pipeline::builder().stage(required).build()) {
+        (true, Ok(p)) => assert!(p.shutdown().was_graceful()),
+        (false, Err(BuildError::SandboxIncomplete { missing, .. })) => assert!(!missing.is_empty()),
+        (complete, other) => panic!("complete: {complete}, build: {:?}", other.err()),
+    }
+}
+
+/// Without the seccomp allow-list, Landlock still denies the filesystem: an unlink (a
+/// call that needs no new descriptor, so `RLIMIT_NOFILE` does not stop it first) fails
+/// with a plain error, and the worker lives.
+#[test]
+fn landlock_alone_denies_the_filesystem_with_an_error_not_a_kill() {
+    if kernel_landlock_abi().is_none() {
+        return; // nothing to check on a kernel without Landlock
+    }
+    let kept = temp("landlocked");
+    std::fs::write(&kept, b"keep me").unwrap();
+    let p = sandboxed(Sandbox::strict().without_seccomp());
+    let err = p.submit(&item(UNLINK, kept.to_str().unwrap())).unwrap().wait().expect_err("denied");
+    let failure = err.stage_failure().expect("the stage's own error");
+    assert_eq!((failure.worker_died, failure.violation), (None, None), "{failure}");
+    assert!(failure.message.contains("Permission denied"), "{}", failure.message);
+    assert!(kept.exists(), "the file is still there");
+    assert_eq!(p.restarts(), 0);
+    assert!(p.shutdown().was_graceful());
+    std::fs::remove_file(kept).unwrap();
+}
