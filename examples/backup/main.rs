@@ -52,6 +52,7 @@ use ringpipe::stages::chunk::{ChunkMeta, CODEC_NONE, META_LEN};
 use ringpipe::stages::compress::{Unzstd, Zstd};
 use ringpipe::stages::crypt::{random_salt, Cipher, Key, Open, Seal, SealParams, SALT_LEN, TAG_LEN};
 use ringpipe::stages::hash::ChunkCheck;
+use ringpipe::stages::restore_sandbox;
 use ringpipe::{register_stage, stage_fn, Chain, Frame, ItemError, Pipeline, StageSpec};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -62,11 +62,17 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
     let max_chunk = 4 << 20;
     let opening = SealParams::new(CIPHER, &key, salt);
     let links = [Chain::link::<Open>(opening), Chain::link::<Unzstd>(()), Chain::link::<ChunkCheck>(())];
+    let capacity = META_LEN + Zstd::max_output(max_chunk) + TAG_LEN;
+    // The archive may come from anywhere: the stages that parse it run sandboxed, with
+    // no files, no network, no new processes, and a memory cap sized from the frames.
     let open = Pipeline::builder()
-        .stage(StageSpec::chain(links).replicas(2))
-        .frame_capacity(META_LEN + Zstd::max_output(max_chunk) + TAG_LEN)
+        .stage(StageSpec::chain(links).replicas(2).sandbox(restore_sandbox(capacity)))
+        .frame_capacity(capacity)
         .max_in_flight(16)
         .build()?;
+    for report in open.sandbox_reports() {
+        eprintln!("sandbox: {report}");
+    }
     // Chunks are read as the pipeline takes them; an unreadable one goes through as
     // an empty frame, which `open` fails, named.
     let read_chunk = move |k: u32| -> Vec<u8> {

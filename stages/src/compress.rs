@@ -122,8 +122,19 @@ impl Stage for Zstd {
 pub struct Unzstd;
 
 impl Stage for Unzstd {
+    /// Decodes into the frame, never past the chunk's raw length (and the decoder
+    /// allocates no output of its own). A body whose zstd frame declares another size
+    /// (a decompression bomb declares terabytes) is refused from its header alone,
+    /// before any decoding.
     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
         decode(frame, CODEC_ZSTD, "zstd", |body, out| {
+            match zstd::zstd_safe::get_frame_content_size(body) {
+                Ok(Some(declared)) if declared != out.len() as u64 => {
+                    return Err(format!("its frame declares {declared} bytes, the chunk has {}", out.len()))
+                }
+                Ok(_) => {}
+                Err(_) => return Err("its frame header does not parse".into()),
+            }
             zstd::bulk::decompress_to_buffer(body, out).map_err(|e| e.to_string())
         })
     }

@@ -22,6 +22,8 @@
 //! naming the chunk.
 #![deny(missing_docs)]
 
+use ringpipe_engine::Sandbox;
+
 /// Registers stages that take no parameters: each is a unit struct, built as itself,
 /// under its name constant (`register_plain!(Unzstd = UNZSTD, Lz4 = LZ4)`).
 macro_rules! register_plain {
@@ -37,6 +39,25 @@ macro_rules! register_plain {
         )+
         ringpipe_engine::register!($($stage),+);
     };
+}
+
+/// Private memory a restore stage needs besides its frames: the runtime, a zstd
+/// decoding context (about 160 KiB), cipher state. 64 MiB, with room to spare.
+pub const RESTORE_BASE_MEMORY: u64 = 64 << 20;
+
+/// The sandbox the inverse stages ([`Open`](crypt::Open), [`Unzstd`](compress::Unzstd),
+/// [`Unlz4`](compress::Unlz4), [`ChunkCheck`](hash::ChunkCheck),
+/// [`Unchunk`](cdc::Unchunk)) run in when they read an archive from elsewhere:
+/// [`Sandbox::strict`] with a memory cap of [`RESTORE_BASE_MEMORY`] plus four frames
+/// of `frame_capacity` bytes. They decode into the frame itself, so a decompression
+/// bomb meets the frame's bound first and the cap only backs it up.
+///
+/// ```
+/// let sandbox = ringpipe_stages::restore_sandbox(1 << 20);
+/// assert_eq!(sandbox.memory_limit(), Some(ringpipe_stages::RESTORE_BASE_MEMORY + (4 << 20)));
+/// ```
+pub fn restore_sandbox(frame_capacity: usize) -> Sandbox {
+    Sandbox::strict().memory_cap(RESTORE_BASE_MEMORY + 4 * frame_capacity as u64)
 }
 
 pub mod cdc;

@@ -1,5 +1,5 @@
-//! The conformance suite every ready-made stage passes, as a process stage and as a
-//! thread stage: round trip through its inverse, empty input, a 1-byte input, the
+//! The conformance suite every ready-made stage passes, as a thread stage, as a process
+//! stage and as a sandboxed process stage: round trip through its inverse, empty input, a 1-byte input, the
 //! largest input its frame allows, and corrupted input on the inverse side (a typed
 //! error naming the chunk, nothing passed on as good).
 //!
@@ -7,7 +7,7 @@
 //! what catches a corrupted compressed body that still decodes, so the suite runs
 //! each decompressor's inverse side with it, as a restore does.
 
-use ringpipe_engine::{ItemError, Pipeline, Registered, Stage, StageSpec};
+use ringpipe_engine::{ItemError, Pipeline, Registered, Sandbox, Stage, StageSpec};
 use ringpipe_stages::cdc::{Chunker, Unchunk};
 use ringpipe_stages::chunk::{chunk_frame, ChunkMeta, META_LEN};
 use ringpipe_stages::compress::{Lz4, Unlz4, Unzstd, Zstd};
@@ -24,8 +24,8 @@ struct Case {
     name: &'static str,
     /// Stages before the one under test (to make its input), on threads.
     prepare: fn() -> Vec<StageSpec>,
-    forward: fn(process: bool) -> StageSpec,
-    inverse: fn(process: bool) -> Vec<StageSpec>,
+    forward: fn(place: Place) -> StageSpec,
+    inverse: fn(place: Place) -> Vec<StageSpec>,
     /// Bytes the forward stage may add to an input of `n` bytes (the frame must hold them).
     growth: fn(n: usize) -> usize,
     /// Chunk frames (meta + body) or raw blocks.
@@ -37,12 +37,21 @@ struct Case {
 const KEY: [u8; 32] = [0x5a; 32];
 const SALT: [u8; 16] = [0xc3; 16];
 
-/// Stage `S` in a worker process or on a thread of the parent, built from `params`.
-fn pick<S: Registered + Stage>(process: bool, params: S::Params) -> StageSpec {
-    if process {
-        StageSpec::process::<S>(params)
-    } else {
-        StageSpec::thread::<S>(params)
+/// Where the suite runs a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Thread,
+    Process,
+    /// A worker process in `Sandbox::strict()` with a 64 MiB memory cap.
+    Sandboxed,
+}
+
+/// Stage `S` where `place` says, built from `params`.
+fn pick<S: Registered + Stage>(place: Place, params: S::Params) -> StageSpec {
+    match place {
+        Place::Thread => StageSpec::thread::<S>(params),
+        Place::Process => StageSpec::process::<S>(params),
+        Place::Sandboxed => StageSpec::process::<S>(params).sandbox(Sandbox::strict().memory_cap(64 << 20)),
     }
 }
 
@@ -144,12 +153,12 @@ fn run(p: &Pipeline, input: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-fn conformance(case: &Case, process: bool) {
-    let what = format!("{} as a {} stage", case.name, if process { "process" } else { "thread" });
+fn conformance(case: &Case, place: Place) {
+    let what = format!("{} as a {place:?} stage", case.name);
     let mut fwd = (case.prepare)();
-    fwd.push((case.forward)(process));
+    fwd.push((case.forward)(place));
     let forward = build(fwd);
-    let inverse = build((case.inverse)(process));
+    let inverse = build((case.inverse)(place));
     let frame = |body: &[u8]| if case.chunks { chunk_frame(5, body) } else { body.to_vec() };
     let body_of =
         |bytes: &[u8]| if case.chunks { ChunkMeta::parse(bytes).unwrap().1.to_vec() } else { bytes.to_vec() };
@@ -183,14 +192,23 @@ fn conformance(case: &Case, process: bool) {
 #[test]
 fn every_stage_conforms_as_a_thread_stage() {
     for case in cases() {
-        conformance(&case, false);
+        conformance(&case, Place::Thread);
     }
 }
 
 #[test]
 fn every_stage_conforms_as_a_process_stage() {
     for case in cases() {
-        conformance(&case, true);
+        conformance(&case, Place::Process);
+    }
+}
+
+/// As a restore runs them: every stage and its inverse in sandboxed workers. A
+/// violation would kill the worker and fail the round trip.
+#[test]
+fn every_stage_conforms_in_a_sandboxed_process() {
+    for case in cases() {
+        conformance(&case, Place::Sandboxed);
     }
 }
 

@@ -263,15 +263,26 @@ impl fmt::Display for SandboxReport {
             Landlock::Unavailable => "no Landlock".into(),
             Landlock::Off => "Landlock off".into(),
         };
-        let memory = self.memory_cap.map_or_else(|| "no memory cap".into(), |m| format!("memory cap {m} B"));
+        let memory =
+            self.memory_cap.map_or_else(|| "no memory cap".into(), |m| format!("memory cap {}", bytes(m)));
         write!(
             f,
-            "stage {} (`{}`): {landlock}, seccomp {}, {memory}, file size limit {} B, no new files, no core dumps",
+            "stage {} (`{}`): {landlock}, seccomp {}, {memory}, file size limit {}, no new files, no core dumps",
             self.stage,
             self.name,
             if self.seccomp { "on" } else { "off" },
-            self.file_size_limit
+            bytes(self.file_size_limit)
         )
+    }
+}
+
+/// `n` bytes in words: whole MiB as MiB, else bytes.
+fn bytes(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{n} B")
     }
 }
 
