@@ -17,7 +17,7 @@ const CAP: usize = 1 << 20;
 /// What each bomb's chunk says it holds.
 const RAW_LEN: u32 = 4096;
 
-/// A naive decoder: grows a buffer as long as the zstd stream goes on.
+// A naive decoder: grows a buffer as long as the zstd stream goes on.
 register_stage!("bomb.decode_all", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
     let body = f.bytes().get(META_LEN..).ok_or("no chunk meta")?;
     let plain = zstd::stream::decode_all(body)?;
