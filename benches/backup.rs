@@ -5,6 +5,8 @@
 //! - `ringpipe`: the three stages from `ringpipe-stages` chained in one process stage
 //!   (`StageSpec::chain`: id, zstd-3, seal) on two replicas; the parent submits chunk
 //!   frames and drops the sealed results;
+//! - `ringpipe_sandboxed`: `ringpipe` with the chain's workers in `Sandbox::strict()`
+//!   (the sandbox costs nothing per item: it is applied once, at the worker's start);
 //! - `ringpipe_3stage`: the same stages as three process stages (id, zstd-3 on two
 //!   replicas, seal): four workers on two cores, so every hop's wake preempts a
 //!   zstd replica (about 1,800 context switches a second against rayon's 120);
@@ -28,7 +30,7 @@ use ringpipe::stages::chunk::{chunk_frame, ChunkMeta, META_LEN};
 use ringpipe::stages::compress::Zstd;
 use ringpipe::stages::crypt::{Cipher, Key, Seal, SealParams, TAG_LEN};
 use ringpipe::stages::hash::ChunkId;
-use ringpipe::{Chain, Pipeline, StageSpec};
+use ringpipe::{Chain, Pipeline, Sandbox, StageSpec};
 
 const CHUNK: usize = 1 << 20;
 const CHUNKS: usize = 256;
@@ -82,21 +84,24 @@ fn backup_hot_path(c: &mut Criterion) {
     let chunks = corpus();
     let key = Key::from_bytes([7; 32]);
     let sealing = SealParams::new(Cipher::Aes256Gcm, &key, SALT);
-    let chained = Pipeline::builder()
-        .stage(
-            StageSpec::chain([
-                Chain::link::<ChunkId>(()),
-                Chain::link::<Zstd>(3),
-                Chain::link::<Seal>(sealing.clone()),
-            ])
-            .replicas(2),
-        )
-        .frame_capacity(META_LEN + Zstd::max_output(CHUNK) + TAG_LEN)
-        // 16, not 8: at 8 the per-stage table showed the zstd replicas starved 12% of
-        // the time (the parent refills `map`'s window half a window at a time).
-        .max_in_flight(16)
-        .build()
-        .unwrap();
+    let chain = |sandbox: Option<Sandbox>| {
+        let links =
+            [Chain::link::<ChunkId>(()), Chain::link::<Zstd>(3), Chain::link::<Seal>(sealing.clone())];
+        let mut stage = StageSpec::chain(links).replicas(2);
+        if let Some(sandbox) = sandbox {
+            stage = stage.sandbox(sandbox);
+        }
+        Pipeline::builder()
+            .stage(stage)
+            .frame_capacity(META_LEN + Zstd::max_output(CHUNK) + TAG_LEN)
+            // 16, not 8: at 8 the per-stage table showed the zstd replicas starved 12%
+            // of the time (the parent refills `map`'s window half a window at a time).
+            .max_in_flight(16)
+            .build()
+            .unwrap()
+    };
+    let chained = chain(None);
+    let sandboxed = chain(Some(Sandbox::strict()));
     let three = Pipeline::builder()
         .stage(StageSpec::process::<ChunkId>(()))
         .stage(StageSpec::process::<Zstd>(3).replicas(2))
@@ -122,6 +127,7 @@ fn backup_hot_path(c: &mut Criterion) {
         sealed
     };
     g.bench_function("ringpipe", |b| b.iter(|| run(&chained)));
+    g.bench_function("ringpipe_sandboxed", |b| b.iter(|| run(&sandboxed)));
     g.bench_function("ringpipe_3stage", |b| b.iter(|| run(&three)));
     g.bench_function("sequential", |b| {
         let mut z = zstd::bulk::Compressor::new(3).unwrap();
@@ -139,7 +145,7 @@ fn backup_hot_path(c: &mut Criterion) {
     });
     g.finish();
     // Where ringpipe's time went (all of this run's samples and warm-ups together).
-    for (name, p) in [("ringpipe", chained), ("ringpipe_3stage", three)] {
+    for (name, p) in [("ringpipe", chained), ("ringpipe_sandboxed", sandboxed), ("ringpipe_3stage", three)] {
         eprintln!("{name}, per stage:\n{}", p.stats());
         assert!(p.shutdown().failure.is_none());
     }

@@ -6,6 +6,9 @@
 //!   bounded channels and an echo thread), `ipc_channel` (an echo child process).
 //! - `pingpong`: one 64-byte item at a time: `ringpipe_process` vs `unix_socket`
 //!   (a socketpair to an echo child process).
+//! - `worker_startup`: build and shut down a pipeline of one process stage, `plain`
+//!   vs `sandboxed` (`Sandbox::strict()`): the sandbox's start-up cost.
+//! - `hop_*/ringpipe_process_sandboxed`: the process hop with the worker sandboxed.
 //! - `stages_100`: the `large` example's pipeline (100 process stages, every other
 //!   one skipping) vs `stages_1`.
 //!
@@ -20,7 +23,7 @@ use std::time::Duration;
 use bytemuck::{Pod, Zeroable};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
-use ringpipe::{register_stage, stage_fn, Frame, Pipeline, StageSpec};
+use ringpipe::{register_stage, stage_fn, Frame, Pipeline, Sandbox, StageSpec};
 
 register_stage!("bench.noop", |_: &[u8]| Ok(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
 
@@ -65,8 +68,29 @@ fn main() {
     hop(&mut c, "hop_64B", 64, 20_000);
     hop(&mut c, "hop_1MiB", 1 << 20, 64);
     pingpong(&mut c);
+    worker_startup(&mut c);
     stages_100(&mut c);
     c.final_summary();
+}
+
+/// Building a pipeline of one process stage (start the worker, wait for it to say
+/// ready) and shutting it down: plain, and in `Sandbox::strict()` (the worker then
+/// also sets its limits, Landlock and the seccomp filter before it says ready).
+fn worker_startup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("worker_startup");
+    for (id, sandbox) in [("plain", None), ("sandboxed", Some(Sandbox::strict()))] {
+        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| {
+                let mut stage = StageSpec::process_named("bench.noop");
+                if let Some(s) = &sandbox {
+                    stage = stage.sandbox(s.clone());
+                }
+                let p = Pipeline::builder().stage(stage).build().unwrap();
+                assert!(p.shutdown().was_graceful());
+            })
+        });
+    }
+    g.finish();
 }
 
 /// N items of `size` bytes through one no-op hop and back, `WINDOW` in flight.
@@ -78,6 +102,7 @@ fn hop(c: &mut Criterion, group: &str, size: usize, n: usize) {
 
     for (id, spec) in [
         ("ringpipe_process", StageSpec::process_named("bench.noop")),
+        ("ringpipe_process_sandboxed", StageSpec::process_named("bench.noop").sandbox(Sandbox::strict())),
         ("ringpipe_thread", StageSpec::thread_named("bench.noop")),
     ] {
         let p =

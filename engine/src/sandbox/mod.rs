@@ -27,7 +27,18 @@ use std::fmt;
 /// Environment variable carrying a worker's sandbox (see [`Sandbox::to_env`]).
 pub(crate) const SANDBOX_ENV: &str = "RINGPIPE_SANDBOX";
 
-/// What a sandboxed process stage may reach; see [the module](self) for how it is applied.
+/// What a sandboxed process stage may reach
+/// ([`StageSpec::sandbox`](crate::StageSpec::sandbox)).
+///
+/// Each worker applies it itself, first thing after exec: before it starts a thread,
+/// before it reads a byte of the shared segment, long before its first item. In
+/// order: resource limits, soft and hard (memory cap as `RLIMIT_DATA`, file size,
+/// no core dumps); Landlock (no filesystem access, no TCP bind or connect, no signals
+/// or abstract Unix sockets outside; best effort by kernel ABI); `PR_SET_NO_NEW_PRIVS`;
+/// no new file descriptors (`RLIMIT_NOFILE` 0); a seccomp-bpf allow-list of what the
+/// stage loop needs (read, write, memory without `PROT_EXEC`, futex, clocks, threads,
+/// exit), where any other system call (`open`, `socket`, `fork`, `execve`...) kills the
+/// worker. The parent passes it in the worker's environment, never in shared memory.
 ///
 /// [`strict`](Sandbox::strict) turns everything on; the builder methods loosen or
 /// tighten it.
