@@ -209,11 +209,11 @@ pub struct SlotHeader {
     pub ran_by: u32,
     /// That runner's process id.
     pub ran_by_pid: u32,
-    /// When a failure is a sandboxed worker's death: the limit it hit
-    /// ([`Violation::code`](crate::Violation), 0 otherwise).
+    /// When a failure is a sandboxed worker's death: the limit it hit (a
+    /// [`Violation`](crate::Violation)'s code, 0 otherwise).
     pub violation: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// Its detail: a forbidden system call's number plus one (0: none or unknown).
+    pub violation_detail: u32,
 }
 
 /// The validated shape of a segment. Every accessor's bounds come from here.

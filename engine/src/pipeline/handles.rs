@@ -381,6 +381,7 @@ impl Output {
                 .then(|| std::time::Duration::from_millis(header.timeout_ms.into())),
             violation: crate::Violation::from_code(
                 header.violation,
+                header.violation_detail,
                 self.shared.stages.get(stage).and_then(|s| s.sandbox.as_ref()),
             ),
         })

@@ -222,7 +222,7 @@ fn mark_failed(
         }
         None => match death.violation {
             Some(v) => {
-                header.violation = v.code();
+                (header.violation, header.violation_detail) = v.code();
                 format!("worker process {pid} was killed for {v} while running this item; it was restarted")
             }
             None => format!(

@@ -75,6 +75,10 @@ fn watch(
         rustix::event::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos().into() }
     });
     let mut clocks = Clocks::default();
+    // What each worker wrote on its status pipe after it said ready: a sandboxed
+    // worker's SIGSYS handler names the forbidden call there before it dies.
+    let mut said: HashMap<usize, Vec<u8>> =
+        workers.lock().iter_mut().enumerate().map(|(w, p)| (w, std::mem::take(&mut p.said))).collect();
     loop {
         let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(&wake, PollFlags::IN))
             .chain(watched.iter().map(|(_, f)| PollFd::new(f, PollFlags::IN)))
@@ -97,8 +101,14 @@ fn watch(
         let mut dead = Vec::new();
         for i in ready {
             let mut buf = [0u8; 64];
-            if matches!(watched[i].1.read(&mut buf), Ok(0) | Err(_)) {
-                dead.push(i);
+            match watched[i].1.read(&mut buf) {
+                Ok(0) | Err(_) => dead.push(i),
+                Ok(n) => {
+                    let words = said.entry(watched[i].0).or_default();
+                    if words.len() < 64 {
+                        words.extend_from_slice(&buf[..n]);
+                    }
+                }
             }
         }
         for &i in dead.iter().rev() {
@@ -108,23 +118,36 @@ fn watch(
             }
             clocks.started.remove(&w);
             let timed_out = clocks.killed.remove(&w);
-            match replace(shared, workers, w, segment, timed_out) {
-                Ok(next) => watched.push(next),
+            let forbidden = said.remove(&w).and_then(|words| forbidden_call(&words));
+            match replace(shared, workers, w, segment, timed_out, forbidden) {
+                Ok((next, pipe, words)) => {
+                    said.insert(next, words);
+                    watched.push((next, pipe));
+                }
                 Err(failure) => shared.fail(failure),
             }
         }
     }
 }
 
+/// The system call a sandboxed worker's SIGSYS handler reported (`V<number>\n`).
+fn forbidden_call(words: &[u8]) -> Option<u32> {
+    let line = words.strip_prefix(b"V")?.split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(line).ok()?.parse().ok()
+}
+
 /// Replaces dead worker `w`: settles what it held, starts a replacement on the same
-/// record and returns the new worker's index and status pipe.
+/// record and returns the new worker's index, status pipe, and what it said after it
+/// was ready. `forbidden` is the system call the dead worker reported, if its sandbox
+/// trapped one.
 fn replace(
     shared: &Shared,
     workers: &Mutex<Vec<WorkerProcess>>,
     w: usize,
     segment: &OwnedFd,
     timed_out: Option<Duration>,
-) -> Result<(usize, File), EngineFailure> {
+    forbidden: Option<u32>,
+) -> Result<(usize, File, Vec<u8>), EngineFailure> {
     let mut workers = workers.lock();
     let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
     let (exit, status) = exit_status(&mut workers[w]);
@@ -134,7 +157,9 @@ fn replace(
     let sandbox = shared.stages[stage].sandbox.as_ref();
     let signal = exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
     let violation = match (sandbox, signal) {
-        (Some(sandbox), Some(signal)) if timed_out.is_none() => Violation::from_signal(sandbox, signal),
+        (Some(sandbox), Some(signal)) if timed_out.is_none() => {
+            Violation::from_signal(sandbox, signal, forbidden)
+        }
         _ => None,
     };
     let death = super::restart::Death { record: record as u32, pid, status: &status, timed_out, violation };
@@ -150,9 +175,10 @@ fn replace(
     next.handshake(Instant::now() + RESTART_TIMEOUT)
         .map_err(|e| died(format!("{status}; its replacement did not start: {e:?}")))?;
     let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);
+    let said = std::mem::take(&mut next.said);
     // In place: the dead worker's pipes close now, not at shutdown.
     workers[w] = next;
-    Ok((w, status_pipe))
+    Ok((w, status_pipe, said))
 }
 
 /// When each timed runner was first seen on the item it is working on.

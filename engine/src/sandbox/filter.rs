@@ -14,7 +14,10 @@
 //!   `fcntl` queries, `prlimit64` that sets nothing, `sched_getaffinity`.
 //!
 //! Anything else (`execve`, `fork`, `socket`, `connect`, `openat`, `kill`, `ptrace`,
-//! `setrlimit`...) kills the process with `SIGSYS`.
+//! `setrlimit`...) is stopped before it runs and raises `SIGSYS` (`SECCOMP_RET_TRAP`):
+//! the worker's handler ([`super::apply`]) tells the parent which call it was and the
+//! process dies of the signal. The handler is installed once, resetting itself as it
+//! runs, and `rt_sigaction` on `SIGSYS` is not allowed, so a stage cannot replace it.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +41,7 @@ pub(crate) fn install() -> Result<(), String> {
 /// both and takes the stricter answer.
 fn programs() -> Result<[BpfProgram; 2], seccompiler::Error> {
     let arch = std::env::consts::ARCH.try_into()?;
-    let allow = SeccompFilter::new(allowed()?, SeccompAction::KillProcess, SeccompAction::Allow, arch)?;
+    let allow = SeccompFilter::new(allowed()?, SeccompAction::Trap, SeccompAction::Allow, arch)?;
     let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
     let no_clone3 =
         SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch)?;
@@ -82,7 +85,6 @@ fn allowed() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
         libc::SYS_exit_group,
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,
-        libc::SYS_rt_sigaction,
         libc::SYS_sigaltstack,
         libc::SYS_set_robust_list,
         libc::SYS_rseq,
@@ -94,6 +96,10 @@ fn allowed() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     .into_iter()
     .map(|nr| (nr, Vec::new()))
     .collect();
+    rules.insert(
+        libc::SYS_rt_sigaction,
+        vec![rule(vec![Cond::new(0, Len::Dword, Op::Ne, libc::SIGSYS as u64)])?],
+    );
     rules.insert(libc::SYS_mmap, vec![no_exec()?]);
     rules.insert(libc::SYS_mprotect, vec![no_exec()?]);
     rules.insert(
@@ -115,11 +121,127 @@ fn allowed() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     Ok(rules)
 }
 
+/// The name of system call `number` on this architecture, for the calls a stage is
+/// likely to try (the ones the allow-list leaves out that reach outside the process).
+pub(crate) fn syscall_name(number: u32) -> Option<&'static str> {
+    macro_rules! table {
+        ($($name:ident),* $(,)?) => {
+            [$((libc::$name, &stringify!($name)[4..])),*]
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    let legacy = table![
+        SYS_open,
+        SYS_creat,
+        SYS_fork,
+        SYS_vfork,
+        SYS_unlink,
+        SYS_mkdir,
+        SYS_rmdir,
+        SYS_rename,
+        SYS_link,
+        SYS_symlink,
+        SYS_chmod,
+        SYS_chown,
+        SYS_access,
+        SYS_stat,
+        SYS_lstat,
+        SYS_dup2,
+        SYS_pipe,
+        SYS_poll,
+        SYS_select,
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    let legacy: [(libc::c_long, &str); 0] = [];
+    let common = table![
+        SYS_openat,
+        SYS_openat2,
+        SYS_socket,
+        SYS_socketpair,
+        SYS_connect,
+        SYS_bind,
+        SYS_listen,
+        SYS_accept,
+        SYS_accept4,
+        SYS_sendto,
+        SYS_recvfrom,
+        SYS_sendmsg,
+        SYS_recvmsg,
+        SYS_execve,
+        SYS_execveat,
+        SYS_clone,
+        SYS_kill,
+        SYS_tkill,
+        SYS_ptrace,
+        SYS_unlinkat,
+        SYS_mkdirat,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_linkat,
+        SYS_symlinkat,
+        SYS_fchmod,
+        SYS_fchmodat,
+        SYS_fchown,
+        SYS_fchownat,
+        SYS_truncate,
+        SYS_ftruncate,
+        SYS_chdir,
+        SYS_fchdir,
+        SYS_chroot,
+        SYS_mount,
+        SYS_umount2,
+        SYS_ioctl,
+        SYS_dup,
+        SYS_dup3,
+        SYS_pipe2,
+        SYS_memfd_create,
+        SYS_eventfd2,
+        SYS_epoll_create1,
+        SYS_inotify_init1,
+        SYS_setrlimit,
+        SYS_prlimit64,
+        SYS_prctl,
+        SYS_setuid,
+        SYS_setgid,
+        SYS_mmap,
+        SYS_mprotect,
+        SYS_rt_sigaction,
+        SYS_fcntl,
+        SYS_newfstatat,
+        SYS_statx,
+        SYS_getdents64,
+        SYS_readlinkat,
+        SYS_faccessat,
+        SYS_faccessat2,
+        SYS_lseek,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_sendfile,
+        SYS_splice,
+        SYS_process_vm_readv,
+        SYS_process_vm_writev,
+        SYS_pidfd_open,
+        SYS_bpf,
+        SYS_perf_event_open,
+        SYS_seccomp,
+        SYS_unshare,
+        SYS_setns,
+    ];
+    legacy.into_iter().chain(common).find(|&(nr, _)| nr == i64::from(number)).map(|(_, name)| name)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_filters_compile_on_this_architecture() {
         let [allow, no_clone3] = super::programs().expect("compiles");
         assert!(allow.len() > 40 && !no_clone3.is_empty());
+    }
+
+    #[test]
+    fn forbidden_calls_have_names() {
+        assert_eq!(super::syscall_name(libc::SYS_openat as u32), Some("openat"));
+        assert_eq!(super::syscall_name(libc::SYS_execve as u32), Some("execve"));
+        assert_eq!(super::syscall_name(u32::MAX), None);
     }
 }

@@ -345,7 +345,7 @@ impl Enforced {
 /// fn why(e: &ItemError) -> Option<String> {
 ///     let ItemError::Stage { failure, .. } = e else { return None };
 ///     Some(match failure.violation? {
-///         Violation::Syscall => "tried a forbidden system call".into(),
+///         Violation::Syscall { number } => format!("tried forbidden system call {number:?}"),
 ///         Violation::MemoryCap { cap } => format!("needed more than its {cap}-byte cap"),
 ///         Violation::FileSize { limit } => format!("wrote a file past {limit} bytes"),
 ///         _ => "hit a sandbox limit".into(),
@@ -356,8 +356,14 @@ impl Enforced {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Violation {
-    /// A system call outside the allow-list: the kernel killed the worker (`SIGSYS`).
-    Syscall,
+    /// A system call outside the allow-list: the kernel stopped it before it ran and
+    /// the worker died of `SIGSYS`. Its `Display` names the call (`openat`, `socket`,
+    /// `clone`...).
+    Syscall {
+        /// The call's number on this architecture, as the worker's `SIGSYS` handler
+        /// reported it (`None` if the worker died before it could say).
+        number: Option<u32>,
+    },
     /// An allocation past the memory cap failed and the worker aborted (`SIGABRT`).
     MemoryCap {
         /// The cap in bytes.
@@ -371,30 +377,32 @@ pub enum Violation {
 }
 
 impl Violation {
-    /// What a worker of a stage with `sandbox` dying of `signal` violated, if anything.
-    pub(crate) fn from_signal(sandbox: &Sandbox, signal: i32) -> Option<Self> {
+    /// What a worker of a stage with `sandbox` dying of `signal` violated, if anything;
+    /// `forbidden` is the system call its `SIGSYS` handler reported.
+    pub(crate) fn from_signal(sandbox: &Sandbox, signal: i32, forbidden: Option<u32>) -> Option<Self> {
         match signal {
-            libc::SIGSYS if sandbox.seccomp => Some(Self::Syscall),
+            libc::SIGSYS if sandbox.seccomp => Some(Self::Syscall { number: forbidden }),
             libc::SIGXFSZ => Some(Self::FileSize { limit: sandbox.file_size }),
             libc::SIGABRT => sandbox.memory.map(|cap| Self::MemoryCap { cap }),
             _ => None,
         }
     }
 
-    /// Its code in a slot header's `violation` field (0 is none).
-    pub(crate) fn code(self) -> u32 {
+    /// Its code in a slot header's `violation` field (0 is none), and the detail for
+    /// `violation_detail` (a system call's number plus one, 0 if unknown).
+    pub(crate) fn code(self) -> (u32, u32) {
         match self {
-            Self::Syscall => 1,
-            Self::MemoryCap { .. } => 2,
-            Self::FileSize { .. } => 3,
+            Self::Syscall { number } => (1, number.map_or(0, |n| n.saturating_add(1))),
+            Self::MemoryCap { .. } => (2, 0),
+            Self::FileSize { .. } => (3, 0),
         }
     }
 
-    /// The violation a header's code names, with the stage's limits.
-    pub(crate) fn from_code(code: u32, sandbox: Option<&Sandbox>) -> Option<Self> {
+    /// The violation a header's code and detail name, with the stage's limits.
+    pub(crate) fn from_code(code: u32, detail: u32, sandbox: Option<&Sandbox>) -> Option<Self> {
         let sandbox = sandbox?;
         match code {
-            1 => Some(Self::Syscall),
+            1 => Some(Self::Syscall { number: detail.checked_sub(1) }),
             2 => Some(Self::MemoryCap { cap: sandbox.memory.unwrap_or(0) }),
             3 => Some(Self::FileSize { limit: sandbox.file_size }),
             _ => None,
@@ -405,7 +413,15 @@ impl Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Syscall => write!(f, "a system call outside the sandbox's allow-list (SIGSYS)"),
+            Self::Syscall { number: Some(n) } => match filter::syscall_name(*n) {
+                Some(name) => {
+                    write!(f, "system call `{name}` ({n}), outside the sandbox's allow-list (SIGSYS)")
+                }
+                None => write!(f, "system call {n}, outside the sandbox's allow-list (SIGSYS)"),
+            },
+            Self::Syscall { number: None } => {
+                write!(f, "a system call outside the sandbox's allow-list (SIGSYS)")
+            }
             Self::MemoryCap { cap } => {
                 write!(f, "an allocation past the sandbox's memory cap of {cap} bytes (SIGABRT)")
             }

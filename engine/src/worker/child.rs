@@ -73,7 +73,7 @@ fn run(spec: &str) -> Result<RunEnd, ()> {
     // only the parent wrote.
     let enforced = match std::env::var(SANDBOX_ENV).ok().map(|s| Sandbox::from_env(&s)) {
         None => None,
-        Some(Ok(sandbox)) => match sandbox::apply::apply(&sandbox) {
+        Some(Ok(sandbox)) => match sandbox::apply::apply(&sandbox, STATUS_FD) {
             Ok(enforced) => Some(enforced),
             Err(e) => return refuse(e),
         },

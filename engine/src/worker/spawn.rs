@@ -37,6 +37,9 @@ pub(crate) struct WorkerProcess {
     pub stage: usize,
     /// What its sandbox enforced, as it reported when ready (none: not sandboxed).
     pub enforced: Option<Enforced>,
+    /// What it wrote on its status pipe after `R`, read with it: a worker that takes an
+    /// item the moment it is ready may already have reported a forbidden system call.
+    pub said: Vec<u8>,
 }
 
 /// How a start-up handshake failed.
@@ -110,6 +113,7 @@ pub(crate) fn spawn(
         record,
         stage,
         enforced: None,
+        said: Vec::new(),
     })
 }
 
@@ -166,14 +170,21 @@ impl WorkerProcess {
                 Ok(0) => break,
                 Ok(n) => {
                     got.extend_from_slice(&buf[..n]);
-                    if got == b"R" {
+                    if let Some(after) = got.strip_prefix(b"R") {
+                        self.said = after.to_vec();
                         return Ok(());
                     }
-                    if let Some(report) = got.strip_suffix(b"\nR") {
-                        self.enforced = Enforced::decode(report);
-                        if self.enforced.is_some() {
-                            return Ok(());
+                    // A sandboxed worker's report line, then `R`.
+                    if let Some(end) = got.windows(2).position(|w| w == b"\nR").filter(|_| got[0] == b'S') {
+                        self.enforced = Enforced::decode(&got[..end]);
+                        if self.enforced.is_none() {
+                            return Err(Handshake::Refused(format!(
+                                "unreadable sandbox report {:?}",
+                                String::from_utf8_lossy(&got[..end])
+                            )));
                         }
+                        self.said = got[end + 2..].to_vec();
+                        return Ok(());
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -184,6 +195,11 @@ impl WorkerProcess {
         let status = self.child.wait().ok();
         match got.split_first() {
             Some((b'E', msg)) => Err(Handshake::Refused(String::from_utf8_lossy(msg).into_owned())),
+            // Its sandbox trapped a system call while it set up (see `sandbox::apply`).
+            Some((b'V', number)) => Err(Handshake::Refused(format!(
+                "its sandbox stopped it while it set up: forbidden system call {}",
+                String::from_utf8_lossy(number).trim_end()
+            ))),
             _ => Err(Handshake::NoHook(status)),
         }
     }
