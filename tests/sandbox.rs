@@ -2,9 +2,7 @@
 //! kills only its worker, the item fails naming the limit, nothing happens outside, a
 //! replacement serves the next item, and a poison item is quarantined after two deaths.
 
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use ringpipe::{
@@ -22,7 +20,6 @@ const CONNECT: u8 = b'c';
 const FORK: u8 = b'f';
 const EXEC: u8 = b'x';
 const ALLOC: u8 = b'a';
-const STDOUT: u8 = b'o';
 const UNLINK: u8 = b'u';
 const PANIC: u8 = b'p';
 
@@ -57,11 +54,6 @@ register_stage!("sb.try", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| {
             let mut v = vec![0u8; n];
             v[n - 1] = 1; // touch it
             f.bytes_mut()[0] = v[n / 2];
-        }
-        STDOUT => {
-            let n: usize = arg.parse()?;
-            std::io::stdout().lock().write_all(&vec![b'.'; n])?;
-            std::io::stdout().flush()?;
         }
         other => return Err(format!("unknown command {other}").into()),
     }
@@ -183,53 +175,6 @@ fn allocating_past_the_memory_cap_kills_only_the_worker() {
     drop(ok);
     expect_violation(&p, &item(ALLOC, &(256 << 20).to_string()), Violation::MemoryCap { cap });
     check_shutdown(p.shutdown(), 1);
-}
-
-#[test]
-fn writing_past_the_file_size_limit_through_an_inherited_descriptor_kills_the_worker() {
-    // The worker inherits stdout: make it a regular file while the worker starts.
-    let path = temp("stdout");
-    let file = std::fs::File::create(&path).unwrap();
-    let limit = 1024;
-    let p = {
-        let _stdout = Redirect::stdout_to(&file);
-        sandboxed(Sandbox::strict().file_size_limit(limit))
-    };
-    let ok = p.submit(&item(STDOUT, "100")).unwrap().wait().expect("under the limit");
-    drop(ok);
-    expect_violation(&p, &item(STDOUT, "4096"), Violation::FileSize { limit });
-    // Other processes started while fd 1 was the file (workers of tests running
-    // alongside) may have written their own lines to it; the stage writes only dots.
-    let dots = std::fs::read(&path).unwrap().iter().filter(|&&b| b == b'.').count() as u64;
-    assert!((100..=limit).contains(&dots), "{dots} dots written, the limit is {limit} bytes");
-    check_shutdown(p.shutdown(), 1);
-    std::fs::remove_file(path).unwrap();
-}
-
-/// Points fd 1 at a file until dropped.
-struct Redirect {
-    saved: i32,
-}
-
-impl Redirect {
-    fn stdout_to(file: &std::fs::File) -> Self {
-        // SAFETY: dup and dup2 on descriptors this process owns; fd 1 is restored on drop.
-        unsafe {
-            let saved = libc::dup(1);
-            assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 1) == 1);
-            Self { saved }
-        }
-    }
-}
-
-impl Drop for Redirect {
-    fn drop(&mut self) {
-        // SAFETY: puts back the descriptor saved in `stdout_to`, then closes the copy.
-        unsafe {
-            libc::dup2(self.saved, 1);
-            libc::close(self.saved);
-        }
-    }
 }
 
 #[test]

@@ -96,6 +96,12 @@ impl Sandbox {
 
     /// Lets the worker write files through inherited descriptors up to `bytes` (default
     /// 0). Writing past it kills the worker: [`Violation::FileSize`].
+    ///
+    /// The only descriptors a worker inherits besides its own pipes and the sealed
+    /// segment are standard input, output and error. When the parent's standard output
+    /// or error is a regular file (`prog > log 2>&1`), the limit applies there too: a
+    /// stage that prints (a panic message, say) then needs room here, or the parent's
+    /// output should be a terminal or a pipe.
     pub fn file_size_limit(mut self, bytes: u64) -> Self {
         self.file_size = bytes;
         self
