@@ -79,9 +79,15 @@ fn watch(
     // worker's SIGSYS handler names the forbidden call there before it dies.
     let mut said: HashMap<usize, Vec<u8>> =
         workers.lock().iter_mut().enumerate().map(|(w, p)| (w, std::mem::take(&mut p.said))).collect();
+    let mut relays: Vec<Relay> = workers
+        .lock()
+        .iter_mut()
+        .filter_map(|p| Some(Relay { stage: p.stage, pipe: p.stderr.take()?, copied: 0 }))
+        .collect();
     loop {
         let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(&wake, PollFlags::IN))
             .chain(watched.iter().map(|(_, f)| PollFd::new(f, PollFlags::IN)))
+            .chain(relays.iter().map(|r| PollFd::new(&r.pipe, PollFlags::IN)))
             .collect();
         if let Err(e) = rustix::event::poll(&mut fds, tick.as_ref()) {
             if e == rustix::io::Errno::INTR {
@@ -90,11 +96,27 @@ fn watch(
             return;
         }
         if !fds[0].revents().is_empty() {
+            drop(fds);
+            for relay in &mut relays {
+                relay.drain();
+            }
             return;
         }
+        let is_ready = |f: &PollFd<'_>| !f.revents().is_empty();
         let ready: Vec<usize> =
-            fds[1..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
+            fds[1..=watched.len()].iter().enumerate().filter(|(_, f)| is_ready(f)).map(|(i, _)| i).collect();
+        let relaying: Vec<usize> = fds[1 + watched.len()..]
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| is_ready(f))
+            .map(|(i, _)| i)
+            .collect();
         drop(fds);
+        for &i in relaying.iter().rev() {
+            if !relays[i].pump() {
+                relays.remove(i);
+            }
+        }
         if tick.is_some() {
             clocks.kill_overdue(shared, workers, &watched);
         }
@@ -120,9 +142,12 @@ fn watch(
             let timed_out = clocks.killed.remove(&w);
             let forbidden = said.remove(&w).and_then(|words| forbidden_call(&words));
             match replace(shared, workers, w, segment, timed_out, forbidden) {
-                Ok((next, pipe, words)) => {
-                    said.insert(next, words);
-                    watched.push((next, pipe));
+                Ok(Replacement { worker, status, said: words, stderr }) => {
+                    said.insert(worker, words);
+                    watched.push((worker, status));
+                    if let Some(pipe) = stderr {
+                        relays.push(Relay { stage: workers.lock()[worker].stage, pipe, copied: 0 });
+                    }
                 }
                 Err(failure) => shared.fail(failure),
             }
@@ -136,9 +161,62 @@ fn forbidden_call(words: &[u8]) -> Option<u32> {
     std::str::from_utf8(line).ok()?.parse().ok()
 }
 
-/// Replaces dead worker `w`: settles what it held, starts a replacement on the same
-/// record and returns the new worker's index, status pipe, and what it said after it
-/// was ready. `forbidden` is the system call the dead worker reported, if its sandbox
+/// A started replacement worker, as the supervisor watches it.
+struct Replacement {
+    /// Its index among the workers.
+    worker: usize,
+    /// Its status pipe.
+    status: File,
+    /// What it wrote there after it said ready.
+    said: Vec<u8>,
+    /// Its standard error, if sandboxed (see [`Relay`]).
+    stderr: Option<File>,
+}
+
+/// Most bytes of one sandboxed worker's standard error copied to the parent's: a
+/// hostile stage cannot fill the parent's log through it.
+const RELAY_LIMIT: usize = 1 << 20;
+
+/// A sandboxed worker's standard error, copied to the parent's as it comes (see
+/// `spawn::spawn`).
+struct Relay {
+    stage: usize,
+    pipe: File,
+    copied: usize,
+}
+
+impl Relay {
+    /// Copies what the pipe holds (one read); false once the worker has closed it.
+    fn pump(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        let n = match self.pipe.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) => return e.kind() == std::io::ErrorKind::Interrupted,
+        };
+        let room = RELAY_LIMIT.saturating_sub(self.copied);
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(&buf[..n.min(room)]);
+        if n > room && room > 0 {
+            let _ = writeln!(
+                stderr,
+                "\nringpipe: a sandboxed worker of stage {} wrote more than {RELAY_LIMIT} bytes to \
+                 standard error; the rest is dropped",
+                self.stage
+            );
+        }
+        self.copied = self.copied.saturating_add(n);
+        true
+    }
+
+    /// Copies whatever is left without waiting (the workers have exited).
+    fn drain(&mut self) {
+        while spawn::wait_readable(&self.pipe, Duration::ZERO).unwrap_or(false) && self.pump() {}
+    }
+}
+
+/// Replaces dead worker `w`: settles what it held and starts a replacement on the same
+/// record. `forbidden` is the system call the dead worker reported, if its sandbox
 /// trapped one.
 fn replace(
     shared: &Shared,
@@ -147,7 +225,7 @@ fn replace(
     segment: &OwnedFd,
     timed_out: Option<Duration>,
     forbidden: Option<u32>,
-) -> Result<(usize, File, Vec<u8>), EngineFailure> {
+) -> Result<Replacement, EngineFailure> {
     let mut workers = workers.lock();
     let (record, stage, pid) = (workers[w].record, workers[w].stage, workers[w].child.id());
     let (exit, status) = exit_status(&mut workers[w]);
@@ -175,10 +253,10 @@ fn replace(
     next.handshake(Instant::now() + RESTART_TIMEOUT)
         .map_err(|e| died(format!("{status}; its replacement did not start: {e:?}")))?;
     let status_pipe = File::from(next.status.as_fd().try_clone_to_owned().map_err(|e| died(e.to_string()))?);
-    let said = std::mem::take(&mut next.said);
+    let (said, stderr) = (std::mem::take(&mut next.said), next.stderr.take());
     // In place: the dead worker's pipes close now, not at shutdown.
     workers[w] = next;
-    Ok((w, status_pipe, said))
+    Ok(Replacement { worker: w, status: status_pipe, said, stderr })
 }
 
 /// When each timed runner was first seen on the item it is working on.

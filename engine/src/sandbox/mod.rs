@@ -97,11 +97,11 @@ impl Sandbox {
     /// Lets the worker write files through inherited descriptors up to `bytes` (default
     /// 0). Writing past it kills the worker: [`Violation::FileSize`].
     ///
-    /// The only descriptors a worker inherits besides its own pipes and the sealed
-    /// segment are standard input, output and error. When the parent's standard output
-    /// or error is a regular file (`prog > log 2>&1`), the limit applies there too: a
-    /// stage that prints (a panic message, say) then needs room here, or the parent's
-    /// output should be a terminal or a pipe.
+    /// The only descriptor a sandboxed worker inherits that can be a file is the
+    /// parent's standard output (its standard error is a pipe the parent copies to its
+    /// own, up to 1 MiB per worker, so a panic message never meets this limit). When the
+    /// parent's standard output is a regular file (`prog > log`), the limit applies to
+    /// it: a stage that prints there needs room here.
     pub fn file_size_limit(mut self, bytes: u64) -> Self {
         self.file_size = bytes;
         self

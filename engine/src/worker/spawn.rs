@@ -40,6 +40,9 @@ pub(crate) struct WorkerProcess {
     /// What it wrote on its status pipe after `R`, read with it: a worker that takes an
     /// item the moment it is ready may already have reported a forbidden system call.
     pub said: Vec<u8>,
+    /// A sandboxed worker's standard error, which the supervisor copies to the parent's
+    /// (see [`spawn`]); `None` when it inherits the parent's.
+    pub stderr: Option<File>,
 }
 
 /// How a start-up handshake failed.
@@ -61,6 +64,11 @@ const BACKTRACE_ENV: [&str; 2] = ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"];
 /// Starts the worker serving stage record `record` (of stage `stage`), in `sandbox` if
 /// given: the current executable with the segment at fd 3, the lifeline at fd 4 and
 /// the status pipe at fd 5.
+///
+/// A sandboxed worker's standard error is a pipe to the parent, not the parent's own:
+/// its file size limit (0 by default) would otherwise kill it at its first message
+/// (a panic's, or the allocator's at the memory cap) whenever the parent's standard
+/// error is a regular file, and report the wrong limit.
 pub(crate) fn spawn(
     segment: &OwnedFd,
     record: usize,
@@ -84,11 +92,15 @@ pub(crate) fn spawn(
             cmd.env_remove(name);
         }
     }
+    let mut stderr = None;
     if let Some(sandbox) = sandbox {
         cmd.env(SANDBOX_ENV, sandbox.to_env());
         for name in BACKTRACE_ENV {
             cmd.env_remove(name);
         }
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        cmd.stderr(Stdio::from(write));
+        stderr = Some(File::from(read));
     }
     // SAFETY: between fork and exec the closure makes only async-signal-safe raw
     // syscalls (dup2, close_range, close), allocating nothing. Sources are >= HIGH_FD,
@@ -114,6 +126,7 @@ pub(crate) fn spawn(
         stage,
         enforced: None,
         said: Vec::new(),
+        stderr,
     })
 }
 
