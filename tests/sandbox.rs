@@ -6,8 +6,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
 use ringpipe::{
-    register_stage, stage_fn, BuildError, Frame, ItemError, Landlock, Pipeline, Pool, Sandbox, StageSpec,
-    Violation,
+    consumer_fn, producer_fn, register_stage, stage_fn, BuildError, ConsumerSpec, Frame, ItemError, Landlock,
+    PairSpec, Pipeline, Pool, ProducerSpec, Sandbox, StageSpec, Violation,
 };
 
 ringpipe::worker_test_entry!();
@@ -287,4 +287,41 @@ fn landlock_alone_denies_the_filesystem_with_an_error_not_a_kill() {
     assert_eq!(p.restarts(), 0);
     assert!(p.shutdown().was_graceful());
     std::fs::remove_file(kept).unwrap();
+}
+
+// A pair whose halves stream through the byte ring: the producer writes as many
+// 1 KiB blocks as the item's first byte says, the consumer counts them.
+register_stage!(producer: "sb.produce", |_: &[u8]| Ok(producer_fn(
+    |f: &mut Frame<'_>, w: &mut ringpipe::stream::StreamWriter| {
+        for _ in 0..f.bytes()[0] {
+            std::io::Write::write_all(w, &[7u8; 1024])?;
+        }
+        Ok(())
+    }
+)));
+register_stage!(consumer: "sb.consume", |_: &[u8]| Ok(consumer_fn(
+    |f: &mut Frame<'_>, r: &mut ringpipe::stream::StreamReader| {
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(r, &mut all)?;
+        f.set_len(8)?;
+        f.bytes_mut().copy_from_slice(&(all.len() as u64).to_le_bytes());
+        Ok(())
+    }
+)));
+
+#[test]
+fn both_halves_of_a_pair_stream_in_their_sandboxes() {
+    let pair = PairSpec::new(
+        ProducerSpec::process_named("sb.produce").sandbox(Sandbox::strict()),
+        ConsumerSpec::process_named("sb.consume").sandbox(Sandbox::strict().memory_cap(64 << 20)),
+    )
+    .stream_capacity(16 << 10);
+    let p = Pipeline::builder().pair(pair).build().unwrap();
+    assert_eq!(p.sandbox_reports().len(), 2, "one report per half");
+    for blocks in [0u8, 1, 200] {
+        let out = p.submit(&[blocks]).unwrap().wait().unwrap();
+        assert_eq!(u64::from_le_bytes(out[..8].try_into().unwrap()), u64::from(blocks) * 1024);
+    }
+    assert_eq!(p.restarts(), 0);
+    assert!(p.shutdown().was_graceful());
 }
