@@ -6,6 +6,10 @@
 //! - `pool N`: `ClusterPool` with N tasks of 1 MiB, each answered with 8 bytes, every
 //!   task crossing to the other host (`master_works(false)`);
 //! - `tiny N`: N tasks of 64 bytes echoed back, tasks per second.
+//! - `zstd N`: N tasks of 1 MiB of text, each compressed with zstd level 3 (answered
+//!   with the compressed length), one worker per host and the master's host working
+//!   too; each rank pins itself and its workers to core `rank` (`sched_setaffinity`,
+//!   inherited by the workers it starts). Run on one host, then on two: the scaling.
 //!
 //! Each prints one line `MODE value unit` on rank 0.
 
@@ -28,6 +32,19 @@ register_stage!("bench.cluster.sum", |_: &[u8]| Ok(stage_fn(|f: &mut Frame<'_>| 
 
 register_stage!("bench.cluster.echo", |_: &[u8]| Ok(stage_fn(|_f: &mut Frame<'_>| Ok(()))));
 
+// Compresses the task with zstd level 3; answers with the compressed length (8 bytes).
+register_stage!("bench.cluster.zstd", |_: &[u8]| {
+    let mut ctx = zstd::bulk::Compressor::new(3)?;
+    let mut out = Vec::new();
+    Ok(stage_fn(move |f: &mut Frame<'_>| {
+        out.resize(zstd::zstd_safe::compress_bound(f.len()), 0);
+        let n = ctx.compress_to_buffer(f.bytes(), &mut out[..])? as u64;
+        f.set_len(8)?;
+        f.bytes_mut().copy_from_slice(&n.to_le_bytes());
+        Ok(())
+    }))
+});
+
 const MIB: usize = 1 << 20;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,10 +55,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     };
     let cluster = Cluster::init()?;
+    if mode == "zstd" {
+        pin_to_core(cluster.rank() as usize)?;
+    }
     match mode.as_str() {
         "raw" => raw(&cluster, n),
         "pool" => pool(&cluster, "bench.cluster.sum", MIB, n, MIB + 4096),
         "tiny" => pool(&cluster, "bench.cluster.echo", 64, n, 4096),
+        "zstd" => scaling(&cluster, n),
         other => Err(format!("unknown mode {other}").into()),
     }
 }
@@ -97,6 +118,68 @@ fn pool(
     } else {
         println!("tiny {:.0} tasks/s", n as f64 / secs);
     }
+    pool.shutdown();
+    Ok(())
+}
+
+/// Pins this process (and the workers it will start) to core `core`.
+fn pin_to_core(core: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it, and
+    // sched_setaffinity reads it for this process (pid 0).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Text that zstd-3 compresses about 3x, like source code or logs.
+fn text(n: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "pipeline ", "stage ", "ring ", "frame ", "worker ", "replica ", "host ", "rank ", "chunk ",
+        "zstd ", "seal ", "index ", "task ", "result ", "batch ", "credit\n",
+    ];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut v = Vec::with_capacity(n + 16);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
+        if x % 7 == 0 {
+            v.extend_from_slice(format!("{} ", x % 100_000).as_bytes());
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+/// zstd-3 on 1 MiB text tasks, one worker per host, every host working (the master's
+/// too): MB/s of input compressed.
+fn scaling(cluster: &Cluster, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = ClusterPool::builder_named("bench.cluster.zstd")
+        .workers_per_host(1)
+        .frame_capacity(MIB + 4096)
+        .batch(2)
+        .master_works(true)
+        .build(cluster)?;
+    if !cluster.is_master() {
+        return Ok(pool.serve()?);
+    }
+    let data = text(MIB);
+    let started = Instant::now();
+    let mut by_rank = vec![0usize; cluster.size() as usize];
+    for r in pool.map_unordered(std::iter::repeat_n(&data[..], n)) {
+        by_rank[r?.rank() as usize] += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(by_rank.iter().sum::<usize>(), n);
+    println!("zstd {:.1} MB/s (tasks per rank {by_rank:?})", (n * MIB) as f64 / secs / 1e6);
     pool.shutdown();
     Ok(())
 }
