@@ -141,8 +141,22 @@ fn pin_to_core(core: usize) -> std::io::Result<()> {
 /// Text that zstd-3 compresses about 3x, like source code or logs.
 fn text(n: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "pipeline ", "stage ", "ring ", "frame ", "worker ", "replica ", "host ", "rank ", "chunk ",
-        "zstd ", "seal ", "index ", "task ", "result ", "batch ", "credit\n",
+        "pipeline ",
+        "stage ",
+        "ring ",
+        "frame ",
+        "worker ",
+        "replica ",
+        "host ",
+        "rank ",
+        "chunk ",
+        "zstd ",
+        "seal ",
+        "index ",
+        "task ",
+        "result ",
+        "batch ",
+        "credit\n",
     ];
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut v = Vec::with_capacity(n + 16);
