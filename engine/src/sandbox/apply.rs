@@ -1,10 +1,10 @@
 //! The worker's side: apply a [`Sandbox`] to this process, still single-threaded.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use landlock::{
     Access, AccessFs, AccessNet, LandlockStatus, Ruleset, RulesetAttr, RulesetStatus, Scope, ABI,
 };
-use std::sync::atomic::{AtomicI32, Ordering};
-
 use rustix::process::{setrlimit, Resource, Rlimit};
 
 use super::{filter, Enforced, Landlock, Sandbox};
