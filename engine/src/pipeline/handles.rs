@@ -250,9 +250,10 @@ impl Ticket {
 #[inline]
 pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option<Result<Output, ItemError>> {
     Some(match book.take(ticket)? {
-        Taken::Done { slot, len, seq } => {
+        Taken::Done { slot, len, seq, failed } => {
             let output = Output { shared: shared.clone(), slot: Some(slot), ticket, index: seq, len };
-            match output.failure() {
+            // The collector saw the header's status: only a failed item reads it again.
+            match failed.then(|| output.failure()).flatten() {
                 None => Ok(output),
                 Some(failure) => Err(ItemError::Stage { failure: Box::new(failure), output }),
             }

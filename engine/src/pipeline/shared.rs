@@ -60,8 +60,9 @@ enum State {
     /// In the rings.
     Pending { waker: Option<Waker>, detached: bool },
     /// Out of the pipeline; the slot holds the result: `len` bytes (checked against
-    /// the frame capacity when it came out), submitted as number `seq`.
-    Done { slot: OwnedSlot, len: u32, seq: u64 },
+    /// the frame capacity when it came out), submitted as number `seq`, `failed` if a
+    /// stage recorded a failure on it.
+    Done { slot: OwnedSlot, len: u32, seq: u64, failed: bool },
     /// Out of the pipeline and handed to its owner as an `Output`.
     Taken,
     /// The engine failed it.
@@ -84,8 +85,8 @@ impl Entry {
 
 /// What taking a finished ticket's result found.
 pub(crate) enum Taken {
-    /// The item came out: its slot, length and submission number.
-    Done { slot: OwnedSlot, len: u32, seq: u64 },
+    /// The item came out: its slot, length, submission number, and whether it failed.
+    Done { slot: OwnedSlot, len: u32, seq: u64, failed: bool },
     /// The engine failed it.
     Failed(EngineFailure),
     /// Its result was taken before.
@@ -184,7 +185,8 @@ impl Book {
         }
         match std::mem::replace(&mut entry.state, State::Free) {
             State::Pending { waker, detached } => {
-                entry.state = State::Done { slot, len: header.len, seq: header.seq };
+                let failed = header.status == crate::frame::STATUS_FAILED;
+                entry.state = State::Done { slot, len: header.len, seq: header.seq, failed };
                 self.in_flight -= 1;
                 if detached {
                     self.finished.push_back(ticket);
@@ -220,7 +222,7 @@ impl Book {
                 entry.state = State::Pending { waker, detached };
                 None
             }
-            State::Done { slot, len, seq } => Some(Taken::Done { slot, len, seq }),
+            State::Done { slot, len, seq, failed } => Some(Taken::Done { slot, len, seq, failed }),
             State::Failed(f) => {
                 entry.state = State::Free;
                 self.free_tickets.push(ticket);
