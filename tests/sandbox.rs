@@ -189,8 +189,9 @@ fn a_poison_item_is_quarantined_after_two_deaths() {
     assert_eq!(&results[0].as_ref().unwrap()[..], b"ea");
     assert_eq!(&results[2].as_ref().unwrap()[..], b"eb");
     match &results[1] {
-        Err(ItemError::Poison { failure, .. }) => {
-            assert_eq!(failure.violation, Some(forbidden(libc::SYS_clone)))
+        Err(ItemError::Poison { failure, output }) => {
+            assert_eq!(failure.violation, Some(forbidden(libc::SYS_clone)));
+            assert_eq!(output.index(), 1, "tagged with its input position");
         }
         other => panic!("expected poison, got {other:?}"),
     }

@@ -267,7 +267,9 @@ pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option
 #[inline]
 pub(crate) fn with_index(mut result: Result<Output, ItemError>, index: u64) -> Result<Output, ItemError> {
     match &mut result {
-        Ok(output) | Err(ItemError::Stage { output, .. }) => output.index = index,
+        Ok(output) | Err(ItemError::Stage { output, .. } | ItemError::Poison { output, .. }) => {
+            output.index = index;
+        }
         Err(_) => {}
     }
     result
