@@ -81,7 +81,7 @@ fn frame(seg: &Segment, desc: u64, capacity: usize) {
     if header.len as usize <= capacity {
         let _ = &slot.payload(seg)[..header.len as usize];
     }
-    let _ = slot.error_text(seg, header.error_len);
+    let _ = slot.error_text(seg, slot.failure(seg).error_len);
     let _ = slot.into_descriptor();
 }
 

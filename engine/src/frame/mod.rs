@@ -9,7 +9,7 @@
 
 use bytemuck::Pod;
 
-use crate::memory::{Segment, SlotHeader, ERROR_CAPACITY, MAX_STAGES};
+use crate::memory::{Segment, SlotFailure, SlotHeader, ERROR_CAPACITY, MAX_STAGES};
 
 /// Status of an item that a stage failed.
 pub(crate) const STATUS_FAILED: u32 = 1;
@@ -70,11 +70,30 @@ impl OwnedSlot {
         unsafe { std::ptr::write_volatile(self.parts(seg).header.as_ptr(), *header) }
     }
 
+    /// Starts a new item in the slot: its header, and a cleared failure record.
+    pub(crate) fn reset(&mut self, seg: &Segment, header: &SlotHeader) {
+        self.set_header(seg, header);
+        self.set_failure(seg, &SlotFailure::default());
+    }
+
     /// Stamps the item's submission order (the parent, as it launches the item).
     pub(crate) fn set_seq(&mut self, seg: &Segment, seq: u64) {
-        let mut header = self.header(seg);
-        header.seq = seq;
-        self.set_header(seg, &header);
+        let header = self.parts(seg).header.as_ptr();
+        // SAFETY: we own the slot, so nobody else reads or writes this header now; the
+        // field is in bounds and aligned, being a field of an in-bounds header.
+        unsafe { std::ptr::addr_of_mut!((*header).seq).write_volatile(seq) }
+    }
+
+    /// The failure record, copied out once (meaningful when the header's status is
+    /// failed).
+    pub(crate) fn failure(&self, seg: &Segment) -> SlotFailure {
+        // SAFETY: as in `header`.
+        unsafe { std::ptr::read_volatile(self.parts(seg).failure.as_ptr()) }
+    }
+
+    pub(crate) fn set_failure(&mut self, seg: &Segment, failure: &SlotFailure) {
+        // SAFETY: as in `set_header`.
+        unsafe { std::ptr::write_volatile(self.parts(seg).failure.as_ptr(), *failure) }
     }
 
     /// The whole payload area (capacity bytes).

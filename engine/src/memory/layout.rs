@@ -28,7 +28,7 @@ use crate::ring::RingHeader;
 /// The first eight bytes of every ringpipe segment.
 pub const MAGIC: [u8; 8] = *b"RINGPIPE";
 /// Bumped whenever the layout below changes.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// Most stages in one pipeline (the per-item "stages run" bitmap has this many bits),
 /// and most stage records (one per replica) in one segment.
 pub const MAX_STAGES: usize = 256;
@@ -178,37 +178,52 @@ impl Default for StageRecord {
 
 /// Metadata at the start of every frame slot. Written only by the slot's current
 /// owner; read once into a local and validated by the next.
+///
+/// It is one cache line, and holds only what every item's trip touches: the header
+/// travels between processes with each item, so each line more is a coherence miss
+/// more per item on both sides. What only a failure needs is in the [`SlotFailure`]
+/// that follows it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct SlotHeader {
     /// Payload bytes in use, `<= slot_capacity`.
     pub len: u32,
-    /// 0 = fine so far, 1 = a stage failed.
+    /// 0 = fine so far, 1 = a stage failed (the slot's [`SlotFailure`] says how).
     pub status: u32,
-    /// Index of the failed stage when `status == 1`.
-    pub failed_stage: u32,
-    /// Bytes of error text, `<= ERROR_CAPACITY`.
-    pub error_len: u32,
     /// The parent's ticket for this item.
     pub ticket: u32,
     /// Generation of that ticket, so a stale descriptor is recognised.
     pub generation: u32,
-    /// Bit `i` set: stage `i` ran on this item.
-    pub ran: [u64; MAX_STAGES / 64],
     /// Submission order, counted by the parent from 0: how a stage that reads several
     /// replicas' rings puts items back in order.
     pub seq: u64,
-    /// When a failure is a worker's death: the dead process's id (0 otherwise).
-    pub died_pid: u32,
-    /// When that worker was killed for running past its stage's timeout: the timeout
-    /// in milliseconds (0 otherwise).
-    pub timeout_ms: u32,
     /// The stage record of the runner that last ran a stage on the item, plus one
     /// (0: none ran). Informational: a worker may scribble on it, so readers treat
     /// an unknown record as none.
     pub ran_by: u32,
     /// That runner's process id.
     pub ran_by_pid: u32,
+    /// Bit `i` set: stage `i` ran on this item.
+    pub ran: [u64; MAX_STAGES / 64],
+}
+
+const _: () = assert!(std::mem::size_of::<SlotHeader>() == 64, "a slot header is one cache line");
+
+/// How an item failed: follows the [`SlotHeader`] in its slot, meaningful only when
+/// the header's `status` is 1. The parent zeroes it as it submits the item, so an
+/// item that does not fail never moves this line between processes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SlotFailure {
+    /// Index of the failed stage.
+    pub failed_stage: u32,
+    /// Bytes of error text, `<= ERROR_CAPACITY`.
+    pub error_len: u32,
+    /// When the failure is a worker's death: the dead process's id (0 otherwise).
+    pub died_pid: u32,
+    /// When that worker was killed for running past its stage's timeout: the timeout
+    /// in milliseconds (0 otherwise).
+    pub timeout_ms: u32,
     /// When a failure is a sandboxed worker's death: the limit it hit (a
     /// [`Violation`](crate::Violation)'s code, 0 otherwise).
     pub violation: u32,
@@ -305,7 +320,9 @@ impl Layout {
             .and_then(|b| b.checked_add(rings_offset))
             .ok_or(LayoutError::TooLarge)?;
         let slots_offset = streams_offset.checked_add(streams_size).ok_or(LayoutError::TooLarge)?;
-        let slot_stride = (std::mem::size_of::<SlotHeader>() as u64 + ERROR_CAPACITY as u64)
+        let slot_stride = ((std::mem::size_of::<SlotHeader>()
+            + std::mem::size_of::<SlotFailure>()
+            + ERROR_CAPACITY) as u64)
             .checked_add(slot_capacity as u64)
             .and_then(align_up)
             .ok_or(LayoutError::TooLarge)?;

@@ -16,9 +16,9 @@ pub(crate) use journal::Journal;
 #[cfg(any(test, feature = "unstable-fuzzing"))]
 pub use layout::SegmentHeader;
 pub use layout::{
-    Layout, LayoutError, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT,
-    MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER,
-    ROLE_PRODUCER,
+    Layout, LayoutError, SlotFailure, SlotHeader, StageRecord, ERROR_CAPACITY, FLAG_HOLD_INPUT,
+    FLAG_ORDERED_INPUT, MAX_FRAME_CAPACITY, MAX_REPLICAS, MAX_RINGS, MAX_SLOTS, MAX_STAGES,
+    MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PRODUCER,
 };
 pub(crate) use segment::SlotParts;
 pub use segment::{Segment, SegmentError, STATE_BROKEN, STATE_RUNNING, STATE_SHUTDOWN};

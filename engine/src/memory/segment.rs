@@ -27,8 +27,9 @@ use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
 pub use super::error::SegmentError;
 use super::layout::{
-    Layout, LayoutError, SegmentHeader, SlotHeader, StageRecord, FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT,
-    MAX_REPLICAS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN, ROLE_PRODUCER,
+    Layout, LayoutError, SegmentHeader, SlotFailure, SlotHeader, StageRecord, FLAG_HOLD_INPUT,
+    FLAG_ORDERED_INPUT, MAX_REPLICAS, MAX_STAGES, MAX_STREAM_CAPACITY, ROLE_CONSUMER, ROLE_PLAIN,
+    ROLE_PRODUCER,
 };
 use crate::sync::{AtomicU32, Ordering};
 
@@ -455,13 +456,15 @@ impl Segment {
         }
         let at = self.layout.slot_offset(i);
         let header_len = std::mem::size_of::<SlotHeader>();
-        // SAFETY: the layout reserves header, error area and slot_capacity payload bytes
-        // at slot_offset(i), which is 128-aligned (rule 1).
+        let error_at = header_len + std::mem::size_of::<SlotFailure>();
+        // SAFETY: the layout reserves header, failure record, error area and
+        // slot_capacity payload bytes at slot_offset(i), which is 128-aligned (rule 1).
         unsafe {
             Some(SlotParts {
                 header: self.ptr(at),
-                error: self.ptr(at + header_len),
-                payload: self.ptr(at + header_len + super::ERROR_CAPACITY),
+                failure: self.ptr(at + header_len),
+                error: self.ptr(at + error_at),
+                payload: self.ptr(at + error_at + super::ERROR_CAPACITY),
                 capacity: self.layout.slot_capacity(),
             })
         }
@@ -472,6 +475,7 @@ impl Segment {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SlotParts {
     pub header: NonNull<SlotHeader>,
+    pub failure: NonNull<SlotFailure>,
     pub error: NonNull<u8>,
     pub payload: NonNull<u8>,
     pub capacity: usize,

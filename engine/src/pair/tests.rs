@@ -129,7 +129,12 @@ mod unit {
         for _ in 0..3 {
             let slot = pop(&seg, &mut rx);
             let h = slot.header(&seg);
-            outs.push((slot.payload(&seg)[..h.len as usize].to_vec(), h.status, h.failed_stage, h.ran[0]));
+            outs.push((
+                slot.payload(&seg)[..h.len as usize].to_vec(),
+                h.status,
+                slot.failure(&seg).failed_stage,
+                h.ran[0],
+            ));
         }
         let want: Vec<u8> = std::iter::once(5).chain(b"xabcdefg".repeat(5)).collect();
         assert_eq!(outs[0], (want, 0, 0, 0b11));

@@ -82,8 +82,9 @@ fn resolve(shared: &Shared, batch: &mut Vec<(OwnedSlot, SlotHeader)>) -> Result<
 
 fn run_callbacks(shared: &Shared, slot: &OwnedSlot, h: &SlotHeader) {
     let bytes = &slot.payload(&shared.seg)[..h.len as usize];
-    let failed = (h.status == STATUS_FAILED).then_some(h.failed_stage as usize);
-    let message = failed.map(|_| slot.error_text(&shared.seg, h.error_len));
+    let failure = (h.status == STATUS_FAILED).then(|| slot.failure(&shared.seg));
+    let failed = failure.map(|f| f.failed_stage as usize);
+    let message = failure.map(|f| slot.error_text(&shared.seg, f.error_len));
     for (i, stage) in shared.stages.iter().enumerate() {
         let Some(cb) = &stage.on_complete else { continue };
         let outcome = match failed {

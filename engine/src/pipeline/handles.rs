@@ -104,7 +104,7 @@ impl NewFrame {
     fn launch(&mut self, detached: bool) -> Result<(), SubmitError> {
         let header = self.header();
         let mut slot = self.slot.take().expect("a NewFrame holds its slot until launched");
-        slot.set_header(&self.shared.seg, &header);
+        slot.reset(&self.shared.seg, &header);
         let mut book = self.shared.book.lock();
         if let Err(e) = self.shared.check_open(&book) {
             book.release(slot, self.ticket);
@@ -258,7 +258,7 @@ pub(crate) fn take(shared: &Arc<Shared>, book: &mut Book, ticket: u32) -> Option
                 Some(failure) => Err(ItemError::Stage { failure: Box::new(failure), output }),
             }
         }
-        Taken::Failed(f) => Err(ItemError::Engine(f)),
+        Taken::Failed(f) => Err(ItemError::Engine(*f)),
         Taken::Before => Err(ItemError::AlreadyTaken),
     })
 }
@@ -369,22 +369,21 @@ impl Output {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn failure(&self) -> Option<StageFailure> {
-        let header = self.slot_header();
-        if header.status != STATUS_FAILED {
+        let slot = self.slot.as_ref().expect("held until drop");
+        if slot.header(&self.shared.seg).status != STATUS_FAILED {
             return None;
         }
-        let stage = header.failed_stage as usize;
-        let slot = self.slot.as_ref().expect("held until drop");
+        let f = slot.failure(&self.shared.seg);
+        let stage = f.failed_stage as usize;
         Some(StageFailure {
             stage,
             name: self.shared.stages.get(stage).map_or_else(|| "?".into(), |s| s.name.clone()),
-            message: slot.error_text(&self.shared.seg, header.error_len),
-            worker_died: (header.died_pid != 0).then_some(header.died_pid),
-            timed_out: (header.timeout_ms != 0)
-                .then(|| std::time::Duration::from_millis(header.timeout_ms.into())),
+            message: slot.error_text(&self.shared.seg, f.error_len),
+            worker_died: (f.died_pid != 0).then_some(f.died_pid),
+            timed_out: (f.timeout_ms != 0).then(|| std::time::Duration::from_millis(f.timeout_ms.into())),
             violation: crate::Violation::from_code(
-                header.violation,
-                header.violation_detail,
+                f.violation,
+                f.violation_detail,
                 self.shared.stages.get(stage).and_then(|s| s.sandbox.as_ref()),
             ),
         })

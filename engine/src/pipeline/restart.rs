@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::frame::{mark_ran, OwnedSlot, RanBy};
-use crate::memory::{Segment, StageRecord, FLAG_ORDERED_INPUT, ROLE_CONSUMER, ROLE_PRODUCER};
+use crate::memory::{Segment, SlotFailure, StageRecord, FLAG_ORDERED_INPUT, ROLE_CONSUMER, ROLE_PRODUCER};
 use crate::ring::PushError;
 use crate::sandbox::Violation;
 use crate::sync::Ordering;
@@ -212,17 +212,17 @@ fn mark_failed(
     death: &Death<'_>,
 ) {
     header.len = header.len.min(seg.layout().slot_capacity() as u32);
-    header.died_pid = death.pid;
+    let mut failure = SlotFailure { died_pid: death.pid, ..SlotFailure::default() };
     mark_ran(header, stage, RanBy { record: death.record, pid: death.pid });
     let pid = death.pid;
     let msg = match death.timed_out {
         Some(t) => {
-            header.timeout_ms = t.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+            failure.timeout_ms = t.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
             format!("timed out: ran past the stage's timeout of {t:?}; worker process {pid} was killed and restarted")
         }
         None => match death.violation {
             Some(v) => {
-                (header.violation, header.violation_detail) = v.code();
+                (failure.violation, failure.violation_detail) = v.code();
                 format!("worker process {pid} was killed for {v} while running this item; it was restarted")
             }
             None => format!(
@@ -231,5 +231,5 @@ fn mark_failed(
             ),
         },
     };
-    record_failure(seg, slot, header, stage, &msg);
+    record_failure(seg, slot, header, failure, stage, &msg);
 }

@@ -170,12 +170,18 @@ pub struct Map<'p, I, T = u8> {
     /// Run an item again, once, when the worker holding it died.
     retry: bool,
     exhausted: bool,
-    /// Items submitted and not yet yielded, in input order.
+    /// Items in the pipeline (result not taken yet), in input order: what the refill
+    /// threshold counts. Results taken and not yet yielded hold their frames, but
+    /// counting them would let the pipeline run dry behind a run of results.
     sent: VecDeque<Sent>,
-    /// Of those, the ones still in the pipeline (result not taken yet): what the
-    /// refill threshold counts. Results taken and not yet yielded hold their frames,
-    /// but counting them would let the pipeline run dry behind a run of results.
-    in_flight: usize,
+    /// Results taken and not yet yielded, with their input index, in the order they
+    /// are yielded. In input order, all of them come before anything in `sent`.
+    ready: VecDeque<(u64, Result<Output, ItemError>)>,
+    /// Inputs larger than a frame, failed in their place: the `REFUSED` entries of
+    /// `sent`, in the same order.
+    refused: VecDeque<ItemError>,
+    /// Results of items whose worker died, to be run again (`retry`).
+    dead: Vec<Sent>,
     /// Inputs submitted so far: the next one's index.
     submitted: u64,
     error: Option<SubmitError>,
@@ -183,16 +189,17 @@ pub struct Map<'p, I, T = u8> {
     _inputs: PhantomData<fn() -> T>,
 }
 
+/// The ticket of a `sent` entry that never went in: its result is in `refused`.
+const REFUSED: u32 = u32::MAX;
+
 /// One input in flight.
 struct Sent {
-    ticket: u32,
     index: u64,
     /// Its bytes, kept while it may still be run again (`retry`).
     retry: Option<Box<[u8]>>,
+    ticket: u32,
     /// It was run again after its worker died.
     rerun: bool,
-    /// Its result, once taken from the book.
-    result: Option<Result<Output, ItemError>>,
 }
 
 impl<'p, I, T> Map<'p, I, T>
@@ -209,7 +216,9 @@ where
             retry,
             exhausted: false,
             sent: VecDeque::new(),
-            in_flight: 0,
+            ready: VecDeque::new(),
+            refused: VecDeque::new(),
+            dead: Vec::new(),
             submitted: 0,
             error: None,
             scratch: Scratch::default(),
@@ -219,25 +228,21 @@ where
 
     /// Submits inputs into every free frame, in one batch.
     fn fill(&mut self) {
-        let (sent, submitted, in_flight, retry) =
-            (&mut self.sent, &mut self.submitted, &mut self.in_flight, self.retry);
+        let (sent, refused, submitted, retry) =
+            (&mut self.sent, &mut self.refused, &mut self.submitted, self.retry);
         let batch =
             self.pipeline.launch_batch(&mut self.inputs, usize::MAX, false, &mut self.scratch, |input| {
                 let index = *submitted;
                 *submitted += 1;
                 sent.push_back(match input {
                     Input::Launched { ticket, bytes } => {
-                        *in_flight += 1;
-                        Sent { ticket, index, retry: retry.then(|| bytes.into()), rerun: false, result: None }
+                        Sent { index, retry: retry.then(|| bytes.into()), ticket, rerun: false }
                     }
                     // Larger than a frame: it fails alone, in its place; the rest go on.
-                    Input::TooLarge { requested, capacity } => Sent {
-                        ticket: u32::MAX,
-                        index,
-                        retry: None,
-                        rerun: false,
-                        result: Some(Err(ItemError::TooLarge { index, requested, capacity })),
-                    },
+                    Input::TooLarge { requested, capacity } => {
+                        refused.push_back(ItemError::TooLarge { index, requested, capacity });
+                        Sent { index, retry: None, ticket: REFUSED, rerun: false }
+                    }
                 });
                 true
             });
@@ -251,76 +256,73 @@ where
         }
     }
 
-    /// The next result to yield, if one is in: the oldest input's (in order), or any.
-    fn pop_ready(&mut self) -> Option<Result<Output, ItemError>> {
-        let at = if self.ordered {
-            self.sent.front().is_some_and(|s| s.result.is_some()).then_some(0)?
-        } else {
-            self.sent.iter().position(|s| s.result.is_some())?
-        };
-        let s = self.sent.remove(at).expect("found above");
-        Some(handles::with_index(s.result.expect("found above"), s.index))
-    }
-
-    /// Waits until a result this map can yield is in, taking the finished ones it can
-    /// yield next on the way (one lock of the book for all of them).
+    /// Waits until a result can be yielded (or an item is to be run again), taking
+    /// every finished one it may: in order, the run behind the oldest (a scan past it
+    /// would cost O(window) on every wake, and what it finds cannot be yielded yet);
+    /// out of order, anything finished.
     fn collect(&mut self) {
         let shared = &self.pipeline.shared;
-        let (sent, in_flight, ordered) = (&mut self.sent, &mut self.in_flight, self.ordered);
+        let (sent, ready, refused, dead) =
+            (&mut self.sent, &mut self.ready, &mut self.refused, &mut self.dead);
+        let ordered = self.ordered;
         let started = Instant::now();
         shared.wait_until(None, |book| {
-            // In order, only the run of finished items behind the oldest is taken (a
-            // scan past it would cost O(window) on every wake, and what it finds cannot
-            // be yielded yet); out of order, anything finished.
-            let mut any = false;
-            for s in sent.iter_mut().filter(|s| s.result.is_none()) {
-                match handles::take(shared, book, s.ticket) {
-                    Some(r) => {
-                        s.result = Some(r);
-                        *in_flight -= 1;
-                        any = true;
+            let before = (ready.len(), dead.len());
+            let mut i = 0;
+            while let Some(s) = sent.get(i) {
+                let result = if s.ticket == REFUSED {
+                    Err(refused.pop_front().expect("one per REFUSED entry"))
+                } else {
+                    match handles::take(shared, book, s.ticket) {
+                        Some(r) => r,
+                        None if ordered => break,
+                        None => {
+                            i += 1;
+                            continue;
+                        }
                     }
-                    None if ordered => break,
-                    None => {}
+                };
+                let s = sent.remove(i).expect("looked at above");
+                match result {
+                    Err(ItemError::Stage { failure, output }) if died(&failure) && s.rerun => {
+                        ready.push_back((s.index, Err(ItemError::Poison { failure, output })));
+                    }
+                    Err(ItemError::Stage { failure, .. }) if died(&failure) && s.retry.is_some() => {
+                        // Its failed output is dropped here: its frame is free for the
+                        // rerun. In order, nothing behind it may be yielded first.
+                        dead.push(s);
+                        if ordered {
+                            break;
+                        }
+                    }
+                    r => ready.push_back((s.index, r)),
                 }
             }
-            let ready = if ordered { sent.front().is_some_and(|s| s.result.is_some()) } else { any };
-            ready.then_some(())
+            ((ready.len(), dead.len()) != before).then_some(())
         });
         // Back-pressure as `map` feels it: its window is full until a result is in.
         shared.submit_waited_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Runs again, once, each item whose worker died holding it (with `retry` on); one
-    /// that kills the replacement too is poison.
+    /// Runs the items whose worker died again, once; in order, ahead of the rest.
     fn retry_deaths(&mut self) {
-        if !self.retry {
-            return;
-        }
-        for s in self.sent.iter_mut() {
-            let died = matches!(&s.result, Some(Err(ItemError::Stage { failure, .. }))
-                if failure.worker_died.is_some() && failure.timed_out.is_none());
-            if !died {
-                continue;
-            }
-            if s.rerun {
-                if let Some(Err(ItemError::Stage { failure, output })) = s.result.take() {
-                    s.result = Some(Err(ItemError::Poison { failure, output }));
-                }
-                continue;
-            }
-            let Some(bytes) = s.retry.take() else { continue };
-            s.rerun = true;
-            s.result = None; // drops the failed output: its frame is free for the rerun
+        for mut s in std::mem::take(&mut self.dead) {
+            let bytes = s.retry.take().expect("only items with their bytes are retried");
             match self.pipeline.resubmit(&bytes) {
                 Ok(ticket) => {
                     s.ticket = ticket;
-                    self.in_flight += 1;
+                    s.rerun = true;
+                    self.sent.push_front(s);
                 }
-                Err(e) => s.result = Some(Err(ItemError::Submit(e))),
+                Err(e) => self.ready.push_back((s.index, Err(ItemError::Submit(e)))),
             }
         }
     }
+}
+
+/// Whether a stage failure is its worker's death, other than for a timeout.
+fn died(failure: &crate::StageFailure) -> bool {
+    failure.worker_died.is_some() && failure.timed_out.is_none()
 }
 
 impl<I, T> Iterator for Map<'_, I, T>
@@ -334,12 +336,12 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         let window = self.pipeline.max_in_flight();
         loop {
-            if let Some(r) = self.pop_ready() {
-                return Some(r);
+            if let Some((index, r)) = self.ready.pop_front() {
+                return Some(handles::with_index(r, index));
             }
             // Refill in batches of at least half the window: one lock of the book and
             // one ring publish for many items.
-            if !self.exhausted && self.in_flight <= window / 2 {
+            if !self.exhausted && self.sent.len() <= window / 2 {
                 self.fill();
             }
             if self.sent.is_empty() {
@@ -368,8 +370,8 @@ where
 
 impl<I, T> Drop for Map<'_, I, T> {
     fn drop(&mut self) {
-        let pending: Vec<u32> = self.sent.iter().filter(|s| s.result.is_none()).map(|s| s.ticket).collect();
-        self.sent.clear(); // results taken and not yielded give their frames back here
+        self.ready.clear(); // results taken and not yielded give their frames back here
+        let pending: Vec<u32> = self.sent.iter().map(|s| s.ticket).filter(|&t| t != REFUSED).collect();
         if pending.is_empty() {
             return;
         }

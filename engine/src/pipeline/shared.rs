@@ -66,7 +66,7 @@ enum State {
     /// Out of the pipeline and handed to its owner as an `Output`.
     Taken,
     /// The engine failed it.
-    Failed(EngineFailure),
+    Failed(Box<EngineFailure>),
     /// Its ticket was dropped while in flight: free it when it comes out.
     Abandoned,
 }
@@ -88,7 +88,7 @@ pub(crate) enum Taken {
     /// The item came out: its slot, length, submission number, and whether it failed.
     Done { slot: OwnedSlot, len: u32, seq: u64, failed: bool },
     /// The engine failed it.
-    Failed(EngineFailure),
+    Failed(Box<EngineFailure>),
     /// Its result was taken before.
     Before,
 }
@@ -217,11 +217,10 @@ impl Book {
     #[inline]
     pub fn take(&mut self, ticket: u32) -> Option<Taken> {
         let entry = &mut self.entries[ticket as usize];
+        if matches!(entry.state, State::Pending { .. }) {
+            return None; // polled often while waiting: leave the entry untouched
+        }
         match std::mem::replace(&mut entry.state, State::Taken) {
-            State::Pending { waker, detached } => {
-                entry.state = State::Pending { waker, detached };
-                None
-            }
             State::Done { slot, len, seq, failed } => Some(Taken::Done { slot, len, seq, failed }),
             State::Failed(f) => {
                 entry.state = State::Free;
@@ -305,7 +304,7 @@ impl Book {
         for (ticket, entry) in self.entries.iter_mut().enumerate() {
             match std::mem::replace(&mut entry.state, State::Free) {
                 State::Pending { waker, detached } => {
-                    entry.state = State::Failed(failure.clone());
+                    entry.state = State::Failed(Box::new(failure.clone()));
                     if detached {
                         self.finished.push_back(ticket as u32);
                     }

@@ -300,7 +300,7 @@ impl Pipeline {
 fn fill(seg: &Segment, slot: &mut OwnedSlot, ticket: u32, generation: u32, data: &[u8]) {
     slot.payload_mut(seg)[..data.len()].copy_from_slice(data);
     let header = SlotHeader { len: data.len() as u32, ticket, generation, ..bytemuck::Zeroable::zeroed() };
-    slot.set_header(seg, &header);
+    slot.reset(seg, &header);
 }
 
 /// An input as `launch_batch` handles it.

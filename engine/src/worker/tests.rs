@@ -85,12 +85,11 @@ fn runner_processes_skips_fails_and_survives_panics() {
     let ok = by_ticket(1);
     assert_eq!(&ok.payload(&seg)[..3], b"ABC");
     assert!(crate::frame::has_run(&ok.header(&seg), 0));
-    let failed = by_ticket(2).header(&seg);
-    assert_eq!((failed.status, failed.failed_stage), (STATUS_FAILED, 0));
+    let failed = by_ticket(2).failure(&seg);
+    assert_eq!((by_ticket(2).header(&seg).status, failed.failed_stage), (STATUS_FAILED, 0));
     assert_eq!(by_ticket(2).error_text(&seg, failed.error_len), "refused");
-    let panicked = by_ticket(3).header(&seg);
-    assert_eq!(panicked.status, STATUS_FAILED);
-    assert!(by_ticket(3).error_text(&seg, panicked.error_len).contains("told to panic"));
+    assert_eq!(by_ticket(3).header(&seg).status, STATUS_FAILED);
+    assert!(by_ticket(3).error_text(&seg, by_ticket(3).failure(&seg).error_len).contains("told to panic"));
     let skipped = by_ticket(4).header(&seg);
     assert_eq!(skipped.status, 0);
     assert!(!crate::frame::has_run(&skipped, 0));
@@ -127,6 +126,6 @@ fn runner_fails_an_item_whose_length_is_corrupt() {
     let slot = OwnedSlot::from_descriptor(&seg, pop(&mut rx)).unwrap();
     let h = slot.header(&seg);
     assert_eq!(h.status, STATUS_FAILED);
-    assert!(slot.error_text(&seg, h.error_len).contains("exceeds capacity"));
+    assert!(slot.error_text(&seg, slot.failure(&seg).error_len).contains("exceeds capacity"));
     assert_eq!(stop(&seg, worker), RunEnd::Shutdown);
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{flatten, panic_message, record_failure, Handled, Role, RunEnd, StageRunner};
 use crate::frame::{mark_ran, Frame, OwnedSlot, STATUS_FAILED};
+use crate::memory::SlotFailure;
 use crate::pair::{OUTCOME_FAILED, OUTCOME_FAILED_AFTER_CLOSE, OUTCOME_OK, PRODUCED, STARTED};
 use crate::worker::meter::Waited;
 
@@ -53,7 +54,7 @@ impl StageRunner {
             Err(panic) => {
                 mark_ran(&mut header, self.index, self.me);
                 let msg = format!("stage panicked: {}", panic_message(&*panic));
-                record_failure(seg, &mut slot, &mut header, self.index, &msg);
+                record_failure(seg, &mut slot, &mut header, SlotFailure::default(), self.index, &msg);
                 return Ok(Handled::Done(slot));
             }
         }
@@ -104,7 +105,7 @@ impl StageRunner {
                 // for its own reasons.
                 let closed_first = writer.is_closed();
                 writer.fail();
-                record_failure(seg, partner, &mut header, self.index, &msg);
+                record_failure(seg, partner, &mut header, SlotFailure::default(), self.index, &msg);
                 if closed_first {
                     OUTCOME_FAILED_AFTER_CLOSE
                 } else {
@@ -169,14 +170,17 @@ impl StageRunner {
         }
         mark_ran(&mut header, self.index, self.me);
         let producer_failed = their_header.status == STATUS_FAILED;
+        let mut known = SlotFailure::default();
+        let mut their_error_len = 0;
         if producer_failed {
             // The parent failed it for a dead or timed-out producer: say so on the item.
-            header.died_pid = their_header.died_pid;
-            header.timeout_ms = their_header.timeout_ms;
+            let theirs = theirs.failure(&seg);
+            (known.died_pid, known.timeout_ms, their_error_len) =
+                (theirs.died_pid, theirs.timeout_ms, theirs.error_len);
         }
         let failure = match consumed {
             Err(msg) if !producer_failed || outcome == OUTCOME_FAILED_AFTER_CLOSE => Some((self.index, msg)),
-            _ if producer_failed => Some((self.index - 1, theirs.error_text(&seg, their_header.error_len))),
+            _ if producer_failed => Some((self.index - 1, theirs.error_text(&seg, their_error_len))),
             _ => {
                 let Role::Consumer { code, .. } = &mut self.role else { unreachable!("consumer role") };
                 let mut frame = Frame::new(&seg, &mut slot, &mut self.spare, header.len as usize);
@@ -187,7 +191,7 @@ impl StageRunner {
             }
         };
         match failure {
-            Some((stage, msg)) => self.fail(&mut slot, &mut header, stage, &msg),
+            Some((stage, msg)) => record_failure(&seg, &mut slot, &mut header, known, stage, &msg),
             None => slot.set_header(&seg, &header),
         }
         self.bytes.1 = u64::from(header.len);

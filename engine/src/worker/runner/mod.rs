@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::meter::{Meter, Waited};
 use crate::frame::{mark_ran, Frame, OwnedSlot, RanBy, STATUS_FAILED};
 use crate::memory::{
-    LayoutError, Segment, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
+    LayoutError, Segment, SlotFailure, SlotHeader, ROLE_CONSUMER, ROLE_PRODUCER, STATE_BROKEN, STATE_RUNNING,
 };
 use crate::memory::{FLAG_HOLD_INPUT, FLAG_ORDERED_INPUT};
 use crate::pair::{PairRef, PAIRED};
@@ -332,21 +332,24 @@ impl StageRunner {
     }
 
     fn fail(&self, slot: &mut OwnedSlot, header: &mut SlotHeader, stage: usize, msg: &str) {
-        record_failure(&self.seg, slot, header, stage, msg);
+        record_failure(&self.seg, slot, header, SlotFailure::default(), stage, msg);
     }
 }
 
-/// Marks the item failed by `stage` with `msg` and writes its header.
+/// Marks the item failed by `stage` with `msg` and writes its header and its failure
+/// record (`failure` brings what else is known: a death, a timeout, a violation).
 pub(crate) fn record_failure(
     seg: &Segment,
     slot: &mut OwnedSlot,
     header: &mut SlotHeader,
+    mut failure: SlotFailure,
     stage: usize,
     msg: &str,
 ) {
     header.status = STATUS_FAILED;
-    header.failed_stage = stage as u32;
-    header.error_len = slot.set_error_text(seg, msg);
+    failure.failed_stage = stage as u32;
+    failure.error_len = slot.set_error_text(seg, msg);
+    slot.set_failure(seg, &failure);
     slot.set_header(seg, header);
 }
 
