@@ -180,8 +180,8 @@ pub struct Map<'p, I, T = u8> {
     /// Inputs larger than a frame, failed in their place: the `REFUSED` entries of
     /// `sent`, in the same order.
     refused: VecDeque<ItemError>,
-    /// Results of items whose worker died, to be run again (`retry`).
-    dead: Vec<Sent>,
+    /// Items whose worker died, to be run again (`retry`), with their failed results.
+    dead: Vec<(Sent, Result<Output, ItemError>)>,
     /// Inputs submitted so far: the next one's index.
     submitted: u64,
     error: Option<SubmitError>,
@@ -287,10 +287,11 @@ where
                     Err(ItemError::Stage { failure, output }) if died(&failure) && s.rerun => {
                         ready.push_back((s.index, Err(ItemError::Poison { failure, output })));
                     }
-                    Err(ItemError::Stage { failure, .. }) if died(&failure) && s.retry.is_some() => {
-                        // Its failed output is dropped here: its frame is free for the
-                        // rerun. In order, nothing behind it may be yielded first.
-                        dead.push(s);
+                    Err(ItemError::Stage { ref failure, .. }) if died(failure) && s.retry.is_some() => {
+                        // Kept, not dropped: dropping an output takes the book's lock,
+                        // which this closure holds. In order, nothing behind it may be
+                        // yielded first.
+                        dead.push((s, result));
                         if ordered {
                             break;
                         }
@@ -306,7 +307,8 @@ where
 
     /// Runs the items whose worker died again, once; in order, ahead of the rest.
     fn retry_deaths(&mut self) {
-        for mut s in std::mem::take(&mut self.dead) {
+        for (mut s, failed) in std::mem::take(&mut self.dead) {
+            drop(failed); // its frame is free for the rerun
             let bytes = s.retry.take().expect("only items with their bytes are retried");
             match self.pipeline.resubmit(&bytes) {
                 Ok(ticket) => {
