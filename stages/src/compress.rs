@@ -9,7 +9,7 @@
 //! let p = Pipeline::builder()
 //!     .stage(StageSpec::with_stage("id", ChunkId))
 //!     .stage(StageSpec::with_stage("zstd", Zstd::new(3)))
-//!     .stage(StageSpec::with_stage("unzstd", Unzstd))
+//!     .stage(StageSpec::with_stage("unzstd", Unzstd::default()))
 //!     .build()
 //!     .unwrap();
 //! let text = b"to be or not to be, to be or not to be".repeat(100);
@@ -117,9 +117,26 @@ impl Stage for Zstd {
     }
 }
 
-/// Decompresses a zstd chunk back to its `raw_len` plain bytes.
-#[derive(Default)]
-pub struct Unzstd;
+/// Decompresses a zstd chunk back to its `raw_len` plain bytes, with one decoding
+/// context kept from chunk to chunk.
+pub struct Unzstd {
+    ctx: zstd::bulk::Decompressor<'static>,
+}
+
+impl Default for Unzstd {
+    fn default() -> Self {
+        Self { ctx: zstd::bulk::Decompressor::new().expect("zstd decoding context") }
+    }
+}
+
+impl Registered for Unzstd {
+    const NAME: &'static str = UNZSTD;
+    type Params = ();
+    fn from_params((): ()) -> Result<Self, BoxError> {
+        let ctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd decoding context: {e}"))?;
+        Ok(Self { ctx })
+    }
+}
 
 impl Stage for Unzstd {
     /// Decodes into the frame, never past the chunk's raw length (and the decoder
@@ -127,6 +144,7 @@ impl Stage for Unzstd {
     /// (a decompression bomb declares terabytes) is refused from its header alone,
     /// before any decoding.
     fn process(&mut self, frame: &mut Frame<'_>) -> Result<(), BoxError> {
+        let ctx = &mut self.ctx;
         decode(frame, CODEC_ZSTD, "zstd", |body, out| {
             match zstd::zstd_safe::get_frame_content_size(body) {
                 Ok(Some(declared)) if declared != out.len() as u64 => {
@@ -135,7 +153,7 @@ impl Stage for Unzstd {
                 Ok(_) => {}
                 Err(_) => return Err("its frame header does not parse".into()),
             }
-            zstd::bulk::decompress_to_buffer(body, out).map_err(|e| e.to_string())
+            ctx.decompress_to_buffer(body, out).map_err(|e| e.to_string())
         })
     }
 }
@@ -185,4 +203,5 @@ impl Registered for Zstd {
 }
 
 register!(Zstd);
-register_plain!(Unzstd = UNZSTD, Lz4 = LZ4, Unlz4 = UNLZ4);
+register_plain!(Lz4 = LZ4, Unlz4 = UNLZ4);
+register!(Unzstd);
