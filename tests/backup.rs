@@ -1,7 +1,9 @@
-//! The flagship example end to end (issue 6): back up a tree with duplicates, an
-//! empty file and a file of several blocks; verify; restore byte for byte. Then
-//! damage the archive, and use the wrong passphrase: both fail naming the chunk, and
-//! restore leaves no file built from a bad chunk.
+//! The flagship example end to end: back up a tree with duplicates, an empty file
+//! and a file of several blocks; verify; restore byte for byte. Then damage the
+//! archive, and use the wrong passphrase: both fail, naming what, and restore leaves
+//! no file built from a bad chunk. A tree with every kind of entry comes back exact;
+//! special files are reported; a crafted index cannot write outside the target; a
+//! full disk is a clear error that leaves nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -81,7 +83,7 @@ fn backup_verify_restore_round_trip_and_damage_is_named() {
     make_tree(&src);
     let pass = "correct horse";
     let said = ok(run(&[Path::new("backup"), &src, &archive], pass));
-    assert!(said.contains("backup: 5 files"), "{said}");
+    assert!(said.contains("backup: 7 entries (5 files)"), "{said}");
     // The copy's chunks are all duplicates: fewer unique chunks than chunks.
     let words: Vec<&str> = said.split_whitespace().collect();
     let count = |what: &str| -> u64 {
@@ -97,11 +99,13 @@ fn backup_verify_restore_round_trip_and_damage_is_named() {
         same_file(&src.join(f), &dst.join(f));
     }
 
-    // The wrong passphrase: every chunk fails its tag, named.
-    let wrong = run(&[Path::new("verify"), &archive], "wrong");
+    // The wrong passphrase: the index does not open, and nothing is written.
+    let dst_wrong = s.0.join("dst-wrong");
+    let wrong = run(&[Path::new("restore"), &archive, &dst_wrong], "wrong");
     assert!(!wrong.status.success());
     let err = String::from_utf8_lossy(&wrong.stderr);
-    assert!(err.contains("chunk 0") && err.contains("bad chunks"), "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!dst_wrong.exists(), "a restore with the wrong passphrase created its target");
 
     // One flipped byte in the first sealed chunk's body (after the archive's magic
     // and salt, the chunk's length word and its 48-byte meta).

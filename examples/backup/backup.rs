@@ -1,117 +1,174 @@
 //! Backing up a tree: walk it, cut every file into chunks (the cut pipeline),
 //! deduplicate by id, seal new chunks (the seal pipeline) and append them to the
-//! archive with its index.
+//! archive, then seal the index the same way.
 
 use super::*;
+use std::os::unix::ffi::OsStrExt;
+use tree::{Kind, Skipped};
 
-/// Every regular file under `root`, sorted, as (relative path, full path).
-pub(super) fn walk(root: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
-                dirs.push(e.path());
-            } else if t.is_file() {
-                let rel = e.path().strip_prefix(root)?.to_string_lossy().into_owned();
-                out.push((rel, e.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+/// The archive being written: its file, the sealed chunks so far (where each starts,
+/// after its length word, and how long it is), and the offset after the last.
+pub(super) struct Writing {
+    out: BufWriter<File>,
+    table: Vec<(u64, u32)>,
+    offset: u64,
 }
 
-/// The archive's sealed chunks as the writer thread left them: where each starts
-/// (after its length word) and how long it is, and the offset after the last.
-pub(super) type Written = (BufWriter<File>, Vec<(u64, u32)>, u64);
+impl Writing {
+    /// Appends one sealed frame.
+    fn append(&mut self, sealed: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(&(sealed.len() as u32).to_le_bytes())?;
+        self.out.write_all(sealed)?;
+        self.table.push((self.offset + 4, sealed.len() as u32));
+        self.offset += 4 + sealed.len() as u64;
+        Ok(())
+    }
+}
+
+/// An index part's id: binds its bytes to its place among `parts` parts, in a hash
+/// domain of its own, so no data chunk (whose id is the plain BLAKE3 of its bytes)
+/// can pass for one.
+pub(super) fn index_part_id(part: u32, parts: u32, bytes: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("ringpipe backup example 2026 index part");
+    h.update(&part.to_le_bytes()).update(&parts.to_le_bytes()).update(bytes);
+    *h.finalize().as_bytes()
+}
+
+/// Blocks in the cut pipeline at once.
+const CUT_WINDOW: usize = 6;
 
 pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
     let start = Instant::now();
-    let files = walk(dir)?;
+    let tree::Walked { mut entries, mut skipped } = tree::walk(dir)?;
+    let files: Vec<usize> =
+        (0..entries.len()).filter(|&i| matches!(entries[i].kind, Kind::File { .. })).collect();
     let chunker = Chunker::default();
     let cut = Pipeline::builder()
         .stage(StageSpec::chain([Chain::link::<Chunker>(chunker), ("backup.ids", vec![])]))
         .frame_capacity(BLOCK + chunker.overhead(BLOCK) + 32 * (BLOCK / (256 << 10) + 2) + 4)
-        .max_in_flight(6)
+        .max_in_flight(CUT_WINDOW)
         .build()?;
     let salt = random_salt()?;
     let key = Key::from_passphrase(&passphrase(), &salt)?;
-    let max_chunk = 4 << 20;
     let sealing = SealParams::new(CIPHER, &key, salt);
     let seal = Pipeline::builder()
         .stage(StageSpec::chain([Chain::link::<Zstd>(LEVEL), Chain::link::<Seal>(sealing)]).replicas(2))
-        .frame_capacity(META_LEN + Zstd::max_output(max_chunk) + TAG_LEN)
+        .frame_capacity(META_LEN + Zstd::max_output(MAX_CHUNK) + TAG_LEN)
         .max_in_flight(16)
         .build()?;
-    let mut out = BufWriter::with_capacity(4 << 20, File::create(archive)?);
-    out.write_all(MAGIC)?;
-    out.write_all(&salt)?;
-    let listed: u64 =
-        files.iter().map(|(_, path)| std::fs::metadata(path).map(|m| m.len())).sum::<Result<_, _>>()?;
-    let bar = progress("backup", listed);
 
-    // Every file's blocks, in order, read as the cut pipeline takes them. `owner`
-    // says whose each block is (outputs come back in input order).
-    let owner = RefCell::new(VecDeque::new());
-    let mut read_error = None;
-    let mut open_files = files.iter().enumerate();
+    // Written under a temporary name beside the archive (removed if anything fails),
+    // renamed once complete.
+    let parent = archive.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", archive.file_name().unwrap_or_default().to_string_lossy()))
+        .suffix(".partial")
+        .tempfile_in(parent)
+        .map_err(io_context("creating a temporary archive in", parent))?;
+    let (file, temp_path) = temp.into_parts();
+    let mut writing = Writing { out: BufWriter::with_capacity(4 << 20, file), table: Vec::new(), offset: 0 };
+    let write_error = io_context("writing the archive", &temp_path);
+    writing.out.write_all(MAGIC).and_then(|()| writing.out.write_all(&salt)).map_err(write_error)?;
+    writing.offset = (MAGIC.len() + SALT_LEN) as u64;
+
+    let listed: u64 = files
+        .iter()
+        .map(|&i| match entries[i].kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
+    let bar = progress("backup", listed, files.len());
+
+    // Every file's blocks, in order, each read straight into a frame of the cut
+    // pipeline (no copy on the way in). A file that cannot be opened or read is
+    // skipped, reported, and dropped from the index.
+    let mut unreadable = Vec::<(usize, String)>::new();
+    let mut open_files = files.iter().copied();
     let mut reading: Option<(usize, File)> = None;
-    let blocks = std::iter::from_fn(|| loop {
-        let (i, file) = match &mut reading {
-            Some(r) => r,
-            None => {
-                let (i, (rel, path)) = open_files.next()?;
-                match File::open(path) {
-                    Ok(f) => reading.insert((i, f)),
-                    Err(e) => {
-                        read_error = Some(format!("opening {rel}: {e}"));
-                        return None;
+    let mut opened = 0;
+    let mut next_block = || -> Result<Option<(usize, ringpipe::Ticket)>, Error> {
+        loop {
+            let (i, file) = match &mut reading {
+                Some(r) => r,
+                None => {
+                    let Some(i) = open_files.next() else { return Ok(None) };
+                    opened += 1;
+                    file_done(&bar, opened, files.len());
+                    match File::open(dir.join(entries[i].rel())) {
+                        Ok(f) => reading.insert((i, f)),
+                        Err(e) => {
+                            unreadable.push((i, format!("cannot be opened: {e}")));
+                            continue;
+                        }
                     }
                 }
-            }
-        };
-        let mut buf = Vec::with_capacity(BLOCK);
-        match file.take(BLOCK as u64).read_to_end(&mut buf) {
-            Ok(0) => reading = None,
-            Ok(_) => {
-                owner.borrow_mut().push_back(*i);
-                return Some(buf);
-            }
-            Err(e) => {
-                read_error = Some(format!("reading {}: {e}", files[*i].0));
-                return None;
+            };
+            let mut frame = cut.alloc(BLOCK)?;
+            let mut filled = 0;
+            let read = loop {
+                match file.read(&mut frame[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == BLOCK {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            match read {
+                Ok(()) if filled > 0 => {
+                    let i = *i;
+                    if filled < BLOCK {
+                        reading = None; // its end
+                    }
+                    frame.set_len(filled)?;
+                    return Ok(Some((i, frame.submit()?)));
+                }
+                Ok(()) => reading = None,
+                Err(e) => {
+                    unreadable.push((*i, format!("cannot be read: {e}")));
+                    reading = None;
+                }
             }
         }
-    });
+    };
 
-    let mut stats = Stats { bytes: 0, chunks: 0, unique: 0, archive: 0 };
-    let mut refs: Vec<Vec<u32>> = vec![Vec::new(); files.len()];
-    // Bytes actually read per file (the index records these, not the listed sizes).
-    let mut sizes: Vec<u64> = vec![0; files.len()];
-    let (out, table, index_at) = std::thread::scope(|s| -> Result<Written, Error> {
+    let mut stats = Stats { bytes: 0, chunks: 0, unique: 0, archive: 0, skipped: Vec::new() };
+    let mut refs: Vec<Vec<u32>> = vec![Vec::new(); entries.len()];
+    // Bytes actually read per entry (the index records these, not the listed sizes).
+    let mut sizes: Vec<u64> = vec![0; entries.len()];
+    let writing = std::thread::scope(|s| -> Result<Writing, Error> {
         // New chunks go to `seal` as they are found; this thread appends what comes
         // out, in order (chunk numbers are positions in the archive).
         let (tx, rx) = std::sync::mpsc::sync_channel::<ringpipe::Ticket>(64);
-        let writer = s.spawn(move || -> Result<Written, Error> {
-            let mut offset = (MAGIC.len() + SALT_LEN) as u64;
-            let mut table = Vec::new();
+        let temp_path = &temp_path;
+        let writer = s.spawn(move || -> Result<Writing, Error> {
             for ticket in rx {
-                let sealed = ticket.wait().map_err(|e| format!("sealing chunk {}: {e}", table.len()))?;
-                out.write_all(&(sealed.len() as u32).to_le_bytes())?;
-                out.write_all(&sealed)?;
-                table.push((offset + 4, sealed.len() as u32));
-                offset += 4 + sealed.len() as u64;
+                let sealed =
+                    ticket.wait().map_err(|e| format!("sealing chunk {}: {e}", writing.table.len()))?;
+                writing.append(&sealed).map_err(io_context("writing the archive", temp_path))?;
             }
-            Ok((out, table, offset))
+            Ok(writing)
         });
         let mut known: HashMap<[u8; 32], u32> = HashMap::new();
         let found = (|| -> Result<(), Error> {
-            for block in cut.map(blocks) {
-                let file = owner.borrow_mut().pop_front().expect("one owner per block");
-                let block = block.map_err(|e| format!("{}: {e}", files[file].0))?;
+            // Blocks in the cut pipeline, oldest first, with the entry each is of.
+            let mut cutting = VecDeque::new();
+            loop {
+                while cutting.len() < CUT_WINDOW {
+                    match next_block()? {
+                        Some(b) => cutting.push_back(b),
+                        None => break,
+                    }
+                }
+                let Some((file, ticket)) = cutting.pop_front() else { return Ok(()) };
+                let block = ticket
+                    .wait()
+                    .map_err(|e| format!("cutting {}: {e}", dir.join(entries[file].rel()).display()))?;
                 for (r, id) in ids_of(&block)? {
                     stats.chunks += 1;
                     sizes[file] += r.len() as u64;
@@ -125,13 +182,12 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
                         frame[..META_LEN].copy_from_slice(bytemuck::bytes_of(&meta));
                         frame[META_LEN..].copy_from_slice(&block[r]);
                         if tx.send(frame.submit()?).is_err() {
-                            break; // the writer failed: its error says why
+                            return Ok(()); // the writer failed: its error says why
                         }
                     }
                     refs[file].push(seq);
                 }
             }
-            Ok(())
         })();
         drop(tx);
         let written = writer.join().expect("the writer thread does not panic");
@@ -139,34 +195,63 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         written
     })?;
     bar.finish_and_clear();
-    if let Some(e) = read_error {
-        return Err(e.into());
+    let mut writing = writing;
+
+    // What could not be read leaves the index, with the hard links to it.
+    let unreadable: HashMap<usize, String> = unreadable.into_iter().collect();
+    for (&i, reason) in &unreadable {
+        skipped.push(Skipped { path: dir.join(entries[i].rel()), reason: reason.clone() });
     }
-    let mut out = out;
+    for (i, e) in entries.iter_mut().enumerate() {
+        if let Kind::File { size, chunks } = &mut e.kind {
+            *size = sizes[i];
+            *chunks = std::mem::take(&mut refs[i]);
+        }
+    }
+    for orphan in tree::retain(&mut entries, |i| !unreadable.contains_key(&i)) {
+        let path = dir.join(Path::new(std::ffi::OsStr::from_bytes(&orphan)));
+        skipped.push(Skipped { path, reason: "a hard link to a file that could not be read".into() });
+    }
     stats.bytes = sizes.iter().sum();
-    stats.unique = table.len() as u64;
-    // The index.
-    out.write_all(&(files.len() as u64).to_le_bytes())?;
-    for (((rel, _), size), refs) in files.iter().zip(&sizes).zip(&refs) {
-        out.write_all(&(rel.len() as u32).to_le_bytes())?;
-        out.write_all(rel.as_bytes())?;
-        out.write_all(&size.to_le_bytes())?;
-        out.write_all(&(refs.len() as u32).to_le_bytes())?;
-        refs.iter().try_for_each(|r| out.write_all(&r.to_le_bytes()))?;
+    stats.unique = writing.table.len() as u64;
+
+    // The index, sealed in parts through the same pipeline, numbered after the chunks.
+    let index = tree::encode(&entries, &writing.table);
+    let parts: Vec<&[u8]> = index.chunks(MAX_CHUNK).collect();
+    let data_chunks = writing.table.len() as u64;
+    let mut tail = Vec::new();
+    for (k, part) in parts.iter().enumerate() {
+        let id = index_part_id(k as u32, parts.len() as u32, part);
+        let meta =
+            ChunkMeta { seq: data_chunks + k as u64, id, raw_len: part.len() as u32, codec: CODEC_NONE };
+        let mut frame = seal.alloc(META_LEN + part.len())?;
+        frame[..META_LEN].copy_from_slice(bytemuck::bytes_of(&meta));
+        frame[META_LEN..].copy_from_slice(part);
+        let sealed = frame.submit()?.wait().map_err(|e| format!("sealing the index: {e}"))?;
+        writing.append(&sealed).map_err(io_context("writing the archive", &temp_path))?;
+        let (at, len) = *writing.table.last().expect("just appended");
+        tail.extend_from_slice(&at.to_le_bytes());
+        tail.extend_from_slice(&len.to_le_bytes());
     }
-    out.write_all(&(table.len() as u64).to_le_bytes())?;
-    for (at, len) in &table {
-        out.write_all(&at.to_le_bytes())?;
-        out.write_all(&len.to_le_bytes())?;
-    }
-    out.write_all(&index_at.to_le_bytes())?;
-    out.write_all(INDEX_MAGIC)?;
-    out.flush()?;
-    stats.archive = out.get_ref().metadata()?.len();
+    tail.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    tail.extend_from_slice(TAIL_MAGIC);
+    let Writing { mut out, .. } = writing;
+    let finish = (|| {
+        out.write_all(&tail)?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        out.get_ref().metadata().map(|m| m.len())
+    })();
+    stats.archive = finish.map_err(io_context("writing the archive", &temp_path))?;
+    drop(out);
+    temp_path
+        .persist(archive)
+        .map_err(|e| format!("renaming the finished archive to {}: {}", archive.display(), e.error))?;
     let t = start.elapsed();
     println!(
-        "backup: {} files, {:.1} MiB in {:.2} s = {:.0} MB/s; {} chunks, {} unique; archive {:.1} MiB ({:.0}%)",
-        files.len(),
+        "backup: {} entries ({} files), {:.1} MiB in {:.2} s = {:.0} MB/s; {} chunks, {} unique; archive {:.1} MiB ({:.0}%)",
+        entries.len(),
+        files.len() - unreadable.len(),
         stats.bytes as f64 / 1048576.0,
         t.as_secs_f64(),
         mb_s(stats.bytes, t),
@@ -177,6 +262,10 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
     );
     report("cut", &cut);
     report("seal", &seal);
-    assert!(cut.shutdown().failure.is_none() && seal.shutdown().failure.is_none());
+    if let Some(f) = cut.shutdown().failure.or(seal.shutdown().failure) {
+        return Err(format!("a pipeline failed at shutdown: {f}").into());
+    }
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    stats.skipped = skipped;
     Ok(stats)
 }
