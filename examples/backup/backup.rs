@@ -36,6 +36,22 @@ pub(super) fn index_part_id(part: u32, parts: u32, bytes: &[u8]) -> [u8; 32] {
 
 /// Blocks in the cut pipeline at once.
 const CUT_WINDOW: usize = 6;
+/// FastCDC's smallest chunk with `Chunker::default()`: a file no larger is one chunk.
+const SMALL: usize = 256 << 10;
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_into(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
 
 pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
     let start = Instant::now();
@@ -80,62 +96,17 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         .sum();
     let bar = progress("backup", listed, files.len());
 
-    // Every file's blocks, in order, each read straight into a frame of the cut
-    // pipeline (no copy on the way in). A file that cannot be opened or read is
-    // skipped, reported, and dropped from the index.
+    // Files that cannot be opened or read are skipped, reported, and dropped from
+    // the index.
     let mut unreadable = Vec::<(usize, String)>::new();
-    let mut open_files = files.iter().copied();
-    let mut reading: Option<(usize, File)> = None;
+    // A file no larger than FastCDC's smallest chunk is one chunk whatever its
+    // content: the parent hashes it in place and skips the cut pipeline's round
+    // trip. Most files of a source tree are that small.
+    let (small, mut big): (Vec<usize>, Vec<usize>) = files.iter().partition(|&&i| match entries[i].kind {
+        Kind::File { size, .. } => size <= SMALL as u64,
+        _ => false,
+    });
     let mut opened = 0;
-    let mut next_block = || -> Result<Option<(usize, ringpipe::Ticket)>, Error> {
-        loop {
-            let (i, file) = match &mut reading {
-                Some(r) => r,
-                None => {
-                    let Some(i) = open_files.next() else { return Ok(None) };
-                    opened += 1;
-                    file_done(&bar, opened, files.len());
-                    match File::open(dir.join(entries[i].rel())) {
-                        Ok(f) => reading.insert((i, f)),
-                        Err(e) => {
-                            unreadable.push((i, format!("cannot be opened: {e}")));
-                            continue;
-                        }
-                    }
-                }
-            };
-            let mut frame = cut.alloc(BLOCK)?;
-            let mut filled = 0;
-            let read = loop {
-                match file.read(&mut frame[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == BLOCK {
-                            break Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            match read {
-                Ok(()) if filled > 0 => {
-                    let i = *i;
-                    if filled < BLOCK {
-                        reading = None; // its end
-                    }
-                    frame.set_len(filled)?;
-                    return Ok(Some((i, frame.submit()?)));
-                }
-                Ok(()) => reading = None,
-                Err(e) => {
-                    unreadable.push((*i, format!("cannot be read: {e}")));
-                    reading = None;
-                }
-            }
-        }
-    };
 
     let mut stats = Stats { bytes: 0, chunks: 0, unique: 0, archive: 0, skipped: Vec::new() };
     let mut refs: Vec<Vec<u32>> = vec![Vec::new(); entries.len()];
@@ -156,6 +127,86 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         });
         let mut known: HashMap<[u8; 32], u32> = HashMap::new();
         let found = (|| -> Result<(), Error> {
+            // Small files: each read straight into a frame of the seal pipeline, after
+            // room for its chunk header.
+            for &i in &small {
+                opened += 1;
+                file_done(&bar, opened, files.len());
+                let mut file = match File::open(dir.join(entries[i].rel())) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        unreadable.push((i, format!("cannot be opened: {e}")));
+                        continue;
+                    }
+                };
+                let mut frame = seal.alloc(META_LEN + SMALL + 1)?;
+                let n = match read_into(&mut file, &mut frame[META_LEN..]) {
+                    Ok(n) if n > SMALL => {
+                        big.push(i); // it grew: cut it like the others
+                        continue;
+                    }
+                    Ok(0) => continue, // empty: no chunk
+                    Ok(n) => n,
+                    Err(e) => {
+                        unreadable.push((i, format!("cannot be read: {e}")));
+                        continue;
+                    }
+                };
+                frame.set_len(META_LEN + n)?;
+                let id = *blake3::hash(&frame[META_LEN..]).as_bytes();
+                stats.chunks += 1;
+                sizes[i] += n as u64;
+                bar.inc(n as u64);
+                let next = known.len() as u32;
+                let seq = *known.entry(id).or_insert(next);
+                if seq == next {
+                    let meta = ChunkMeta { seq: next.into(), id, raw_len: n as u32, codec: CODEC_NONE };
+                    frame[..META_LEN].copy_from_slice(bytemuck::bytes_of(&meta));
+                    if tx.send(frame.submit()?).is_err() {
+                        return Ok(()); // the writer failed: its error says why
+                    }
+                }
+                refs[i].push(seq);
+            }
+            // The others: every block, in order, read straight into a frame of the cut
+            // pipeline.
+            let mut open_files = big.iter().copied();
+            let mut reading: Option<(usize, File)> = None;
+            let mut next_block = || -> Result<Option<(usize, ringpipe::Ticket)>, Error> {
+                loop {
+                    let (i, file) = match &mut reading {
+                        Some(r) => r,
+                        None => {
+                            let Some(i) = open_files.next() else { return Ok(None) };
+                            opened += 1;
+                            file_done(&bar, opened, files.len());
+                            match File::open(dir.join(entries[i].rel())) {
+                                Ok(f) => reading.insert((i, f)),
+                                Err(e) => {
+                                    unreadable.push((i, format!("cannot be opened: {e}")));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    let mut frame = cut.alloc(BLOCK)?;
+                    match read_into(file, &mut frame) {
+                        Ok(0) => reading = None,
+                        Ok(filled) => {
+                            let i = *i;
+                            if filled < BLOCK {
+                                reading = None; // its end
+                            }
+                            frame.set_len(filled)?;
+                            return Ok(Some((i, frame.submit()?)));
+                        }
+                        Err(e) => {
+                            unreadable.push((*i, format!("cannot be read: {e}")));
+                            reading = None;
+                        }
+                    }
+                }
+            };
             // Blocks in the cut pipeline, oldest first, with the entry each is of.
             let mut cutting = VecDeque::new();
             loop {

@@ -19,11 +19,14 @@
 //! `--allow-skipped` says that is expected. Owners and extended attributes are not
 //! kept.
 //!
-//! **Backup** runs two pipelines. *Cut*: every file's blocks (up to 8 MiB each), as
-//! one stream, go through FastCDC (`ringpipe.fastcdc`) and a stage that appends each
-//! chunk's BLAKE3 id, chained in one worker process. The parent deduplicates by id
-//! and sends each new chunk to *seal*: zstd-3 then AES-256-GCM, chained, on two
-//! worker processes; a writer thread appends what comes out to the archive, in order.
+//! **Backup** runs two pipelines. *Cut*: every file's blocks (up to 8 MiB each, read
+//! straight into the pipeline's frames), as one stream, go through FastCDC
+//! (`ringpipe.fastcdc`) and a stage that appends each chunk's BLAKE3 id, chained in
+//! one worker process. A file no larger than FastCDC's smallest chunk (256 KiB) is
+//! one chunk whatever its content, so the parent hashes it in place instead (most
+//! files of a source tree are that small). The parent deduplicates by id and sends
+//! each new chunk to *seal*: zstd-3 then AES-256-GCM, chained, on two worker
+//! processes; a writer thread appends what comes out to the archive, in order.
 //! The archive is written under a temporary name next to its destination, synced,
 //! and renamed only once complete: a backup that fails (a full disk, say) leaves
 //! nothing behind.
@@ -32,8 +35,9 @@
 //! or an entry that could land outside the target (`..`, an absolute path, a path
 //! under a link) is refused before anything is written, and the target must be
 //! empty or new. Then *open* (AES-256-GCM open, zstd decompress, BLAKE3 check against
-//! the chunk id, chained on two sandboxed workers) streams the chunks to a writer
-//! thread. A file is written as `<name>.partial` and renamed once complete; hard
+//! the chunk id, chained on two sandboxed workers; each chunk read straight into its
+//! frame) streams the chunks to two writer threads, which take the files in turn. A
+//! file is written as `<name>.partial` and renamed once complete; hard
 //! links and symbolic links come after every file, and directories get their mode
 //! and time last.
 //!

@@ -120,16 +120,17 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
     let open = Pipeline::builder()
         .stage(StageSpec::chain(links).replicas(2).sandbox(restore_sandbox(capacity())))
         .frame_capacity(capacity())
-        // Room for what the writers' queues hold, and as much again in flight.
-        .max_in_flight(2 * WRITERS * (WRITER_QUEUE + 1))
+        // Room for what the writers hold (queued, in hand, and one being handed
+        // over) and for the chunks being opened.
+        .max_in_flight(WRITERS * (WRITER_QUEUE + 1) + 1 + OPENING)
         .build()?;
     for report in open.sandbox_reports() {
         eprintln!("sandbox: {report}");
     }
     let sealed_lens: Vec<u64> = table.iter().map(|&(_, len)| len.into()).collect();
-    // Chunks are read as the pipeline takes them; an unreadable one goes through as
-    // an empty frame, which `open` fails, named.
-    let read_chunk = move |k: u32| -> Vec<u8> {
+    // For verify: chunks are read as the pipeline takes them; an unreadable one goes
+    // through as an empty frame, which `open` fails, named.
+    let read_chunk = |k: u32| -> Vec<u8> {
         let (at, len) = table[k as usize]; // checked by `tree::decode`
         read_at(&file, at, len).unwrap_or_default()
     };
@@ -155,7 +156,7 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
             // the files in turn: writing into the page cache costs this VM a core
             // at ~500 MB/s, more than one thread keeps up with.
             let wanted = files.iter().flat_map(|&i| chunks_of(i).iter().copied());
-            let mut outs = open.map(wanted.map(read_chunk));
+            let mut outs = Opening { open: &open, file: &file, table: &table, wanted, sent: VecDeque::new() };
             let (entries, files, bar) = (&entries, &files, &bar);
             create_dirs(dir, entries)?;
             let done = std::sync::atomic::AtomicUsize::new(0);
@@ -275,6 +276,43 @@ pub(super) struct Partial {
     written: u64,
     tmp: PathBuf,
     path: PathBuf,
+}
+
+/// The chunks of a restore, in order, each read from the archive straight into a
+/// frame of the open pipeline (no copy on the way in), `OPENING` of them at a time;
+/// yields their results in the same order. A chunk that cannot be read goes in
+/// empty, and `open` fails it, named.
+struct Opening<'a, I> {
+    open: &'a Pipeline,
+    file: &'a File,
+    table: &'a tree::ChunkTable,
+    wanted: I,
+    sent: VecDeque<ringpipe::Ticket>,
+}
+
+/// Chunks in the open pipeline at once during a restore.
+const OPENING: usize = 10;
+
+impl<I: Iterator<Item = u32>> Iterator for Opening<'_, I> {
+    type Item = Result<ringpipe::Output, ItemError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.sent.len() < OPENING {
+            let Some(k) = self.wanted.next() else { break };
+            let (at, len) = self.table[k as usize]; // checked by `tree::decode`
+            let submitted = self.open.alloc(len as usize).and_then(|mut frame| {
+                if std::os::unix::fs::FileExt::read_exact_at(self.file, &mut frame, at).is_err() {
+                    frame.set_len(0).expect("an empty frame fits");
+                }
+                frame.submit()
+            });
+            match submitted {
+                Ok(ticket) => self.sent.push_back(ticket),
+                Err(e) => return Some(Err(ItemError::Submit(e))),
+            }
+        }
+        Some(self.sent.pop_front()?.wait())
+    }
 }
 
 /// Threads writing restored files, and the pieces each may have queued.
