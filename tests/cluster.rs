@@ -98,6 +98,23 @@ fn three_ranks_share_the_tasks_each_once() {
 }
 
 /// The emulated hosts, removed when the test ends however it ends.
+/// The test's record and output files, removed however the test ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("ringpipe-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Hosts;
 
 impl Hosts {
@@ -153,8 +170,8 @@ fn across_emulated_hosts_every_task_once_and_a_lost_host_ends_the_job_for_a_resu
     assert!(per_rank[0] > 0 && per_rank[1] > 0, "{per_rank:?}");
 
     // A host lost mid-job: rank 1 is SIGKILLed once some tasks are done.
-    let dir = std::env::temp_dir().join(format!("ringpipe-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new();
+    let dir = scratch.0.clone();
     let record = dir.join("done.bin");
     // About 5 s of work: rank 1 is killed long before the end, on any machine.
     let n = 1000;
