@@ -1,4 +1,5 @@
-//! Helpers the fault tests share: killing processes and telling whether they live.
+//! Helpers the tests share: killing processes and telling whether they live, and
+//! scratch directories.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -195,5 +196,24 @@ pub fn await_restarts(p: &Pipeline, kills: usize) {
     while p.restarts() < kills {
         assert!(Instant::now() < deadline, "{} restarts for {kills} kills", p.restarts());
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A scratch directory under the temporary directory, named for the test and this
+/// process, empty at the start and removed at the end (a panic included).
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringpipe-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
