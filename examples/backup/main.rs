@@ -169,8 +169,8 @@ fn backup_cmd(dir: &str, archive: &str, allow_skipped: bool) -> Result<(), Error
 }
 
 /// An I/O error as a sentence naming what was being done to which path.
-fn io_context<'p>(what: &str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
-    let what = what.to_owned();
+/// Costs nothing until there is an error (it is built for every write).
+fn io_context<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
     move |e| format!("{what} {}: {e}", path.display()).into()
 }
 

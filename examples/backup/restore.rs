@@ -128,12 +128,6 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
         eprintln!("sandbox: {report}");
     }
     let sealed_lens: Vec<u64> = table.iter().map(|&(_, len)| len.into()).collect();
-    // For verify: chunks are read as the pipeline takes them; an unreadable one goes
-    // through as an empty frame, which `open` fails, named.
-    let read_chunk = |k: u32| -> Vec<u8> {
-        let (at, len) = table[k as usize]; // checked by `tree::decode`
-        read_at(&file, at, len).unwrap_or_default()
-    };
     let files: Vec<usize> =
         (0..entries.len()).filter(|&i| matches!(entries[i].kind, Kind::File { .. })).collect();
     let chunks_of = |i: usize| match &entries[i].kind {
@@ -203,7 +197,9 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
         }
         None => {
             let chunks = sealed_lens.len() as u32;
-            for (k, out) in open.map((0..chunks).map(read_chunk)).enumerate() {
+            let all =
+                Opening { open: &open, file: &file, table: &table, wanted: 0..chunks, sent: VecDeque::new() };
+            for (k, out) in all.enumerate() {
                 match out {
                     Ok(out) => bytes += (out.len() - META_LEN) as u64,
                     Err(ItemError::Stage { failure, .. }) => {
