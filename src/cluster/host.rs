@@ -1,5 +1,5 @@
-//! One host's share of the work: a thread that owns the host's [`Pool`] and turns
-//! task batches into result batches. It never calls MPI (the rank's main thread does
+//! One host's share of the work: a thread that owns the host's [`Local`] work (a
+//! [`Pool`] or a [`Pipeline`]) and turns task batches into result batches. It never calls MPI (the rank's main thread does
 //! all of that, as `Threading::Funneled` asks), so it talks to it over channels.
 
 use std::cell::RefCell;
@@ -8,12 +8,36 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ringpipe_engine::{ItemError, Pool, ShutdownReport};
+use ringpipe_engine::{ItemError, Map, Pipeline, Pool, ShutdownReport};
 
 use super::wire::{self, Entry};
 
 /// Results are sent back once this many are in, and whenever the host runs dry.
 pub(crate) const RESULTS_PER_BATCH: usize = 64;
+
+/// What a host runs its tasks through: the same on every host.
+pub(crate) enum Local {
+    /// A pool of worker processes running one task function.
+    Pool(Pool),
+    /// A pipeline of stages, replicated or not, built by the same code on every host.
+    Pipeline(Pipeline),
+}
+
+impl Local {
+    fn map_unordered<I: Iterator<Item = Task>>(&self, tasks: I) -> Map<'_, I, u8> {
+        match self {
+            Self::Pool(p) => p.map_unordered(tasks),
+            Self::Pipeline(p) => p.map_unordered(tasks),
+        }
+    }
+
+    fn shutdown(self) -> ShutdownReport {
+        match self {
+            Self::Pool(p) => p.shutdown(),
+            Self::Pipeline(p) => p.shutdown(),
+        }
+    }
+}
 
 /// The host's runner thread and its two channels.
 pub(crate) struct Host {
@@ -23,14 +47,14 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    /// Starts the runner over `pool`.
-    pub(crate) fn start(pool: Pool) -> std::io::Result<Self> {
+    /// Starts the runner over `local`.
+    pub(crate) fn start(local: Local) -> std::io::Result<Self> {
         let (task_tx, task_rx) = channel::<Vec<u8>>();
         let (result_tx, result_rx) = channel();
         let thread = std::thread::Builder::new().name("ringpipe-host".into()).spawn(move || {
             // Ends when the master's side hangs up (either channel).
-            let _ = run(&pool, &task_rx, &result_tx);
-            pool.shutdown()
+            let _ = run(&local, &task_rx, &result_tx);
+            local.shutdown()
         })?;
         Ok(Self { tasks: Some(task_tx), results: result_rx, thread: Some(thread) })
     }
@@ -119,7 +143,11 @@ impl Iterator for Run<'_> {
 /// The runner: for each run of batches that are there, one unordered map over their
 /// tasks; results go back in batches of [`RESULTS_PER_BATCH`], and all of them when
 /// the run ends (so a master waiting for credit never waits on a result held here).
-fn run(pool: &Pool, tasks: &Receiver<Vec<u8>>, results: &Sender<Result<Vec<u8>, String>>) -> Result<(), ()> {
+fn run(
+    local: &Local,
+    tasks: &Receiver<Vec<u8>>,
+    results: &Sender<Result<Vec<u8>, String>>,
+) -> Result<(), ()> {
     let send = |r: Result<Vec<u8>, String>| results.send(r).map_err(|_| ());
     // Blocks for the first batch of each run; ends when the master's side hangs up.
     while let Ok(first) = tasks.recv() {
@@ -133,7 +161,7 @@ fn run(pool: &Pool, tasks: &Receiver<Vec<u8>>, results: &Sender<Result<Vec<u8>, 
         };
         let mut out = Vec::new();
         let mut count = 0;
-        for result in pool.map_unordered(&mut run) {
+        for result in local.map_unordered(&mut run) {
             let task = |position: u64| index_of.borrow()[position as usize];
             match result {
                 // The result's bytes go from its frame into the batch: one copy.
@@ -145,7 +173,7 @@ fn run(pool: &Pool, tasks: &Receiver<Vec<u8>>, results: &Sender<Result<Vec<u8>, 
                     let why = format!("a task of {requested} bytes; frames hold {capacity}");
                     wire::put_result(&mut out, task(index), false, why.as_bytes())
                 }
-                Err(e) => return send(Err(format!("the host's pool failed: {e}"))),
+                Err(e) => return send(Err(format!("the host's pipeline failed: {e}"))),
             }
             count += 1;
             if count == RESULTS_PER_BATCH {

@@ -49,6 +49,7 @@
 mod host;
 mod wire;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -56,20 +57,63 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpi::collective::CommunicatorCollectives;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Threading;
-use ringpipe_engine::{BuildError, Params, Pool, Registered, ShutdownReport, Stage};
+use ringpipe_engine::{BuildError, Builder, Params, Pool, Registered, ShutdownReport, Stage};
 
-use self::host::Host;
+use self::host::{Host, Local};
 use self::wire::Kind;
 
-/// This process's place in the MPI job.
+/// How long a rank waits in `MPI_Finalize` once every rank has passed the pool's last
+/// synchronisation, before it exits without it (see [`Cluster`]).
+pub const FINALIZE_GRACE: Duration = Duration::from_secs(10);
+
+/// This process's place in the MPI job. Dropping it finalizes MPI.
+///
+/// With MPICH 4.0.2 over UCX and TCP, `MPI_Finalize` sometimes never returns: measured
+/// here across three emulated hosts, in 2 to 3 jobs of 30 (more often in some runs).
+/// Every rank had passed the pool's last synchronisation; one rank spins in UCX's
+/// progress
+/// closing a connection while a peer waits on the process manager (openucx/ucx#8738
+/// describes the same). So a rank whose finalize has not returned [`FINALIZE_GRACE`]
+/// after it began exits there with `_exit` and status 1, saying on stderr whether every
+/// rank had passed that synchronisation (then all work was done and handed over). Not
+/// 0: the exit skips whatever the program would still have done or reported, an error
+/// from `main` included. `mpiexec` then reports the job as failed; it never hangs.
 pub struct Cluster {
     world: SimpleCommunicator,
     host: String,
-    // Last: finalizes MPI when dropped, after everything that uses it.
-    _universe: mpi::environment::Universe,
+    /// Set once every rank has passed a [`ClusterPool`]'s last synchronisation.
+    synced: std::cell::Cell<bool>,
+    universe: std::mem::ManuallyDrop<mpi::environment::Universe>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (finalized, wait) = std::sync::mpsc::channel::<()>();
+        let rank = self.rank();
+        let state = if self.synced.get() {
+            "every rank had handed over its work"
+        } else {
+            "before the pool's last synchronisation"
+        };
+        let watchdog = std::thread::Builder::new().name("ringpipe-finalize".into()).spawn(move || {
+            if wait.recv_timeout(FINALIZE_GRACE) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!(
+                    "ringpipe: rank {rank}: MPI_Finalize has not returned in {FINALIZE_GRACE:?} \
+                     ({state}); exiting without it, status 1"
+                );
+                // SAFETY: `_exit` ends the process at once; nothing runs after it.
+                unsafe { libc::_exit(1) }
+            }
+        });
+        // SAFETY: dropped here once; `self` is never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.universe) };
+        drop(finalized);
+        if let Ok(w) = watchdog {
+            let _ = w.join();
+        }
+    }
 }
 
 impl Cluster {
@@ -84,7 +128,12 @@ impl Cluster {
             )));
         }
         let host = mpi::environment::processor_name().unwrap_or_else(|_| "?".into());
-        Ok(Self { world: universe.world(), host, _universe: universe })
+        Ok(Self {
+            world: universe.world(),
+            host,
+            synced: std::cell::Cell::new(false),
+            universe: std::mem::ManuallyDrop::new(universe),
+        })
     }
 
     /// This rank (0 is the master).
@@ -167,37 +216,69 @@ impl std::error::Error for ClusterError {
     }
 }
 
-/// Configures a [`ClusterPool`]; every rank builds the same one.
+/// Configures a [`ClusterPool`]; every rank builds the same one. `L` is what each host
+/// runs: a [`TaskPool`] ([`ClusterPool::builder`]) or a pipeline [`Builder`]
+/// ([`ClusterPool::pipeline`]).
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct ClusterPoolBuilder {
-    task: String,
-    params: Vec<u8>,
-    workers: usize,
-    frame_capacity: usize,
+pub struct ClusterPoolBuilder<L = TaskPool> {
+    local: L,
     batch: usize,
     credit: usize,
     master_works: bool,
 }
 
-impl ClusterPoolBuilder {
+/// Each host's part of a pool running one task function: see [`ClusterPool::builder`].
+pub struct TaskPool {
+    task: String,
+    params: Vec<u8>,
+    workers: usize,
+    frame_capacity: usize,
+}
+
+impl ClusterPoolBuilder<TaskPool> {
     /// Parameter bytes of the task (the typed [`ClusterPool::builder`] sets them).
     pub fn params(mut self, params: impl Into<Vec<u8>>) -> Self {
-        self.params = params.into();
+        self.local.params = params.into();
         self
     }
 
     /// Worker processes on each host (default: one per core).
     pub fn workers_per_host(mut self, n: usize) -> Self {
-        self.workers = n;
+        self.local.workers = n;
         self
     }
 
     /// Bytes each frame holds: the largest task and result (default 64 KiB).
     pub fn frame_capacity(mut self, bytes: usize) -> Self {
-        self.frame_capacity = bytes;
+        self.local.frame_capacity = bytes;
         self
     }
 
+    /// Builds this host's pool and, on the master, learns every host's name.
+    pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
+        let TaskPool { task, params, workers, frame_capacity } = &self.local;
+        let pool = Pool::builder_named(task)
+            .params(params.clone())
+            .workers(*workers)
+            .frame_capacity(*frame_capacity)
+            .max_in_flight((workers * 4).max(self.batch))
+            .build()
+            .map_err(ClusterError::Build)?;
+        self.finish(cluster, Local::Pool(pool))
+    }
+}
+
+impl ClusterPoolBuilder<Builder> {
+    /// Builds this host's pipeline and, on the master, learns every host's name.
+    pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
+        let ClusterPoolBuilder { local, batch, credit, master_works } = self;
+        let pipeline = local.build().map_err(ClusterError::Build)?;
+        ClusterPoolBuilder { local: (), batch, credit, master_works }
+            .finish(cluster, Local::Pipeline(pipeline))
+    }
+}
+
+impl<L> ClusterPoolBuilder<L> {
     /// Tasks per batch sent to a host (default 64; at least 1).
     pub fn batch(mut self, tasks: usize) -> Self {
         self.batch = tasks.max(1);
@@ -219,17 +300,11 @@ impl ClusterPoolBuilder {
         self
     }
 
-    /// Builds this host's pool and, on the master, learns every host's name.
-    pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
-        let pool = Pool::builder_named(&self.task)
-            .params(self.params)
-            .workers(self.workers)
-            .frame_capacity(self.frame_capacity)
-            .max_in_flight((self.workers * 4).max(self.batch))
-            .build()
-            .map_err(ClusterError::Build)?;
+    /// Starts this host's runner over `local` and, on the master, learns every host's
+    /// name.
+    fn finish(self, cluster: &Cluster, local: Local) -> Result<ClusterPool<'_>, ClusterError> {
         let host =
-            Host::start(pool).map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
+            Host::start(local).map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
         let world = &cluster.world;
         let mut hosts = vec![cluster.host.clone()];
         if cluster.is_master() {
@@ -241,15 +316,82 @@ impl ClusterPoolBuilder {
         } else {
             wire::send(world, 0, Kind::Hello, cluster.host.as_bytes());
         }
+        let shares = hosts
+            .iter()
+            .enumerate()
+            .map(|(rank, host)| HostShare { rank: rank as i32, host: host.clone(), ..HostShare::default() })
+            .collect();
         Ok(ClusterPool {
             cluster,
             host: Some(host),
             hosts,
+            shares: RefCell::new(shares),
+            outbox: RefCell::default(),
             batch: self.batch,
             credit: self.credit,
             master_works: self.master_works || cluster.size() == 1,
             stopped: false,
         })
+    }
+}
+
+/// One host's share of the work a [`ClusterPool`] did, as the master counted it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostShare {
+    /// The host's rank.
+    pub rank: i32,
+    /// The host's name.
+    pub host: String,
+    /// Tasks sent to it.
+    pub sent: u64,
+    /// Results it returned, failed ones included.
+    pub done: u64,
+    /// Of those, tasks that failed there.
+    pub failed: u64,
+    /// Task bytes sent to it.
+    pub bytes_in: u64,
+    /// Result bytes it returned.
+    pub bytes_out: u64,
+}
+
+/// Every host's share of a [`ClusterPool`]'s work: [`ClusterPool::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// By rank.
+    pub hosts: Vec<HostShare>,
+}
+
+impl ClusterStats {
+    /// Results returned by all hosts together.
+    pub fn done(&self) -> u64 {
+        self.hosts.iter().map(|h| h.done).sum()
+    }
+}
+
+impl std::fmt::Display for ClusterStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.done().max(1) as f64;
+        writeln!(
+            f,
+            "{:>4}  {:<16} {:>10} {:>6} {:>7} {:>12} {:>12}",
+            "rank", "host", "tasks", "share", "failed", "bytes in", "bytes out"
+        )?;
+        for h in &self.hosts {
+            writeln!(
+                f,
+                "{:>4}  {:<16} {:>10} {:>5.1}% {:>7} {:>12} {:>12}",
+                h.rank,
+                h.host,
+                h.done,
+                100.0 * h.done as f64 / total,
+                h.failed,
+                h.bytes_in,
+                h.bytes_out
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -259,6 +401,10 @@ pub struct ClusterPool<'c> {
     host: Option<Host>,
     /// Every rank's host name (on the master; on a leader only its own).
     hosts: Vec<String>,
+    /// What each host was sent and returned (counted on the master).
+    shares: RefCell<Vec<HostShare>>,
+    /// The master's sends in flight (it never blocks sending: see [`wire::Outbox`]).
+    outbox: RefCell<wire::Outbox>,
     batch: usize,
     credit: usize,
     master_works: bool,
@@ -273,15 +419,44 @@ impl ClusterPool<'_> {
 
     /// The dynamic form of [`builder`](Self::builder).
     pub fn builder_named(task: &str) -> ClusterPoolBuilder {
-        ClusterPoolBuilder {
+        Self::spread(TaskPool {
             task: task.to_owned(),
             params: Vec::new(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             frame_capacity: ringpipe_engine::DEFAULT_FRAME_CAPACITY,
-            batch: 64,
-            credit: 3,
-            master_works: true,
-        }
+        })
+    }
+
+    /// Starts configuring a pool whose hosts each run `pipeline`, every rank building
+    /// it from the same code: a replicated stage spans the hosts, its replicas on each.
+    /// Tasks go through every stage of the host they are sent to; [`map`](Self::map)
+    /// yields them in submission order, and [`stats`](Self::stats) says what share
+    /// each host took.
+    ///
+    /// ```no_run
+    /// # use ringpipe::cluster::{Cluster, ClusterPool};
+    /// # use ringpipe::{stages::compress::Zstd, Pipeline, StageSpec};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::init()?;
+    /// // zstd with two replicas on every host; the master's host works too.
+    /// let zstd = StageSpec::process::<Zstd>(3).replicas(2);
+    /// let pool = ClusterPool::pipeline(Pipeline::builder().stage(zstd).frame_capacity(1 << 21))
+    ///     .batch(4)
+    ///     .build(&cluster)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pipeline(pipeline: Builder) -> ClusterPoolBuilder<Builder> {
+        Self::spread(pipeline)
+    }
+
+    fn spread<L>(local: L) -> ClusterPoolBuilder<L> {
+        ClusterPoolBuilder { local, batch: 64, credit: 3, master_works: true }
+    }
+
+    /// What each host was sent and returned so far (on the master; on a leader, its
+    /// own host with no counts).
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats { hosts: self.shares.borrow().clone() }
     }
 
     /// The hosts' names by rank (the master knows them all).
@@ -321,7 +496,11 @@ impl ClusterPool<'_> {
         }
         host.stop();
         self.stopped = true;
-        world.barrier(); // before MPI_Finalize: ranks over TCP can hang there otherwise
+        // The last synchronisation before MPI_Finalize, through the master only (see
+        // `stop`).
+        wire::send(world, 0, Kind::Done, &[]);
+        wire::receive_from(world, 0, Kind::Done);
+        self.cluster.synced.set(true);
         Ok(())
     }
 
@@ -383,10 +562,24 @@ impl ClusterPool<'_> {
         }
         let report = self.host.take().and_then(Host::stop);
         if self.cluster.is_master() {
+            let mut outbox = self.outbox.borrow_mut();
             for rank in 1..self.cluster.size() {
-                wire::send(&self.cluster.world, rank, Kind::Stop, &[]);
+                outbox.send(&self.cluster.world, rank, Kind::Stop, Vec::new());
             }
-            self.cluster.world.barrier();
+            outbox.flush();
+            // Every rank done before any finalizes: without it ranks over TCP hung in
+            // MPI_Finalize. A star through the master rather than MPI_Barrier: leaders
+            // never talk to each other, so they open no connections between them
+            // (hangs in finalize were seen more often with more of them).
+            let world = &self.cluster.world;
+            for rank in 1..self.cluster.size() {
+                wire::receive_from(world, rank, Kind::Done);
+            }
+            for rank in 1..self.cluster.size() {
+                outbox.send(world, rank, Kind::Done, Vec::new());
+            }
+            outbox.flush();
+            self.cluster.synced.set(true);
         }
         report
     }
@@ -514,7 +707,7 @@ where
         for rank in first..self.outstanding.len() {
             while !self.exhausted && self.outstanding[rank] + self.pool.batch <= limit {
                 let mut batch = Vec::new();
-                let mut n = 0;
+                let (mut n, mut bytes) = (0, 0);
                 while n < self.pool.batch {
                     let Some(task) = self.tasks.next() else {
                         self.exhausted = true;
@@ -527,18 +720,25 @@ where
                     }
                     wire::put_task(&mut batch, index, task.as_ref());
                     n += 1;
+                    bytes += task.as_ref().len();
                 }
                 if n == 0 {
                     break;
                 }
                 self.outstanding[rank] += n;
+                {
+                    let mut shares = self.pool.shares.borrow_mut();
+                    shares[rank].sent += n as u64;
+                    shares[rank].bytes_in += bytes as u64;
+                }
                 if rank == 0 {
                     let host = self.pool.host.as_ref().expect("the master's host runs while mapping");
                     if let Err(message) = host.submit(batch) {
                         self.arrived.push_back(Err(ClusterError::Host { rank: 0, message }));
                     }
                 } else {
-                    wire::send(&self.pool.cluster.world, rank as i32, Kind::Tasks, &batch);
+                    let world = &self.pool.cluster.world;
+                    self.pool.outbox.borrow_mut().send(world, rank as i32, Kind::Tasks, batch);
                 }
             }
         }
@@ -546,6 +746,7 @@ where
 
     /// Takes in every result batch that is there; true if any came.
     fn collect(&mut self) -> bool {
+        self.pool.outbox.borrow_mut().progress();
         let mut batches = Vec::new();
         if let Some(host) = self.pool.host.as_ref() {
             while let Some(r) = host.try_results() {
@@ -577,6 +778,11 @@ where
         };
         let host = self.hosts.get(rank as usize).cloned().unwrap_or_else(|| Arc::from("?"));
         self.outstanding[rank as usize] = self.outstanding[rank as usize].saturating_sub(entries.len());
+        if let Some(share) = self.pool.shares.borrow_mut().get_mut(rank as usize) {
+            share.done += entries.len() as u64;
+            share.failed += entries.iter().filter(|e| !e.ok).count() as u64;
+            share.bytes_out += entries.iter().filter(|e| e.ok).map(|e| e.bytes.len() as u64).sum::<u64>();
+        }
         for e in entries {
             let result = if e.ok {
                 Ok(ClusterOutput {

@@ -1,14 +1,15 @@
 //! What crosses hosts: batches of tasks and of results as their bytes, length-prefixed,
 //! and messages of any size cut into chunks MPI can count.
 //!
-//! A message is a `u64` byte count under its kind's tag, then the bytes in chunks of
-//! at most [`CHUNK`] under the kind's data tag. MPI counts elements in an `int`, and
+//! A message is its byte count (8 bytes, little-endian) under its kind's tag, then the
+//! bytes in chunks of at most [`CHUNK`] under the kind's data tag. MPI counts elements in an `int`, and
 //! rsmpi panics past 2^31 of them; chunks keep every call under it. Headers and data
 //! have different tags, so a receive from any source matches only headers; the data
 //! then comes from that source alone, in order (MPI does not reorder messages between
 //! one pair of ranks with one tag).
 
 use mpi::point_to_point::{Destination, Source};
+use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Tag;
 
@@ -26,6 +27,8 @@ pub(crate) enum Kind {
     Stop = 3,
     /// Leader to master, once: the host's name.
     Hello = 4,
+    /// Both ways, once, at the end: the last synchronisation before `MPI_Finalize`.
+    Done = 5,
 }
 
 impl Kind {
@@ -36,16 +39,91 @@ impl Kind {
         100 + self as Tag
     }
     fn from_tag(tag: Tag) -> Option<Self> {
-        [Self::Tasks, Self::Results, Self::Stop, Self::Hello].into_iter().find(|k| k.tag() == tag)
+        [Self::Tasks, Self::Results, Self::Stop, Self::Hello, Self::Done].into_iter().find(|k| k.tag() == tag)
     }
 }
 
-/// Sends `bytes` to `rank` as a message of `kind`.
+/// Sends `bytes` to `rank` as a message of `kind`, returning once MPI is done with them
+/// (a leader's sends: the master never blocks sending, see [`Outbox`], so a leader's
+/// blocking send always finds the master receiving).
 pub(crate) fn send(world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: &[u8]) {
     let to = world.process_at_rank(rank);
-    to.send_with_tag(&(bytes.len() as u64), kind.tag());
+    to.send_with_tag(&(bytes.len() as u64).to_le_bytes()[..], kind.tag());
     for chunk in bytes.chunks(CHUNK) {
         to.send_with_tag(chunk, kind.data_tag());
+    }
+}
+
+/// The master's messages being sent, without blocking.
+///
+/// Two ranks that both block in `MPI_Send` to each other deadlock once their messages
+/// are too large for MPI to buffer (MPICH's rendezvous, above some KiB): the master
+/// sending a task batch to a leader that is sending it results. So the master only
+/// starts its sends (`MPI_Isend`) and goes on receiving; MPI needs the bytes until a
+/// send completes, so each message's buffers are owned here until then.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    sending: Vec<Sending>,
+}
+
+/// One message in flight: its header and body, and the requests still using them.
+struct Sending {
+    /// Both leaked from their boxes while MPI reads them, reclaimed once `requests` is
+    /// empty (never, if the job ends first: a leak, never a use after free).
+    header: *mut [u8; 8],
+    body: *mut [u8],
+    requests: Vec<Request<'static, [u8], StaticScope>>,
+}
+
+impl Outbox {
+    /// Starts sending `bytes` to `rank` as a message of `kind`.
+    pub(crate) fn send(&mut self, world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: Vec<u8>) {
+        let to = world.process_at_rank(rank);
+        let header: &'static [u8; 8] = Box::leak(Box::new((bytes.len() as u64).to_le_bytes()));
+        let body: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let mut requests = vec![to.immediate_send_with_tag(StaticScope, &header[..], kind.tag())];
+        for chunk in body.chunks(CHUNK) {
+            requests.push(to.immediate_send_with_tag(StaticScope, chunk, kind.data_tag()));
+        }
+        let header = std::ptr::from_ref(header).cast_mut();
+        let body = std::ptr::from_ref(body).cast_mut();
+        self.sending.push(Sending { header, body, requests });
+    }
+
+    /// Frees the buffers of the messages MPI has sent; true if none is left in flight.
+    pub(crate) fn progress(&mut self) -> bool {
+        self.sending.retain_mut(|s| {
+            s.requests = std::mem::take(&mut s.requests).into_iter().filter_map(|r| r.test().err()).collect();
+            if !s.requests.is_empty() {
+                return true;
+            }
+            // SAFETY: both came from `Box::leak` in `send` and are freed only here, once;
+            // every request that read them has completed (`test` consumed it), so
+            // nothing refers to them any more.
+            unsafe {
+                drop(Box::from_raw(s.header));
+                drop(Box::from_raw(s.body));
+            }
+            false
+        });
+        self.sending.is_empty()
+    }
+
+    /// Waits until every message has been sent.
+    pub(crate) fn flush(&mut self) {
+        while !self.progress() {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A message still in flight (the job is ending with an error) keeps its buffers
+        // and requests: leaked, since MPI may still read them.
+        for s in self.sending.drain(..) {
+            std::mem::forget(s.requests);
+        }
     }
 }
 
@@ -74,14 +152,21 @@ pub(crate) fn try_receive(world: &SimpleCommunicator) -> Option<Received> {
     // Never a data tag: from each rank a header comes before its data, and the data is
     // taken right after the header (below), so a rank's first pending message is a header.
     let kind = Kind::from_tag(status.tag())?;
-    let (len, _) = world.process_at_rank(rank).receive_with_tag::<u64>(kind.tag());
+    let len = receive_len(world, rank, kind);
     Some(Received { rank, kind, bytes: receive_body(world, rank, kind, len) })
 }
 
 /// The next message of `kind` from `rank`, waiting for it.
 pub(crate) fn receive_from(world: &SimpleCommunicator, rank: i32, kind: Kind) -> Vec<u8> {
-    let (len, _) = world.process_at_rank(rank).receive_with_tag::<u64>(kind.tag());
+    let len = receive_len(world, rank, kind);
     receive_body(world, rank, kind, len)
+}
+
+/// A message's header: its length.
+fn receive_len(world: &SimpleCommunicator, rank: i32, kind: Kind) -> u64 {
+    let mut len = [0u8; 8];
+    world.process_at_rank(rank).receive_into_with_tag(&mut len[..], kind.tag());
+    u64::from_le_bytes(len)
 }
 
 /// Appends task `index` with `bytes` to a task batch.
@@ -140,6 +225,30 @@ pub(crate) fn entries(batch: &[u8], results: bool) -> Result<Vec<Entry>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message far past MPI's eager size, to itself: the outbox starts it and hands
+    /// back before any receive is posted; the receive gets every byte, and the outbox
+    /// then frees its buffers.
+    #[test]
+    fn outbox_never_blocks_and_frees_what_mpi_has_sent() {
+        let universe = mpi::initialize().expect("the only test here that starts MPI");
+        let world = universe.world();
+        let bytes: Vec<u8> = (0..(4 << 20) as u32).map(|i| (i % 251) as u8).collect();
+        let mut outbox = Outbox::default();
+        outbox.send(&world, 0, Kind::Tasks, bytes.clone());
+        outbox.send(&world, 0, Kind::Stop, Vec::new());
+        let got = loop {
+            if let Some(m) = try_receive(&world) {
+                break m;
+            }
+        };
+        assert_eq!((got.rank, got.kind, got.bytes.len()), (0, Kind::Tasks, bytes.len()));
+        assert!(got.bytes == bytes);
+        let stop = receive_from(&world, 0, Kind::Stop);
+        assert!(stop.is_empty());
+        outbox.flush();
+        assert!(outbox.sending.is_empty());
+    }
 
     #[test]
     fn batches_read_back_and_bad_ones_are_errors() {
