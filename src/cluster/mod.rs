@@ -746,7 +746,6 @@ where
 
     /// Takes in every result batch that is there; true if any came.
     fn collect(&mut self) -> bool {
-        self.pool.outbox.borrow_mut().progress();
         let mut batches = Vec::new();
         if let Some(host) = self.pool.host.as_ref() {
             while let Some(r) = host.try_results() {
@@ -852,7 +851,10 @@ where
                 return None;
             }
             let came = self.collect();
-            self.idle.after(came);
+            // While a send is in flight the master keeps MPI moving, as a blocking send
+            // would: a large message advances only while MPI is being called.
+            let sending = !self.pool.outbox.borrow_mut().progress();
+            self.idle.after(came || sending);
         }
     }
 }
