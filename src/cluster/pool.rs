@@ -1,0 +1,351 @@
+//! [`ClusterPool`]: its builder, the leaders' loop and the end of a job.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::time::Duration;
+
+use ringpipe_engine::{Builder, Params, Pool, Registered, ShutdownReport, Stage};
+
+use super::host::{Host, Local};
+use super::map::ClusterMap;
+use super::stats::{ClusterStats, HostShare};
+use super::wire::{self, Kind};
+use super::{Cluster, ClusterError};
+
+/// Configures a [`ClusterPool`]; every rank builds the same one. `L` is what each host
+/// runs: a [`TaskPool`] ([`ClusterPool::builder`]) or a pipeline [`Builder`]
+/// ([`ClusterPool::pipeline`]).
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClusterPoolBuilder<L = TaskPool> {
+    local: L,
+    batch: usize,
+    credit: usize,
+    master_works: bool,
+}
+
+/// Each host's part of a pool running one task function: see [`ClusterPool::builder`].
+pub struct TaskPool {
+    task: String,
+    params: Vec<u8>,
+    workers: usize,
+    frame_capacity: usize,
+}
+
+impl ClusterPoolBuilder<TaskPool> {
+    /// Parameter bytes of the task (the typed [`ClusterPool::builder`] sets them).
+    pub fn params(mut self, params: impl Into<Vec<u8>>) -> Self {
+        self.local.params = params.into();
+        self
+    }
+
+    /// Worker processes on each host (default: one per core).
+    pub fn workers_per_host(mut self, n: usize) -> Self {
+        self.local.workers = n;
+        self
+    }
+
+    /// Bytes each frame holds: the largest task and result (default 64 KiB).
+    pub fn frame_capacity(mut self, bytes: usize) -> Self {
+        self.local.frame_capacity = bytes;
+        self
+    }
+
+    /// Builds this host's pool and, on the master, learns every host's name.
+    pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
+        let TaskPool { task, params, workers, frame_capacity } = &self.local;
+        let pool = Pool::builder_named(task)
+            .params(params.clone())
+            .workers(*workers)
+            .frame_capacity(*frame_capacity)
+            .max_in_flight((workers * 4).max(self.batch))
+            .build()
+            .map_err(ClusterError::Build)?;
+        self.finish(cluster, Local::Pool(pool))
+    }
+}
+
+impl ClusterPoolBuilder<Builder> {
+    /// Builds this host's pipeline and, on the master, learns every host's name.
+    pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
+        let ClusterPoolBuilder { local, batch, credit, master_works } = self;
+        let pipeline = local.build().map_err(ClusterError::Build)?;
+        ClusterPoolBuilder { local: (), batch, credit, master_works }
+            .finish(cluster, Local::Pipeline(pipeline))
+    }
+}
+
+impl<L> ClusterPoolBuilder<L> {
+    /// Tasks per batch sent to a host (default 64; at least 1).
+    pub fn batch(mut self, tasks: usize) -> Self {
+        self.batch = tasks.max(1);
+        self
+    }
+
+    /// Batches a host may hold at once (default 3; at least 1): enough that a host
+    /// never waits for the master, few enough that the work is shared out by speed.
+    pub fn credit(mut self, batches: usize) -> Self {
+        self.credit = batches.max(1);
+        self
+    }
+
+    /// Whether the master's own host runs tasks too (default true). Off, every task
+    /// crosses to another host, as in a master-worker pool whose master only
+    /// dispatches; a job of one rank works on the master's host regardless.
+    pub fn master_works(mut self, yes: bool) -> Self {
+        self.master_works = yes;
+        self
+    }
+
+    /// Starts this host's runner over `local` and, on the master, learns every host's
+    /// name.
+    fn finish(self, cluster: &Cluster, local: Local) -> Result<ClusterPool<'_>, ClusterError> {
+        let host =
+            Host::start(local).map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
+        let world = &cluster.world;
+        let mut hosts = vec![cluster.host.clone()];
+        if cluster.is_master() {
+            for rank in 1..cluster.size() {
+                hosts.push(
+                    String::from_utf8_lossy(&wire::receive_from(world, rank, Kind::Hello)).into_owned(),
+                );
+            }
+        } else {
+            wire::send(world, 0, Kind::Hello, cluster.host.as_bytes());
+        }
+        let shares = hosts
+            .iter()
+            .enumerate()
+            .map(|(rank, host)| HostShare { rank: rank as i32, host: host.clone(), ..HostShare::default() })
+            .collect();
+        Ok(ClusterPool {
+            cluster,
+            host: Some(host),
+            hosts,
+            shares: RefCell::new(shares),
+            outbox: RefCell::default(),
+            batch: self.batch,
+            credit: self.credit,
+            master_works: self.master_works || cluster.size() == 1,
+            stopped: false,
+        })
+    }
+}
+
+/// The pool across hosts: see the [module docs](super).
+pub struct ClusterPool<'c> {
+    pub(super) cluster: &'c Cluster,
+    pub(super) host: Option<Host>,
+    /// Every rank's host name (on the master; on a leader only its own).
+    pub(super) hosts: Vec<String>,
+    /// What each host was sent and returned (counted on the master).
+    pub(super) shares: RefCell<Vec<HostShare>>,
+    /// The master's sends in flight (it never blocks sending: see [`wire::Outbox`]).
+    pub(super) outbox: RefCell<wire::Outbox>,
+    pub(super) batch: usize,
+    pub(super) credit: usize,
+    pub(super) master_works: bool,
+    stopped: bool,
+}
+
+impl ClusterPool<'_> {
+    /// Starts configuring a pool running task `S`, built from `params` on each host.
+    pub fn builder<S: Registered + Stage>(params: S::Params) -> ClusterPoolBuilder {
+        Self::builder_named(S::NAME).params(params.encode())
+    }
+
+    /// The dynamic form of [`builder`](Self::builder).
+    pub fn builder_named(task: &str) -> ClusterPoolBuilder {
+        Self::spread(TaskPool {
+            task: task.to_owned(),
+            params: Vec::new(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            frame_capacity: ringpipe_engine::DEFAULT_FRAME_CAPACITY,
+        })
+    }
+
+    /// Starts configuring a pool whose hosts each run `pipeline`, every rank building
+    /// it from the same code: a replicated stage spans the hosts, its replicas on each.
+    /// Tasks go through every stage of the host they are sent to; [`map`](Self::map)
+    /// yields them in submission order, and [`stats`](Self::stats) says what share
+    /// each host took.
+    ///
+    /// ```no_run
+    /// # use ringpipe::cluster::{Cluster, ClusterPool};
+    /// # use ringpipe::{stages::compress::Zstd, Pipeline, StageSpec};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::init()?;
+    /// // zstd with two replicas on every host; the master's host works too.
+    /// let zstd = StageSpec::process::<Zstd>(3).replicas(2);
+    /// let pool = ClusterPool::pipeline(Pipeline::builder().stage(zstd).frame_capacity(1 << 21))
+    ///     .batch(4)
+    ///     .build(&cluster)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pipeline(pipeline: Builder) -> ClusterPoolBuilder<Builder> {
+        Self::spread(pipeline)
+    }
+
+    fn spread<L>(local: L) -> ClusterPoolBuilder<L> {
+        ClusterPoolBuilder { local, batch: 64, credit: 3, master_works: true }
+    }
+
+    /// What each host was sent and returned so far (on the master; on a leader, its
+    /// own host with no counts).
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats { hosts: self.shares.borrow().clone() }
+    }
+
+    /// The hosts' names by rank (the master knows them all).
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// On a leader (rank > 0): runs the tasks the master sends until it says stop.
+    pub fn serve(mut self) -> Result<(), ClusterError> {
+        let world = &self.cluster.world;
+        let rank = self.cluster.rank();
+        let host = self.host.take().expect("a pool has its host until stopped");
+        let mut idle = Backoff::default();
+        loop {
+            let mut worked = false;
+            while let Some(r) = host.try_results() {
+                let batch = r.map_err(|message| ClusterError::Host { rank, message })?;
+                wire::send(world, 0, Kind::Results, &batch);
+                worked = true;
+            }
+            if let Some(msg) = wire::try_receive(world) {
+                worked = true;
+                match msg.kind {
+                    Kind::Tasks => {
+                        host.submit(msg.bytes).map_err(|message| ClusterError::Host { rank, message })?
+                    }
+                    Kind::Stop => break,
+                    other => {
+                        return Err(ClusterError::Host {
+                            rank: msg.rank,
+                            message: format!("unexpected {other:?}"),
+                        })
+                    }
+                }
+            }
+            idle.after(worked);
+        }
+        host.stop();
+        self.stopped = true;
+        // The last synchronisation before MPI_Finalize, through the master only (see
+        // `stop`).
+        wire::send(world, 0, Kind::Done, &[]);
+        wire::receive_from(world, 0, Kind::Done);
+        self.cluster.synced.set(true);
+        Ok(())
+    }
+
+    /// On the master: runs `tasks` across the hosts; results in input order, each
+    /// tagged with its index.
+    pub fn map<I, T>(&self, tasks: I) -> ClusterMap<'_, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        ClusterMap::new(self, tasks.into_iter(), true, HashSet::new(), None)
+    }
+
+    /// Like [`map`](Self::map), results as they finish.
+    pub fn map_unordered<I, T>(&self, tasks: I) -> ClusterMap<'_, I::IntoIter>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        ClusterMap::new(self, tasks.into_iter(), false, HashSet::new(), None)
+    }
+
+    /// Like [`map_unordered`](Self::map_unordered), skipping the tasks `record` lists
+    /// as finished, and adding each task to it as its result is handed over. A rerun
+    /// after a lost host (or anything else that ended the job) does only the rest.
+    /// The record is a file of little-endian `u64` indices, created if missing.
+    pub fn map_resumable<I, T>(
+        &self,
+        tasks: I,
+        record: &Path,
+    ) -> Result<ClusterMap<'_, I::IntoIter>, ClusterError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let mut done = HashSet::new();
+        if let Ok(f) = File::open(record) {
+            let mut bytes = Vec::new();
+            BufReader::new(f).read_to_end(&mut bytes).map_err(ClusterError::Resume)?;
+            // A torn last write (the job died mid-record) is ignored.
+            done.extend(bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))));
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(record)
+            .map_err(ClusterError::Resume)?;
+        Ok(ClusterMap::new(self, tasks.into_iter(), false, done, Some(file)))
+    }
+
+    /// On the master: tells every leader to stop, and stops this host's pool.
+    pub fn shutdown(mut self) -> Option<ShutdownReport> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Option<ShutdownReport> {
+        if std::mem::replace(&mut self.stopped, true) {
+            return None;
+        }
+        let report = self.host.take().and_then(Host::stop);
+        if self.cluster.is_master() {
+            let mut outbox = self.outbox.borrow_mut();
+            for rank in 1..self.cluster.size() {
+                outbox.send(&self.cluster.world, rank, Kind::Stop, Vec::new());
+            }
+            outbox.flush();
+            // Every rank done before any finalizes: without it ranks over TCP hung in
+            // MPI_Finalize. A star through the master rather than MPI_Barrier: leaders
+            // never talk to each other, so they open no connections between them
+            // (hangs in finalize were seen more often with more of them).
+            let world = &self.cluster.world;
+            for rank in 1..self.cluster.size() {
+                wire::receive_from(world, rank, Kind::Done);
+            }
+            for rank in 1..self.cluster.size() {
+                outbox.send(world, rank, Kind::Done, Vec::new());
+            }
+            outbox.flush();
+            self.cluster.synced.set(true);
+        }
+        report
+    }
+}
+
+impl Drop for ClusterPool<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Spins a little, then yields, then sleeps up to 200 µs between polls that found
+/// nothing: MPI offers no wait on "a message or a local result".
+#[derive(Default)]
+pub(super) struct Backoff(u32);
+
+impl Backoff {
+    pub(super) fn after(&mut self, worked: bool) {
+        if worked {
+            self.0 = 0;
+            return;
+        }
+        self.0 = self.0.saturating_add(1);
+        match self.0 {
+            0..=64 => std::hint::spin_loop(),
+            65..=128 => std::thread::yield_now(),
+            n => std::thread::sleep(Duration::from_micros(u64::from((n - 128).min(200)))),
+        }
+    }
+}
