@@ -8,7 +8,12 @@
 //! mpiexec -f hostfile -n 3 target/release/examples/mpi_pool [TASKS]     # a cluster
 //! ... mpi_pool 1000 --task-ms 5 --resume done.bin   # record finished tasks; a rerun skips them
 //! ... mpi_pool --pid-dir DIR                        # each rank writes its pid to DIR/rank-N
+//! ... mpi_pool --host-timeout-ms 2000               # a host silent this long is lost
 //! ```
+//!
+//! A task lost with its host (see `ClusterPool::host_timeout`) is reported by index,
+//! and the job ends with an error once the others are done: a rerun with `--resume`
+//! does the lost ones.
 //!
 //! Rank 0 is the master (its host works too); every other rank leads the worker
 //! processes of its host. See `ringpipe::cluster` and the README's "Across hosts".
@@ -17,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringpipe::cluster::{Cluster, ClusterPool};
+use ringpipe::cluster::{Cluster, ClusterError, ClusterPool};
 use ringpipe::{register, BoxError, Frame, Registered, Stage};
 
 /// Values per task.
@@ -68,16 +73,21 @@ struct Args {
     resume: Option<PathBuf>,
     /// Each rank writes its pid to `DIR/rank-N` (tests kill a host by it).
     pid_dir: Option<PathBuf>,
+    host_timeout: Option<Duration>,
 }
 
 fn args() -> Result<Args, Box<dyn std::error::Error>> {
-    let mut a = Args { tasks: 200, task_ms: 0, resume: None, pid_dir: None };
+    let mut a = Args { tasks: 200, task_ms: 0, resume: None, pid_dir: None, host_timeout: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--task-ms" => a.task_ms = it.next().ok_or("--task-ms takes a number")?.parse()?,
             "--resume" => a.resume = Some(it.next().ok_or("--resume takes a file")?.into()),
             "--pid-dir" => a.pid_dir = Some(it.next().ok_or("--pid-dir takes a directory")?.into()),
+            "--host-timeout-ms" => {
+                let ms = it.next().ok_or("--host-timeout-ms takes a number")?.parse()?;
+                a.host_timeout = Some(Duration::from_millis(ms));
+            }
             n => a.tasks = n.parse().map_err(|_| format!("not a task count: {n}"))?,
         }
     }
@@ -91,7 +101,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &args.pid_dir {
         std::fs::write(dir.join(format!("rank-{}", cluster.rank())), std::process::id().to_string())?;
     }
-    let pool = ClusterPool::builder::<Double>(args.task_ms).workers_per_host(2).batch(8).build(&cluster)?;
+    let mut pool = ClusterPool::builder::<Double>(args.task_ms).workers_per_host(2).batch(8);
+    if let Some(timeout) = args.host_timeout {
+        pool = pool.host_timeout(timeout);
+    }
+    let pool = pool.build(&cluster)?;
     if !cluster.is_master() {
         return Ok(pool.serve()?);
     }
@@ -113,8 +127,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => (HashSet::new(), pool.map(inputs)),
     };
+    let mut lost = 0;
     for result in results {
-        let out = result?;
+        let out = match result {
+            Ok(out) => out,
+            Err(e @ ClusterError::HostLost { .. }) => {
+                println!("lost {e}");
+                lost += 1;
+                continue;
+            }
+            Err(e) => {
+                println!("error: {e}"); // printed before MPI may end the process (see below)
+                return Err(e.into());
+            }
+        };
         let i = out.index() as usize;
         let doubled: [f64; VALUES] = out.read().ok_or("a result is shorter than its task")?;
         let pid = u32::from_le_bytes(out[VALUES * 8..VALUES * 8 + 4].try_into()?);
@@ -128,11 +154,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tasks[i]
         );
     }
+    let now = seen.iter().filter(|&&s| s).count();
+    println!("{now} tasks, each once, in {:.2?}; per host: {per_host:?}", started.elapsed());
+    print!("{}", pool.stats());
+    pool.shutdown();
+    if lost > 0 {
+        // Printed here too: with a host lost, MPI may end this process while it
+        // finalizes, before `main`'s error is shown.
+        let why = format!("{lost} tasks were lost with their host; rerun with --resume to do them");
+        println!("{why}");
+        return Err(why.into());
+    }
     for (i, &s) in seen.iter().enumerate() {
         assert!(s != done_before.contains(&i), "task {i}: done before and now, or neither");
     }
-    let now = seen.iter().filter(|&&s| s).count();
-    println!("{now} tasks, each once, in {:.2?}; per host: {per_host:?}", started.elapsed());
-    pool.shutdown();
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The pool and a replicated stage across hosts (`--features mpi`), with real MPI: one
 //! host without `mpiexec`, three ranks on one machine, three emulated hosts over TCP
 //! (network namespaces, `tests/mpi/hosts.sh`; root only), and a host killed mid-job: no
-//! hang, the job ends, and a rerun resumes from the record of finished tasks.
+//! hang; under a plain `mpiexec` the job ends, under `-disable-auto-cleanup` the lost
+//! host's tasks fail with a typed error and the rest finish; a rerun resumes from the
+//! record of finished tasks.
 //!
 //! Run: `cargo build --features mpi --example mpi_pool --example mpi_pipeline && cargo
 //! test --features mpi --test cluster` (MPICH's `mpiexec` on the PATH; the emulated
@@ -296,4 +298,82 @@ fn across_emulated_hosts_a_lost_host_ends_the_job_for_a_resume() {
     assert!(now.is_disjoint(&before), "a task done before ran again");
     assert_eq!(now.len() + before.len(), n, "every task done once across the two runs");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host lost where MPI lets the job go on (`mpiexec -disable-auto-cleanup`): rank 2
+/// is SIGKILLed mid-job; the master hears nothing from it for the host timeout, fails
+/// each task it held with `ClusterError::HostLost` naming rank 2 and h3, and finishes
+/// every other task on the two hosts left; the job then ends (no hang), and a rerun
+/// does exactly the lost tasks.
+#[test]
+fn without_auto_cleanup_a_lost_hosts_tasks_fail_typed_and_the_rest_finish() {
+    let _one = one_job();
+    let Some(hosts) = Hosts::up(3) else { return };
+    let scratch = Scratch::new();
+    let dir = scratch.0.clone();
+    let record = dir.join("done.bin");
+    let n = 1500;
+    let out = std::fs::File::create(dir.join("first.out")).unwrap();
+    let err = std::fs::File::create(dir.join("first.err")).unwrap();
+    let mut cmd = across_hosts(3);
+    cmd.arg("-disable-auto-cleanup").arg(example()).arg(n.to_string());
+    cmd.args(["--task-ms", "20", "--host-timeout-ms", "2000", "--resume"]).arg(&record);
+    let mut first = cmd.arg("--pid-dir").arg(&dir).stdout(out).stderr(err).spawn().unwrap();
+    let deadline = Instant::now() + HANG;
+    let pid: i32 = loop {
+        if let Some(pid) =
+            std::fs::read_to_string(dir.join("rank-2")).ok().and_then(|p| p.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(first.try_wait().unwrap().is_none(), "the job ended before rank 2 started");
+        assert!(Instant::now() < deadline, "rank 2 never wrote its pid");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    while std::fs::metadata(&record).map_or(0, |m| m.len()) < 8 * 100 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    while first.try_wait().unwrap().is_none() {
+        assert!(killed.elapsed() < HANG, "the job hung after losing a host");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stdout = std::fs::read_to_string(dir.join("first.out")).unwrap();
+    let stderr = std::fs::read_to_string(dir.join("first.err")).unwrap();
+    let (done, per_rank) = tasks_printed(&stdout);
+    let lost: Vec<usize> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("lost "))
+        .map(|l| {
+            assert!(l.contains("was lost with rank 2 (h3)"), "a typed error naming the host: {l}");
+            l.strip_prefix("task ").unwrap().split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(!lost.is_empty(), "rank 2 held tasks when it died:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("{} tasks were lost", lost.len())), "{stdout}");
+    assert!(per_rank[0] > 0 && per_rank[1] > 0, "{per_rank:?}");
+    let mut all: Vec<usize> = done.iter().chain(&lost).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..n).collect::<Vec<_>>(), "every task done or lost, once:\n{stderr}");
+
+    // The rerun does the lost tasks and nothing else, on hosts set up afresh.
+    drop(hosts);
+    let _hosts = Hosts::up(3).expect("root, as above");
+    let out = finish({
+        let mut c = across_hosts(3);
+        c.arg(example()).arg(n.to_string()).arg("--resume").arg(&record);
+        c
+    });
+    assert_job_ended_well(&out);
+    let (mut again, _) = tasks_printed(&String::from_utf8_lossy(&out.stdout));
+    again.sort_unstable();
+    let mut lost = lost;
+    lost.sort_unstable();
+    assert_eq!(again, lost, "the rerun did exactly the lost tasks");
 }

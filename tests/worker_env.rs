@@ -1,6 +1,7 @@
 //! A worker process inherits neither an MPI launcher's variables nor descriptors the
 //! parent left open: otherwise a worker reaching MPI initialisation would join the job
-//! as its parent's rank, and would hold the launcher's sockets open.
+//! as its parent's rank, and would hold the launcher's sockets open. Under a launcher
+//! it ignores SIGUSR1, which MPICH's Hydra sends a job's processes when a rank fails.
 
 use ringpipe::{register_stage, stage_fn, Frame, Pipeline, StageSpec};
 
@@ -26,6 +27,13 @@ register_stage!("env.report", |p: &[u8]| {
         // SAFETY: F_GETFD only reads the descriptor's flags.
         let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
         report.push_str(&format!("fd {fd} {}\n", if open { "open" } else { "closed" }));
+        // SAFETY: a query: a null new action only reads the current one into `old`.
+        let usr1 = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGUSR1, std::ptr::null(), &mut old);
+            old.sa_sigaction
+        };
+        report.push_str(if usr1 == libc::SIG_IGN { "SIGUSR1 ignored\n" } else { "SIGUSR1 not ignored\n" });
         f.set_len(report.len())?;
         f.bytes_mut().copy_from_slice(report.as_bytes());
         Ok(())
@@ -59,6 +67,8 @@ fn workers_inherit_no_launcher_variables_and_no_stray_descriptors() {
     }
     assert!(report.contains("RINGPIPE_TEST_KEPT=yes"), "other variables pass: {report}");
     assert!(report.contains(&format!("fd {stray} closed")), "{report}");
+    // Hydra signals a failed job's processes with SIGUSR1: a worker must not die of it.
+    assert!(report.contains("SIGUSR1 ignored"), "{report}");
     drop(out);
     assert!(p.shutdown().was_graceful());
     // SAFETY: these descriptors are this test's, each closed once.

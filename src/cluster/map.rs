@@ -2,8 +2,10 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::pool::{Backoff, ClusterPool};
 use super::wire::{self, Kind};
@@ -47,6 +49,27 @@ impl std::ops::Deref for ClusterOutput {
     }
 }
 
+/// Hashes a task index with one multiplication: indices are distinct integers, and this
+/// set is touched twice per task on the master's hot path.
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IndexSet = HashSet<u64, BuildHasherDefault<IndexHasher>>;
+
 /// Results of [`ClusterPool::map`] and its siblings.
 #[must_use = "an iterator does nothing until it is consumed"]
 pub struct ClusterMap<'p, I> {
@@ -57,6 +80,10 @@ pub struct ClusterMap<'p, I> {
     next_index: u64,
     /// Tasks each rank holds now.
     outstanding: Vec<usize>,
+    /// Their indices, for the ranks of other hosts: failed by name if the host is lost.
+    in_flight: Vec<IndexSet>,
+    /// When each rank was last heard from.
+    last_heard: Vec<Instant>,
     /// In order: results by index until their turn; unordered: in arrival order.
     ready: BTreeMap<u64, Result<ClusterOutput, ClusterError>>,
     arrived: VecDeque<Result<ClusterOutput, ClusterError>>,
@@ -88,6 +115,8 @@ where
             exhausted: false,
             next_index: 0,
             outstanding: vec![0; ranks],
+            in_flight: (0..ranks).map(|_| IndexSet::default()).collect(),
+            last_heard: vec![Instant::now(); ranks],
             ready: BTreeMap::new(),
             arrived: VecDeque::new(),
             next_out: 0,
@@ -101,8 +130,14 @@ where
     /// Sends a batch to every host with room, while tasks are left.
     fn dispatch(&mut self) {
         let limit = self.pool.batch * self.pool.credit;
-        let first = usize::from(!self.pool.master_works);
+        let ranks = self.outstanding.len() as i32;
+        // The master's host works too if asked, or once every other host is lost.
+        let everyone_lost = (1..ranks).all(|r| self.pool.is_lost(r));
+        let first = usize::from(!self.pool.master_works && !everyone_lost);
         for rank in first..self.outstanding.len() {
+            if self.pool.is_lost(rank as i32) {
+                continue;
+            }
             while !self.exhausted && self.outstanding[rank] + self.pool.batch <= limit {
                 let mut batch = Vec::new();
                 let (mut n, mut bytes) = (0, 0);
@@ -117,6 +152,9 @@ where
                         continue;
                     }
                     wire::put_task(&mut batch, index, task.as_ref());
+                    if rank > 0 {
+                        self.in_flight[rank].insert(index);
+                    }
                     n += 1;
                     bytes += task.as_ref().len();
                 }
@@ -150,8 +188,14 @@ where
                 batches.push((0, r));
             }
         }
+        let mut heard = None;
         while let Some(msg) = wire::try_receive(&self.pool.cluster.world) {
+            let now = *heard.get_or_insert_with(Instant::now);
+            if let Some(t) = self.last_heard.get_mut(msg.rank as usize) {
+                *t = now;
+            }
             match msg.kind {
+                Kind::Alive => {}
                 Kind::Results => batches.push((msg.rank, Ok(msg.bytes))),
                 other => batches.push((msg.rank, Err(format!("unexpected {other:?} message")))),
             }
@@ -164,6 +208,9 @@ where
     }
 
     fn take_batch(&mut self, rank: i32, batch: Result<Vec<u8>, String>) {
+        if self.pool.is_lost(rank) {
+            return; // its tasks were failed as lost; a late answer is not taken twice
+        }
         let host_error = |message| Err(ClusterError::Host { rank, message });
         let batch = match batch {
             Ok(b) => Arc::new(b),
@@ -181,6 +228,11 @@ where
             share.bytes_out += entries.iter().filter(|e| e.ok).map(|e| e.bytes.len() as u64).sum::<u64>();
         }
         for e in entries {
+            if rank > 0 && !self.in_flight[rank as usize].remove(&e.index) {
+                let message = format!("a result for task {}, which it was not running", e.index);
+                self.arrived.push_back(host_error(message));
+                continue;
+            }
             let result = if e.ok {
                 Ok(ClusterOutput {
                     index: e.index,
@@ -201,6 +253,31 @@ where
                 self.ready.insert(e.index, result);
             } else {
                 self.arrived.push_back(result);
+            }
+        }
+    }
+
+    /// Counts lost every other host that holds tasks and has been silent past the
+    /// pool's host timeout, and fails its tasks.
+    fn check_hosts(&mut self) {
+        let now = Instant::now();
+        for rank in 1..self.outstanding.len() {
+            let silent = now.saturating_duration_since(self.last_heard[rank]);
+            if self.in_flight[rank].is_empty() || silent <= self.pool.host_timeout {
+                continue;
+            }
+            self.pool.shares.borrow_mut()[rank].lost = true;
+            self.outstanding[rank] = 0;
+            let host = self.hosts[rank].to_string();
+            let mut lost: Vec<u64> = self.in_flight[rank].drain().collect();
+            lost.sort_unstable();
+            for index in lost {
+                let e = ClusterError::HostLost { index, rank: rank as i32, host: host.clone(), silent };
+                if self.ordered {
+                    self.ready.insert(index, Err(e));
+                } else {
+                    self.arrived.push_back(Err(e));
+                }
             }
         }
     }
@@ -252,6 +329,9 @@ where
             // While a send is in flight the master keeps MPI moving, as a blocking send
             // would: a large message advances only while MPI is being called.
             let sending = !self.pool.outbox.borrow_mut().progress();
+            if !came {
+                self.check_hosts();
+            }
             self.idle.after(came || sending);
         }
     }

@@ -37,14 +37,26 @@
 //!
 //! # When a host is lost
 //!
-//! What holds depends on the MPI library, and ringpipe says exactly what it found. With
-//! MPICH 4.0.2 (Debian's, the one tested here) a rank that dies takes the whole job
-//! down: `mpiexec` kills every rank and exits non-zero, so nothing hangs, but the
-//! master cannot go on without that host (with `-disable-auto-cleanup` the master is
-//! never told and would wait; rsmpi installs `MPI_ERRORS_ARE_FATAL` and does not expose
-//! ULFM). What ringpipe adds is [`ClusterPool::map_resumable`]: it records each
-//! finished task's index in a file as it hands the result over, and a rerun skips
-//! them, so losing a host costs only the work in flight.
+//! What holds depends on the MPI library, and ringpipe says exactly what it found with
+//! MPICH 4.0.2 (Debian's, the one tested here; rsmpi installs `MPI_ERRORS_ARE_FATAL`
+//! and does not expose ULFM):
+//!
+//! - **Plain `mpiexec`:** a rank that dies takes the whole job down. `mpiexec` kills
+//!   every rank and exits non-zero, so nothing hangs, but the master cannot go on.
+//! - **`mpiexec -disable-auto-cleanup`:** the other ranks live on, and MPI never tells
+//!   the master. ringpipe does: every leader sends a heartbeat each [`HEARTBEAT`] when
+//!   it has sent nothing else, and a host that holds tasks and stays silent for the
+//!   pool's [`host_timeout`](ClusterPoolBuilder::host_timeout) is counted lost. Each
+//!   task it held fails with [`ClusterError::HostLost`], naming the task, the rank and
+//!   the host; nothing more is sent to it (MPI would fail that send, fatally), a late
+//!   answer from it is dropped, and the map goes on with the other hosts (the
+//!   master's own too, if every other host is lost). At the end MPI cannot finalize
+//!   without the lost rank, so the master exits with status 1 once the pool is shut
+//!   down, saying so on stderr.
+//!
+//! Either way [`ClusterPool::map_resumable`] records each finished task's index in a
+//! file as it hands the result over, and a rerun skips them, so losing a host costs
+//! only the work in flight: the tasks lost, or failed, are the ones the rerun does.
 
 mod host;
 mod map;
@@ -66,6 +78,9 @@ use ringpipe_engine::BuildError;
 /// synchronisation, before it exits without it (see [`Cluster`]).
 pub const FINALIZE_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a leader that has sent nothing else tells the master it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// This process's place in the MPI job. Dropping it finalizes MPI.
 ///
 /// With MPICH 4.0.2 over UCX and TCP, `MPI_Finalize` sometimes never returns: measured
@@ -82,11 +97,24 @@ pub struct Cluster {
     host: String,
     /// Set once every rank has passed a [`ClusterPool`]'s last synchronisation.
     synced: std::cell::Cell<bool>,
+    /// Set on the master once a pool ended without some host (see
+    /// [`ClusterPoolBuilder::host_timeout`]): MPI cannot finalize without it.
+    lost_host: std::cell::Cell<bool>,
     universe: std::mem::ManuallyDrop<mpi::environment::Universe>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.lost_host.get() {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            eprintln!(
+                "ringpipe: rank {}: a host was lost; MPI cannot finalize without it: exiting, status 1",
+                self.rank()
+            );
+            // SAFETY: `_exit` ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(1) }
+        }
         let (finalized, wait) = std::sync::mpsc::channel::<()>();
         let rank = self.rank();
         let state = if self.synced.get() {
@@ -129,6 +157,7 @@ impl Cluster {
             world: universe.world(),
             host,
             synced: std::cell::Cell::new(false),
+            lost_host: std::cell::Cell::new(false),
             universe: std::mem::ManuallyDrop::new(universe),
         })
     }
@@ -185,6 +214,20 @@ pub enum ClusterError {
         /// Why.
         message: String,
     },
+    /// A host went silent while it held the task: no message from its leader, not even
+    /// the heartbeat it sends every [`HEARTBEAT`], for the pool's
+    /// [`host_timeout`](ClusterPoolBuilder::host_timeout). The task did not finish; the
+    /// rest of the job goes on without that host.
+    HostLost {
+        /// The task's index.
+        index: u64,
+        /// The host's rank.
+        rank: i32,
+        /// The host's name.
+        host: String,
+        /// How long it had been silent.
+        silent: Duration,
+    },
     /// Reading or writing the resume record failed.
     Resume(std::io::Error),
 }
@@ -198,6 +241,9 @@ impl std::fmt::Display for ClusterError {
                 write!(f, "task {index} failed on rank {rank} ({host}): {message}")
             }
             Self::Host { rank, message } => write!(f, "rank {rank}: {message}"),
+            Self::HostLost { index, rank, host, silent } => {
+                write!(f, "task {index} was lost with rank {rank} ({host}): no word from it for {silent:.1?}")
+            }
             Self::Resume(e) => write!(f, "resume record: {e}"),
         }
     }

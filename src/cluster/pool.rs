@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringpipe_engine::{Builder, Params, Pool, Registered, ShutdownReport, Stage};
 
@@ -13,7 +13,10 @@ use super::host::{Host, Local};
 use super::map::ClusterMap;
 use super::stats::{ClusterStats, HostShare};
 use super::wire::{self, Kind};
-use super::{Cluster, ClusterError};
+use super::{Cluster, ClusterError, HEARTBEAT};
+
+/// [`ClusterPoolBuilder::host_timeout`]'s default.
+const HOST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Configures a [`ClusterPool`]; every rank builds the same one. `L` is what each host
 /// runs: a [`TaskPool`] ([`ClusterPool::builder`]) or a pipeline [`Builder`]
@@ -24,6 +27,7 @@ pub struct ClusterPoolBuilder<L = TaskPool> {
     batch: usize,
     credit: usize,
     master_works: bool,
+    host_timeout: Duration,
 }
 
 /// Each host's part of a pool running one task function: see [`ClusterPool::builder`].
@@ -70,9 +74,9 @@ impl ClusterPoolBuilder<TaskPool> {
 impl ClusterPoolBuilder<Builder> {
     /// Builds this host's pipeline and, on the master, learns every host's name.
     pub fn build(self, cluster: &Cluster) -> Result<ClusterPool<'_>, ClusterError> {
-        let ClusterPoolBuilder { local, batch, credit, master_works } = self;
+        let ClusterPoolBuilder { local, batch, credit, master_works, host_timeout } = self;
         let pipeline = local.build().map_err(ClusterError::Build)?;
-        ClusterPoolBuilder { local: (), batch, credit, master_works }
+        ClusterPoolBuilder { local: (), batch, credit, master_works, host_timeout }
             .finish(cluster, Local::Pipeline(pipeline))
     }
 }
@@ -96,6 +100,15 @@ impl<L> ClusterPoolBuilder<L> {
     /// dispatches; a job of one rank works on the master's host regardless.
     pub fn master_works(mut self, yes: bool) -> Self {
         self.master_works = yes;
+        self
+    }
+
+    /// How long a host holding tasks may stay silent before the master counts it lost
+    /// (default 10 s; leaders send a heartbeat every [`HEARTBEAT`](super::HEARTBEAT)).
+    /// Its tasks then fail with [`ClusterError::HostLost`] and the job goes on with
+    /// the other hosts, as far as the MPI library lets it (see the module docs).
+    pub fn host_timeout(mut self, timeout: Duration) -> Self {
+        self.host_timeout = timeout.max(super::HEARTBEAT * 2);
         self
     }
 
@@ -129,6 +142,7 @@ impl<L> ClusterPoolBuilder<L> {
             batch: self.batch,
             credit: self.credit,
             master_works: self.master_works || cluster.size() == 1,
+            host_timeout: self.host_timeout,
             stopped: false,
         })
     }
@@ -147,6 +161,7 @@ pub struct ClusterPool<'c> {
     pub(super) batch: usize,
     pub(super) credit: usize,
     pub(super) master_works: bool,
+    pub(super) host_timeout: Duration,
     stopped: bool,
 }
 
@@ -189,7 +204,7 @@ impl ClusterPool<'_> {
     }
 
     fn spread<L>(local: L) -> ClusterPoolBuilder<L> {
-        ClusterPoolBuilder { local, batch: 64, credit: 3, master_works: true }
+        ClusterPoolBuilder { local, batch: 64, credit: 3, master_works: true, host_timeout: HOST_TIMEOUT }
     }
 
     /// What each host was sent and returned so far (on the master; on a leader, its
@@ -209,12 +224,18 @@ impl ClusterPool<'_> {
         let rank = self.cluster.rank();
         let host = self.host.take().expect("a pool has its host until stopped");
         let mut idle = Backoff::default();
+        let mut last_sent = Instant::now();
         loop {
             let mut worked = false;
             while let Some(r) = host.try_results() {
                 let batch = r.map_err(|message| ClusterError::Host { rank, message })?;
                 wire::send(world, 0, Kind::Results, &batch);
+                last_sent = Instant::now();
                 worked = true;
+            }
+            if last_sent.elapsed() >= HEARTBEAT {
+                wire::send(world, 0, Kind::Alive, &[]);
+                last_sent = Instant::now();
             }
             if let Some(msg) = wire::try_receive(world) {
                 worked = true;
@@ -290,6 +311,11 @@ impl ClusterPool<'_> {
         Ok(ClusterMap::new(self, tasks.into_iter(), false, done, Some(file)))
     }
 
+    /// Whether the master counted host `rank` lost (see [`ClusterPoolBuilder::host_timeout`]).
+    pub fn is_lost(&self, rank: i32) -> bool {
+        self.shares.borrow().get(rank as usize).is_some_and(|s| s.lost)
+    }
+
     /// On the master: tells every leader to stop, and stops this host's pool.
     pub fn shutdown(mut self) -> Option<ShutdownReport> {
         self.stop()
@@ -301,23 +327,49 @@ impl ClusterPool<'_> {
         }
         let report = self.host.take().and_then(Host::stop);
         if self.cluster.is_master() {
+            let world = &self.cluster.world;
+            let live: Vec<i32> = (1..self.cluster.size()).filter(|&r| !self.is_lost(r)).collect();
             let mut outbox = self.outbox.borrow_mut();
-            for rank in 1..self.cluster.size() {
-                outbox.send(&self.cluster.world, rank, Kind::Stop, Vec::new());
+            for &rank in &live {
+                outbox.send(world, rank, Kind::Stop, Vec::new());
             }
             outbox.flush();
             // Every rank done before any finalizes: without it ranks over TCP hung in
             // MPI_Finalize. A star through the master rather than MPI_Barrier: leaders
             // never talk to each other, so they open no connections between them
-            // (hangs in finalize were seen more often with more of them).
-            let world = &self.cluster.world;
-            for rank in 1..self.cluster.size() {
-                wire::receive_from(world, rank, Kind::Done);
+            // (hangs in finalize were seen more often with more of them). What else
+            // comes meanwhile (heartbeats) is dropped; a leader silent for the host
+            // timeout is lost, not waited for.
+            let mut waiting: Vec<(i32, Instant)> = live.iter().map(|&r| (r, Instant::now())).collect();
+            let mut done = Vec::new();
+            let mut idle = Backoff::default();
+            while !waiting.is_empty() {
+                let msg = wire::try_receive(world);
+                if let Some(msg) = &msg {
+                    if let Some(w) = waiting.iter_mut().find(|(r, _)| *r == msg.rank) {
+                        w.1 = Instant::now();
+                    }
+                    if msg.kind == Kind::Done {
+                        waiting.retain(|(r, _)| *r != msg.rank);
+                        done.push(msg.rank);
+                    }
+                }
+                for &(rank, heard) in &waiting {
+                    if heard.elapsed() > self.host_timeout {
+                        self.shares.borrow_mut()[rank as usize].lost = true;
+                    }
+                }
+                waiting.retain(|&(rank, _)| !self.is_lost(rank));
+                idle.after(msg.is_some());
             }
-            for rank in 1..self.cluster.size() {
+            for &rank in &done {
                 outbox.send(world, rank, Kind::Done, Vec::new());
             }
             outbox.flush();
+            if done.len() + 1 < self.cluster.size() as usize {
+                self.cluster.lost_host.set(true); // MPI cannot finalize (see `Cluster`)
+                return report;
+            }
             self.cluster.synced.set(true);
         }
         report

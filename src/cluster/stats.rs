@@ -19,6 +19,9 @@ pub struct HostShare {
     pub bytes_in: u64,
     /// Result bytes it returned.
     pub bytes_out: u64,
+    /// The master counted it lost: it went silent holding tasks, which failed with
+    /// [`ClusterError::HostLost`](super::ClusterError::HostLost).
+    pub lost: bool,
 }
 
 /// Every host's share of a [`ClusterPool`](super::ClusterPool)'s work:
@@ -48,14 +51,15 @@ impl std::fmt::Display for ClusterStats {
         for h in &self.hosts {
             writeln!(
                 f,
-                "{:>4}  {:<16} {:>10} {:>5.1}% {:>7} {:>12} {:>12}",
+                "{:>4}  {:<16} {:>10} {:>5.1}% {:>7} {:>12} {:>12}{}",
                 h.rank,
                 h.host,
                 h.done,
                 100.0 * h.done as f64 / total,
                 h.failed,
                 h.bytes_in,
-                h.bytes_out
+                h.bytes_out,
+                if h.lost { "  lost" } else { "" }
             )?;
         }
         Ok(())

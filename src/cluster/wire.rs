@@ -29,6 +29,8 @@ pub(crate) enum Kind {
     Hello = 4,
     /// Both ways, once, at the end: the last synchronisation before `MPI_Finalize`.
     Done = 5,
+    /// Leader to master, when it has sent nothing else for a while: still here.
+    Alive = 6,
 }
 
 impl Kind {
@@ -39,7 +41,9 @@ impl Kind {
         100 + self as Tag
     }
     fn from_tag(tag: Tag) -> Option<Self> {
-        [Self::Tasks, Self::Results, Self::Stop, Self::Hello, Self::Done].into_iter().find(|k| k.tag() == tag)
+        [Self::Tasks, Self::Results, Self::Stop, Self::Hello, Self::Done, Self::Alive]
+            .into_iter()
+            .find(|k| k.tag() == tag)
     }
 }
 

@@ -87,9 +87,11 @@ pub(crate) fn spawn(
     cmd.args([TEST_ENTRY, "--exact", "--nocapture", "--test-threads=1", "-q"])
         .env(WORKER_ENV, record.to_string())
         .stdin(Stdio::null());
+    let mut under_launcher = false;
     for (name, _) in std::env::vars_os() {
         if LAUNCHER_ENV.iter().any(|p| name.as_encoded_bytes().starts_with(p.as_bytes())) {
             cmd.env_remove(name);
+            under_launcher = true;
         }
     }
     let mut stderr = None;
@@ -103,14 +105,21 @@ pub(crate) fn spawn(
         stderr = Some(File::from(read));
     }
     // SAFETY: between fork and exec the closure makes only async-signal-safe raw
-    // syscalls (dup2, close_range, close), allocating nothing. Sources are >= HIGH_FD,
-    // targets 3..=5: no move overwrites a later source; dup2 clears CLOEXEC on targets.
+    // syscalls (dup2, close_range, close, signal), allocating nothing. Sources are >=
+    // HIGH_FD, targets 3..=5: no move overwrites a later source; dup2 clears CLOEXEC on
+    // targets.
     unsafe {
         cmd.pre_exec(move || {
             for (from, to) in raw {
                 dup2_raw(from, to)?;
             }
             close_from(STATUS_FD + 1);
+            if under_launcher {
+                // MPICH's Hydra signals a job's processes with SIGUSR1 when a rank
+                // fails (under `-disable-auto-cleanup`); a worker is no rank, and would
+                // die of it. Ignored stays ignored across exec.
+                libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+            }
             Ok(())
         });
     }
