@@ -104,10 +104,9 @@ pub(crate) fn spawn(
         cmd.stderr(Stdio::from(write));
         stderr = Some(File::from(read));
     }
-    // SAFETY: between fork and exec the closure makes only async-signal-safe raw
-    // syscalls (dup2, close_range, close, signal), allocating nothing. Sources are >=
-    // HIGH_FD, targets 3..=5: no move overwrites a later source; dup2 clears CLOEXEC on
-    // targets.
+    // SAFETY: between fork and exec the closure makes only async-signal-safe raw syscalls
+    // (dup2, close_range, close, signal), allocating nothing. Sources are >= HIGH_FD, targets
+    // 3..=5: no move overwrites a later source; dup2 clears CLOEXEC on targets.
     unsafe {
         cmd.pre_exec(move || {
             for (from, to) in raw {
