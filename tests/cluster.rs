@@ -224,6 +224,50 @@ fn across_three_emulated_hosts_the_pool_and_a_replicated_stage() {
     assert!(shares.iter().all(|(_, tasks)| *tasks > 0), "every host took a share: {shares:?}");
 }
 
+/// Starts `job` with `--pid-dir DIR` and its output in `DIR/first.{out,err}` (files, so
+/// that a full pipe cannot stall mpiexec), SIGKILLs rank `victim` once `record` lists
+/// `progress` finished tasks, and waits for the job to end, failing the test if it
+/// hangs. Each rank writes its pid to a file: mpiexec merges the ranks' output streams
+/// and may split a line, so the pid is not read from there.
+fn kill_rank_mid_job(
+    mut job: Command,
+    dir: &Path,
+    record: &Path,
+    victim: usize,
+    progress: u64,
+) -> std::process::ExitStatus {
+    let out = std::fs::File::create(dir.join("first.out")).unwrap();
+    let err = std::fs::File::create(dir.join("first.err")).unwrap();
+    let mut first = job.arg("--pid-dir").arg(dir).stdout(out).stderr(err).spawn().unwrap();
+    let pid_file = dir.join(format!("rank-{victim}"));
+    let deadline = Instant::now() + HANG;
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok()) {
+            break pid;
+        }
+        if let Some(status) = first.try_wait().unwrap() {
+            let err = std::fs::read_to_string(dir.join("first.err")).unwrap_or_default();
+            panic!("rank {victim} never wrote its pid; the job ended {status}:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "rank {victim} never wrote its pid");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    while std::fs::metadata(record).map_or(0, |m| m.len()) < 8 * progress {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let killed = Instant::now();
+    loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            return status;
+        }
+        assert!(killed.elapsed() < HANG, "the master hung after losing a host");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A host lost mid-job: the job ends (MPICH ends every rank), and a rerun resumes.
 ///
 /// This test was ignored while about one run in three hung. The hang was the rerun's
@@ -246,38 +290,7 @@ fn across_emulated_hosts_a_lost_host_ends_the_job_for_a_resume() {
         c.arg(example()).arg(n.to_string()).args(["--task-ms", "20", "--resume"]).arg(record);
         c
     };
-    // Its output goes to files, so that a full pipe cannot stall mpiexec. Each rank
-    // writes its pid to a file (mpiexec merges the ranks' output streams and may split
-    // a line, so the pid is not read from there).
-    let out = std::fs::File::create(dir.join("first.out")).unwrap();
-    let err = std::fs::File::create(dir.join("first.err")).unwrap();
-    let mut first = job(&record).args(["--pid-dir"]).arg(&dir).stdout(out).stderr(err).spawn().unwrap();
-    let pid_file = dir.join("rank-1");
-    let deadline = Instant::now() + HANG;
-    let pid: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok()) {
-            break pid;
-        }
-        if let Some(status) = first.try_wait().unwrap() {
-            let err = std::fs::read_to_string(dir.join("first.err")).unwrap_or_default();
-            panic!("rank 1 never wrote its pid; the job ended {status}:\n{err}");
-        }
-        assert!(Instant::now() < deadline, "rank 1 never wrote its pid");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let deadline = Instant::now() + HANG;
-    while std::fs::metadata(&record).map_or(0, |m| m.len()) < 8 * 40 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let victim = rustix::process::Pid::from_raw(pid).unwrap();
-    rustix::process::kill_process(victim, rustix::process::Signal::KILL).unwrap();
-    let killed = Instant::now();
-    while first.try_wait().unwrap().is_none() {
-        assert!(killed.elapsed() < HANG, "the master hung after losing a host");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = first.wait().unwrap();
+    let status = kill_rank_mid_job(job(&record), &dir, &record, 1, 40);
     assert!(!status.success(), "with MPICH a lost rank ends the job");
     let before: BTreeSet<u64> = std::fs::read(&record)
         .unwrap()
@@ -313,37 +326,11 @@ fn without_auto_cleanup_a_lost_hosts_tasks_fail_typed_and_the_rest_finish() {
     let dir = scratch.0.clone();
     let record = dir.join("done.bin");
     let n = 1500;
-    let out = std::fs::File::create(dir.join("first.out")).unwrap();
-    let err = std::fs::File::create(dir.join("first.err")).unwrap();
     let mut cmd = across_hosts(3);
     cmd.arg("-disable-auto-cleanup").arg(example()).arg(n.to_string());
     cmd.args(["--task-ms", "20", "--host-timeout-ms", "2000", "--resume"]).arg(&record);
-    let mut first = cmd.arg("--pid-dir").arg(&dir).stdout(out).stderr(err).spawn().unwrap();
-    let deadline = Instant::now() + HANG;
-    let pid: i32 = loop {
-        if let Some(pid) =
-            std::fs::read_to_string(dir.join("rank-2")).ok().and_then(|p| p.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(first.try_wait().unwrap().is_none(), "the job ended before rank 2 started");
-        assert!(Instant::now() < deadline, "rank 2 never wrote its pid");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    while std::fs::metadata(&record).map_or(0, |m| m.len()) < 8 * 100 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let killed = Instant::now();
-    while first.try_wait().unwrap().is_none() {
-        assert!(killed.elapsed() < HANG, "the job hung after losing a host");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = kill_rank_mid_job(cmd, &dir, &record, 2, 100);
+    assert!(!status.success(), "the master ends with an error, having lost a host");
     let stdout = std::fs::read_to_string(dir.join("first.out")).unwrap();
     let stderr = std::fs::read_to_string(dir.join("first.err")).unwrap();
     let (done, per_rank) = tasks_printed(&stdout);
