@@ -1,6 +1,7 @@
 //! One host's share of the work: a thread that owns the host's [`Local`] work (a
-//! [`Pool`] or a [`Pipeline`]) and turns task batches into result batches. It never calls MPI (the rank's main thread does
-//! all of that, as `Threading::Funneled` asks), so it talks to it over channels.
+//! [`Pool`] or a [`Pipeline`]) and turns task batches into result batches. It never
+//! calls MPI (the rank's main thread does all of that, as `Threading::Funneled` asks),
+//! so it talks to it over channels.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -1,6 +1,8 @@
-//! The pool across hosts, on MPI (`--features mpi`): one MPI rank per host, the
-//! host's leader; inside a host everything is as on one machine (worker processes,
-//! shared-memory rings, restarts, statistics).
+//! The pool, and replicated pipeline stages, across hosts on MPI (`--features mpi`):
+//! one MPI rank per host, the host's leader; inside a host everything is as on one
+//! machine (worker processes, shared-memory rings, restarts, statistics). Each host runs
+//! a pool of one task function ([`ClusterPool::builder`]) or a whole pipeline
+//! ([`ClusterPool::pipeline`]: a stage with replicas has them on every host).
 //!
 //! Rank 0 is the master: it hands out batches of tasks, each to whichever host has
 //! room (every host holds at most a few batches of credit), and yields the results
