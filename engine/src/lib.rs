@@ -28,6 +28,7 @@ mod sandbox;
 mod stage;
 pub mod stream;
 mod sync;
+pub mod view;
 mod wait;
 mod worker;
 

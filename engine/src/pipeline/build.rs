@@ -46,6 +46,7 @@ pub struct Builder {
     max_in_flight: usize,
     frame_capacity: usize,
     startup_timeout: Duration,
+    observable: bool,
 }
 
 impl Builder {
@@ -108,6 +109,15 @@ impl Builder {
     /// How long worker processes get to report ready (default 30 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Lets other processes of the same user watch the pipeline while it runs
+    /// (default off): see [`view`](crate::view). Its counters are refreshed four times
+    /// a second on a thread of their own, from the statistics the runners store anyway;
+    /// the item path does not change.
+    pub fn observable(mut self, yes: bool) -> Self {
+        self.observable = yes;
         self
     }
 
@@ -309,6 +319,7 @@ impl Builder {
             collector: None,
             supervisor: None,
             finished: false,
+            view: None,
         };
         // From here on, an early return drops `pipeline`, which stops what started.
         pipeline.start_workers(&runners, &local, self.startup_timeout)?;
@@ -341,6 +352,10 @@ impl Builder {
                 .spawn(move || collector::drive_async(sh))
                 .map_err(BuildError::Spawn)?,
         );
+        if self.observable {
+            let view = crate::view::Publisher::start(shared.clone(), pipeline.workers.clone());
+            pipeline.view = Some(view.map_err(BuildError::Spawn)?);
+        }
         pipeline.supervisor =
             Some(Supervisor::start(shared, pipeline.workers.clone()).map_err(BuildError::Spawn)?);
         Ok(pipeline)
@@ -365,6 +380,7 @@ impl Pipeline {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             frame_capacity: DEFAULT_FRAME_CAPACITY,
             startup_timeout: Duration::from_secs(30),
+            observable: false,
         }
     }
 

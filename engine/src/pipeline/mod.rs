@@ -35,7 +35,8 @@ pub use results::{Completions, Map};
 pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_CAPACITY, MAX_STAGE_TIMEOUT};
 pub use stats::{PipelineStats, StageStats};
 
-use self::shared::Shared;
+pub(crate) use self::shared::Shared;
+pub(crate) use self::stats::stats_of;
 use self::supervisor::Supervisor;
 use crate::memory::STATE_SHUTDOWN;
 use crate::worker::runner::RunEnd;
@@ -134,6 +135,8 @@ pub struct Pipeline {
     supervisor: Option<Supervisor>,
     /// Set once `finish` ran (by `shutdown` or `Drop`).
     finished: bool,
+    /// Publishes the counters to viewers, if the pipeline is observable.
+    view: Option<crate::view::Publisher>,
 }
 
 impl Pipeline {
@@ -307,6 +310,7 @@ impl Pipeline {
     fn finish(&mut self, timeout: Option<Duration>) -> ShutdownReport {
         debug_assert!(!self.finished, "finish runs once: shutdown consumes, Drop checks");
         self.finished = true;
+        self.view = None; // viewers can no longer attach, and the socket's name is gone
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
         let deadline = timeout.map(crate::wait::deadline_after);

@@ -200,9 +200,16 @@ impl super::Pipeline {
     /// worker's successor continues its predecessor's totals (less what it counted
     /// and had not stored yet).
     pub fn stats(&self) -> PipelineStats {
-        let seg = &self.shared.seg;
-        let stages = self
-            .shared
+        stats_of(&self.shared)
+    }
+}
+
+/// [`Pipeline::stats`] from the pipeline's shared state (the view's publisher reads it
+/// too).
+pub(crate) fn stats_of(shared: &super::Shared) -> PipelineStats {
+    {
+        let seg = &shared.seg;
+        let stages = shared
             .stages
             .iter()
             .map(|info| {
@@ -231,9 +238,9 @@ impl super::Pipeline {
             })
             .collect();
         PipelineStats {
-            elapsed: self.shared.started.elapsed(),
+            elapsed: shared.started.elapsed(),
             submit_waited: Duration::from_nanos(
-                self.shared.submit_waited_ns.load(std::sync::atomic::Ordering::Relaxed),
+                shared.submit_waited_ns.load(std::sync::atomic::Ordering::Relaxed),
             ),
             stages,
         }

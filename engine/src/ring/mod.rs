@@ -39,6 +39,13 @@ pub struct RingHeader {
 }
 
 impl RingHeader {
+    /// Items in the ring now, as read by a third party (a viewer): the two positions
+    /// read one after the other, so only approximately current; never negative.
+    pub(crate) fn occupancy(&self) -> u64 {
+        let head = self.head.load(std::sync::atomic::Ordering::Relaxed);
+        self.tail.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(head)
+    }
+
     /// Wakes the consumer if it is parked, so it re-checks its stop condition
     /// (state changed before this call). Anyone may call it.
     pub fn nudge_consumer(&self) {
