@@ -30,7 +30,11 @@ register_stage!("example.double", |_: &[u8]| {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     // One task per worker in flight: the next task goes to whichever worker finishes first.
-    let pool = Pool::builder_named("example.double").workers(WORKERS).max_in_flight(WORKERS).build()?;
+    let pool = Pool::builder_named("example.double")
+        .workers(WORKERS)
+        .max_in_flight(WORKERS)
+        .observable(true) // `ringpipe-top` can watch it
+        .build()?;
     let pids = pool.worker_pids();
     println!("master: {} workers, pids {:?}", pool.workers(), pids);
     let tasks = (0..TASKS).map(|i| [i as f64, i as f64 + 0.5, 100.0 * i as f64]);

@@ -48,8 +48,10 @@ fn receive_region(target: &Target) -> std::os::fd::OwnedFd {
     fd.expect("the region's descriptor")
 }
 
-fn own_targets() -> Vec<Target> {
-    view::list().unwrap().into_iter().filter(|t| t.pid == std::process::id()).collect()
+/// `p`'s entry in the list of observable pipelines.
+fn target_of(p: &Pipeline) -> Target {
+    let socket = p.observed_at().expect("built observable");
+    view::list().unwrap().into_iter().find(|t| t.socket == socket).expect("the pipeline is listed")
 }
 
 /// Waits, without a fixed sleep, until `check` holds on a fresh snapshot (the region
@@ -69,8 +71,8 @@ fn until(view: &View, what: &str, check: impl Fn(&view::Snapshot) -> bool) -> vi
 #[test]
 fn a_viewer_sees_the_stages_and_counts_that_grow_and_cannot_write() {
     let p = observable();
-    let targets = own_targets();
-    let target = targets.last().expect("the pipeline is listed");
+    let target = &target_of(&p);
+    assert_eq!(target.pid, std::process::id());
     let view = View::attach(target).unwrap();
     for _ in 0..100 {
         assert_eq!(&p.submit(b"abc").unwrap().wait().unwrap()[..], b"ABC");
@@ -110,13 +112,16 @@ fn a_viewer_sees_the_stages_and_counts_that_grow_and_cannot_write() {
     assert_eq!(mapped, libc::MAP_FAILED, "mapped writable");
     drop(view);
     assert!(p.shutdown().was_graceful());
-    assert!(own_targets().iter().all(|t| t.socket != target.socket), "the socket is gone after shutdown");
+    assert!(
+        view::list().unwrap().iter().all(|t| t.socket != target.socket),
+        "the socket is gone after shutdown"
+    );
 }
 
 #[test]
 fn a_viewer_killed_or_dropped_changes_nothing() {
     let p = observable();
-    let target = own_targets().last().cloned().unwrap();
+    let target = target_of(&p);
     for _ in 0..5 {
         let v = View::attach(&target).unwrap();
         v.snapshot().unwrap();
@@ -178,7 +183,7 @@ fn another_user_is_refused() {
         return;
     }
     let p = observable();
-    let target = own_targets().last().cloned().unwrap();
+    let target = target_of(&p);
     let arg = format!("{} {}", target.pid, target.socket);
     let run = |uid: Option<u32>| {
         let mut c = helper("helper_attach_and_report");

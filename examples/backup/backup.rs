@@ -63,6 +63,7 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         .stage(StageSpec::chain([Chain::link::<Chunker>(chunker), ("backup.ids", vec![])]))
         .frame_capacity(BLOCK + chunker.overhead(BLOCK) + 32 * (BLOCK / (256 << 10) + 2) + 4)
         .max_in_flight(CUT_WINDOW)
+        .observable(true) // `ringpipe-top` can watch it
         .build()?;
     let salt = random_salt()?;
     let key = Key::from_passphrase(&passphrase(), &salt)?;
@@ -71,6 +72,7 @@ pub(super) fn backup(dir: &Path, archive: &Path) -> Result<Stats, Error> {
         .stage(StageSpec::chain([Chain::link::<Zstd>(LEVEL), Chain::link::<Seal>(sealing)]).replicas(2))
         .frame_capacity(META_LEN + Zstd::max_output(MAX_CHUNK) + TAG_LEN)
         .max_in_flight(16)
+        .observable(true)
         .build()?;
 
     // Written under a temporary name beside the archive (removed if anything fails),

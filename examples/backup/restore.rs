@@ -123,6 +123,7 @@ pub(super) fn restore(archive: &Path, dir: Option<&Path>) -> Result<u64, Error> 
         // Room for what the writers hold (queued, in hand, and one being handed
         // over) and for the chunks being opened.
         .max_in_flight(WRITERS * (WRITER_QUEUE + 1) + 1 + OPENING)
+        .observable(true) // `ringpipe-top` can watch it
         .build()?;
     for report in open.sandbox_reports() {
         eprintln!("sandbox: {report}");

@@ -140,6 +140,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The abstract socket name viewers reach the pipeline at (`ringpipe/<pid>/<n>`,
+    /// see [`view`](crate::view)), if it was built
+    /// [`observable`](crate::Builder::observable) and is not shut down.
+    pub fn observed_at(&self) -> Option<&str> {
+        self.view.as_ref().map(|v| v.name.as_str())
+    }
+
     /// Number of stages.
     pub fn num_stages(&self) -> usize {
         self.shared.stages.len()

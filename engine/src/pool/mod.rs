@@ -43,6 +43,7 @@ pub struct PoolBuilder {
     retry_once: bool,
     startup_timeout: Duration,
     sandbox: Option<crate::Sandbox>,
+    observable: bool,
 }
 
 impl PoolBuilder {
@@ -95,6 +96,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Lets other processes of the same user watch the pool (default off): see
+    /// [`Builder::observable`](crate::Builder::observable).
+    pub fn observable(mut self, yes: bool) -> Self {
+        self.observable = yes;
+        self
+    }
+
     /// Starts the workers and waits until each has built its task function.
     pub fn build(self) -> Result<Pool, BuildError> {
         let out_of_range = |what, value: usize, max: usize| {
@@ -119,6 +127,7 @@ impl PoolBuilder {
             .max_in_flight(in_flight)
             .frame_capacity(self.frame_capacity)
             .startup_timeout(self.startup_timeout)
+            .observable(self.observable)
             .build()?;
         Ok(Pool { pipeline, workers: n, retry_once: self.retry_once })
     }
@@ -167,6 +176,7 @@ impl Pool {
             frame_capacity: DEFAULT_FRAME_CAPACITY,
             retry_once: false,
             sandbox: None,
+            observable: false,
             startup_timeout: Duration::from_secs(30),
         }
     }

@@ -26,6 +26,8 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 /// A pipeline's publisher thread; dropping it stops the thread, which closes the
 /// socket (its name goes with it) and the region.
 pub(crate) struct Publisher {
+    /// The socket's abstract name.
+    pub name: String,
     wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -87,7 +89,7 @@ impl Publisher {
             // SAFETY: the mapping made above, unmapped once, after its last use.
             let _ = unsafe { rustix::mm::munmap(region.0.as_ptr().cast(), REGION_LEN) };
         })?;
-        Ok(Publisher { wake: Some(wake_write), thread: Some(thread) })
+        Ok(Publisher { name, wake: Some(wake_write), thread: Some(thread) })
     }
 }
 
