@@ -70,8 +70,8 @@ fn summary(s: &Snapshot) -> String {
     let waited =
         if s.elapsed_ns == 0 { 0.0 } else { 100.0 * s.submit_waited_ns as f64 / s.elapsed_ns as f64 };
     format!(
-        "{} (pid {}): up {elapsed:.1} s, {}/{} items in flight, callers waited {waited:.1}%, {} restarts",
-        s.program, s.pid, s.in_flight, s.max_in_flight, s.restarts
+        "{} (pid {} on {}): up {elapsed:.1} s, {}/{} items in flight, callers waited {waited:.1}%, {} restarts",
+        s.program, s.pid, s.host, s.in_flight, s.max_in_flight, s.restarts
     )
 }
 
@@ -124,7 +124,7 @@ pub(crate) fn json(s: &Snapshot) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "pid": s.pid, "program": s.program, "elapsed_ns": s.elapsed_ns,
+        "pid": s.pid, "program": s.program, "host": s.host, "elapsed_ns": s.elapsed_ns,
         "submit_waited_ns": s.submit_waited_ns, "in_flight": s.in_flight,
         "max_in_flight": s.max_in_flight, "restarts": s.restarts,
         "bottleneck": s.bottleneck(), "stages": stages,

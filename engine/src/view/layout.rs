@@ -38,6 +38,8 @@ pub(crate) struct Header {
     pub max_in_flight: u64,
     pub restarts: u64,
     pub program: [u8; NAME_LEN],
+    /// The machine's host name (with the pool across hosts, which host this is).
+    pub host: [u8; NAME_LEN],
 }
 
 /// One stage.
@@ -135,6 +137,8 @@ pub struct Snapshot {
     pub pid: u32,
     /// The program's name.
     pub program: String,
+    /// The host it runs on.
+    pub host: String,
     /// Nanoseconds since the pipeline was built.
     pub elapsed_ns: u64,
     /// Nanoseconds callers waited on it.
@@ -213,6 +217,7 @@ pub fn parse(region: &[u8]) -> Result<Snapshot, ViewError> {
     Ok(Snapshot {
         pid: h.pid,
         program: name_of(&h.program, "program name")?,
+        host: name_of(&h.host, "host name")?,
         elapsed_ns: h.elapsed_ns,
         submit_waited_ns: h.submit_waited_ns,
         in_flight: h.in_flight,

@@ -210,6 +210,7 @@ mod tests {
         h.stages = stages;
         h.max_in_flight = 8;
         h.program = name_bytes("prog");
+        h.host = name_bytes("h1");
         let mut out = bytemuck::bytes_of(&h).to_vec();
         for _ in 0..stages {
             let mut r: Record = bytemuck::Zeroable::zeroed();
@@ -225,7 +226,7 @@ mod tests {
     #[test]
     fn a_good_region_reads_back() {
         let s = parse(&region(2)).unwrap();
-        assert_eq!((s.program.as_str(), s.stages.len()), ("prog", 2));
+        assert_eq!((s.program.as_str(), s.host.as_str(), s.stages.len()), ("prog", "h1", 2));
         assert_eq!((s.stages[1].name.as_str(), &s.stages[1].pids[..]), ("zstd", &[42][..]));
     }
 

@@ -70,8 +70,9 @@ impl Publisher {
         let (wake_read, wake_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let thread = std::thread::Builder::new().name("ringpipe-view".into()).spawn(move || {
             let program = program_name();
+            let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
             loop {
-                region.write(&shared, &workers, &program);
+                region.write(&shared, &workers, &program, &host);
                 let mut fds = [PollFd::new(&socket, PollFlags::IN), PollFd::new(&wake_read, PollFlags::IN)];
                 let timeout = rustix::event::Timespec { tv_sec: 0, tv_nsec: PERIOD.as_nanos() as i64 };
                 if rustix::event::poll(&mut fds, Some(&timeout)).is_err() {
@@ -133,7 +134,7 @@ unsafe impl Send for Region {}
 
 impl Region {
     /// Writes a fresh reading between two bumps of the sequence number.
-    fn write(&self, shared: &Shared, workers: &Mutex<Vec<WorkerProcess>>, program: &str) {
+    fn write(&self, shared: &Shared, workers: &Mutex<Vec<WorkerProcess>>, program: &str, host: &str) {
         let stats = crate::pipeline::stats_of(shared);
         let pids: Vec<(usize, u32)> =
             workers.lock().iter().filter(|w| w.lifeline.is_some()).map(|w| (w.stage, w.child.id())).collect();
@@ -157,6 +158,7 @@ impl Region {
             max_in_flight: shared.tickets as u64,
             restarts: shared.restarts.load(std::sync::atomic::Ordering::Relaxed) as u64,
             program: layout::name_bytes(program),
+            host: layout::name_bytes(host),
         };
         let capacity = shared.seg.layout().ring_capacity();
         let records: Vec<Record> = stats
