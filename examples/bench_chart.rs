@@ -38,8 +38,20 @@ fn read(dir: &Path) -> Result<Vec<Group>, Box<dyn std::error::Error>> {
         if !group.is_dir() || group.file_name().is_some_and(|n| n == "report") {
             continue;
         }
+        // A benchmark's directory is `<group>/<function>` or `<group>/<function>/<value>`.
+        let mut dirs = Vec::new();
         for bench in std::fs::read_dir(&group)? {
-            let new = bench?.path().join("new");
+            let bench = bench?.path();
+            if bench.join("new").is_dir() {
+                dirs.push(bench);
+            } else if bench.is_dir() {
+                for value in std::fs::read_dir(&bench)? {
+                    dirs.push(value?.path());
+                }
+            }
+        }
+        for bench in dirs {
+            let new = bench.join("new");
             let (Ok(meta), Ok(est)) =
                 (std::fs::read(new.join("benchmark.json")), new.join("estimates.json").metadata())
             else {
@@ -55,7 +67,11 @@ fn read(dir: &Path) -> Result<Vec<Group>, Box<dyn std::error::Error>> {
                 _ => continue, // no throughput: nothing to compare as a rate
             };
             let group_id = meta["group_id"].as_str().unwrap_or("?").to_owned();
-            let name = meta["value_str"].as_str().or(meta["function_id"].as_str()).unwrap_or("?").to_owned();
+            let name = match (meta["function_id"].as_str(), meta["value_str"].as_str()) {
+                (Some(f), Some(v)) => format!("{f}/{v}"),
+                (Some(x), None) | (None, Some(x)) => x.to_owned(),
+                (None, None) => "?".to_owned(),
+            };
             found.push((est.modified()?, group_id, name, bytes, n / (ns / 1e9)));
         }
     }
