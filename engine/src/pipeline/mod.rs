@@ -36,7 +36,7 @@ pub use spec::{OnComplete, StageEvent, StageOutcome, StageSpec, DEFAULT_STREAM_C
 pub use stats::{PipelineStats, StageStats};
 
 pub(crate) use self::shared::Shared;
-pub(crate) use self::stats::stats_of;
+pub(crate) use self::stats::{busiest, busy_share, stats_of};
 use self::supervisor::Supervisor;
 use crate::memory::STATE_SHUTDOWN;
 use crate::worker::runner::RunEnd;

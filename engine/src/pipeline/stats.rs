@@ -63,12 +63,22 @@ impl StageStats {
     /// The share of its runners' time spent busy, in `0.0..=1.0` (0 before any time
     /// was counted).
     pub fn busy_fraction(&self) -> f64 {
-        let total = self.busy.saturating_add(self.starved).saturating_add(self.blocked);
-        if total.is_zero() {
-            return 0.0;
-        }
-        self.busy.as_secs_f64() / total.as_secs_f64()
+        busy_share(self.busy, self.starved, self.blocked)
     }
+}
+
+/// `busy` as a share of all three, in `0.0..=1.0` (0 when none was counted).
+pub(crate) fn busy_share(busy: Duration, starved: Duration, blocked: Duration) -> f64 {
+    let total = busy.saturating_add(starved).saturating_add(blocked);
+    if total.is_zero() {
+        return 0.0;
+    }
+    busy.as_secs_f64() / total.as_secs_f64()
+}
+
+/// The index of the highest share above 0, if any: the bottleneck.
+pub(crate) fn busiest(shares: impl Iterator<Item = f64>) -> Option<usize> {
+    shares.enumerate().filter(|&(_, f)| f > 0.0).max_by(|(_, a), (_, b)| a.total_cmp(b)).map(|(i, _)| i)
 }
 
 /// A snapshot of every stage's [`StageStats`], from [`Pipeline::stats`](super::Pipeline::stats).
@@ -112,12 +122,7 @@ impl PipelineStats {
     /// The stage whose runners were busiest (the highest
     /// [`busy_fraction`](StageStats::busy_fraction)), if any stage counted any time.
     pub fn bottleneck(&self) -> Option<usize> {
-        self.stages
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.busy_fraction() > 0.0)
-            .max_by(|(_, a), (_, b)| a.busy_fraction().total_cmp(&b.busy_fraction()))
-            .map(|(i, _)| i)
+        busiest(self.stages.iter().map(StageStats::busy_fraction))
     }
 }
 

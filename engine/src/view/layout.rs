@@ -121,12 +121,9 @@ pub struct StageView {
 impl StageView {
     /// The share of its runners' time spent busy, in `0.0..=1.0`.
     pub fn busy_fraction(&self) -> f64 {
-        let total = self.busy_ns.saturating_add(self.starved_ns).saturating_add(self.blocked_ns);
-        if total == 0 {
-            0.0
-        } else {
-            self.busy_ns as f64 / total as f64
-        }
+        use std::time::Duration;
+        let ns = Duration::from_nanos;
+        crate::pipeline::busy_share(ns(self.busy_ns), ns(self.starved_ns), ns(self.blocked_ns))
     }
 }
 
@@ -156,12 +153,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The stage whose runners were busiest, if any counted time.
     pub fn bottleneck(&self) -> Option<usize> {
-        self.stages
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.busy_fraction() > 0.0)
-            .max_by(|(_, a), (_, b)| a.busy_fraction().total_cmp(&b.busy_fraction()))
-            .map(|(i, _)| i)
+        crate::pipeline::busiest(self.stages.iter().map(StageView::busy_fraction))
     }
 }
 
