@@ -95,7 +95,8 @@ fn items_and_bytes_are_counted_exactly_and_the_slow_stage_is_the_bottleneck() {
     assert_eq!(stats.bottleneck(), Some(1), "{stats}");
     let slow = &stats.stages[1];
     assert!(slow.busy >= Duration::from_millis(400), "200 items x 2 ms: {stats}");
-    assert!(slow.busy_fraction() > 0.7, "{stats}");
+    // No bound on its busy share: on a loaded machine the stage feeding it is
+    // descheduled and it starves (seen: 29.5% busy, still the bottleneck).
     for fast in [&stats.stages[0], &stats.stages[2]] {
         assert!(fast.starved > fast.busy, "a fast stage mostly waits for input: {stats}");
         assert_eq!(fast.blocked, Duration::ZERO, "handing an item on never waits");
