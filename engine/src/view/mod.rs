@@ -145,8 +145,15 @@ impl View {
             }
         }
         let (Some(fd), 1, b'V') = (fd, got.bytes, byte[0]) else { return Err(ViewError::Refused) };
-        // SAFETY: a fresh shared read-only mapping of a memfd the publisher sized to
-        // REGION_LEN and sealed against shrinking; nothing else aliases it here.
+        // Mapping past the end of a file faults on access: the region must be whole and
+        // sealed against shrinking before it is mapped.
+        let len = rustix::fs::fstat(&fd).map_err(|e| ViewError::Map(e.into()))?.st_size;
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| ViewError::Map(e.into()))?;
+        if len < layout::REGION_LEN as i64 || !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err(ViewError::Corrupt("region size"));
+        }
+        // SAFETY: a fresh shared read-only mapping of a file checked above to hold
+        // REGION_LEN bytes and sealed against shrinking; nothing else aliases it here.
         let map = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
