@@ -40,11 +40,12 @@ fn built_example(name: &str) -> PathBuf {
     path
 }
 
-/// Runs `mpi_pipeline` (zstd, replicated on every host) through `cmd`: it checks
-/// itself that results came in submission order and decompress to its input. Returns
-/// each host's name and tasks, by rank, from its statistics table.
-fn replicated_stage(mut cmd: Command) -> Vec<(String, u64)> {
-    cmd.arg(pipeline_example()).args(["--chunk-kib", "4"]);
+/// Runs `mpi_pipeline` (zstd, replicated on every host) on chunks of `chunk_kib`
+/// through `cmd`: it checks itself that results came in submission order and
+/// decompress to its input. Returns each host's name and tasks, by rank, from its
+/// statistics table.
+fn replicated_stage(mut cmd: Command, chunk_kib: usize) -> Vec<(String, u64)> {
+    cmd.arg(pipeline_example()).args(["--chunk-kib", &chunk_kib.to_string()]);
     let out = finish(cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_job_ended_well(&out);
@@ -145,7 +146,8 @@ fn three_ranks_share_the_tasks_each_once() {
 #[test]
 fn a_replicated_stage_spans_three_ranks_in_submission_order() {
     let _one = one_job();
-    let shares = replicated_stage(mpiexec(3));
+    // Chunks small enough to cross in their batch's table.
+    let shares = replicated_stage(mpiexec(3), 4);
     assert_eq!(shares.len(), 3);
     assert!(shares.iter().all(|(_, tasks)| *tasks > 0), "every host took a share: {shares:?}");
 }
@@ -218,7 +220,9 @@ fn across_three_emulated_hosts_the_pool_and_a_replicated_stage() {
     let per_rank = check_all_once(&out, 600);
     assert!(per_rank[..3].iter().all(|&n| n > 0), "every host got work: {per_rank:?}");
 
-    let shares = replicated_stage(across_hosts(3));
+    // Chunks large enough to cross on their own, from the master's memory straight
+    // into their batch on the leader, beside the last, smaller one.
+    let shares = replicated_stage(across_hosts(3), 96);
     let names: Vec<&str> = shares.iter().map(|(h, _)| h.as_str()).collect();
     assert_eq!(names, ["h1", "h2", "h3"]);
     assert!(shares.iter().all(|(_, tasks)| *tasks > 0), "every host took a share: {shares:?}");

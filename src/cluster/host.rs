@@ -3,17 +3,19 @@
 //! calls MPI (the rank's main thread does all of that, as `Threading::Funneled` asks),
 //! so it talks to it over channels.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ringpipe_engine::{ItemError, Map, Pipeline, Pool, ShutdownReport};
 
 use super::wire::{self, Entry};
 
-/// Results are sent back once this many are in, and whenever the host runs dry.
+/// Results are sent back once this many are in (or a task batch's worth, if fewer),
+/// and whenever the host runs dry.
 pub(crate) const RESULTS_PER_BATCH: usize = 64;
 
 /// What a host runs its tasks through: the same on every host.
@@ -43,21 +45,35 @@ impl Local {
 /// The host's runner thread and its two channels.
 pub(crate) struct Host {
     tasks: Option<Sender<Vec<u8>>>,
+    /// Task batches the runner is done with, for the next receive.
+    spent: Receiver<Vec<u8>>,
     results: Receiver<Result<Vec<u8>, String>>,
+    /// A result batch [`wait`](Host::wait) took off the channel, for `try_results`.
+    waited: Cell<Option<Result<Vec<u8>, String>>>,
     thread: Option<JoinHandle<ShutdownReport>>,
 }
 
 impl Host {
-    /// Starts the runner over `local`.
-    pub(crate) fn start(local: Local) -> std::io::Result<Self> {
+    /// Starts the runner over `local`; it sends results back once a task batch's worth
+    /// (`batch`, at most [`RESULTS_PER_BATCH`]) is in: the credit the master waits for
+    /// to send the next batch, while the host still has others to run.
+    pub(crate) fn start(local: Local, batch: usize) -> std::io::Result<Self> {
+        let per_batch = batch.clamp(1, RESULTS_PER_BATCH);
         let (task_tx, task_rx) = channel::<Vec<u8>>();
         let (result_tx, result_rx) = channel();
+        let (spent_tx, spent_rx) = channel();
         let thread = std::thread::Builder::new().name("ringpipe-host".into()).spawn(move || {
             // Ends when the master's side hangs up (either channel).
-            let _ = run(&local, &task_rx, &result_tx);
+            let _ = run(&local, per_batch, &task_rx, &result_tx, &spent_tx);
             local.shutdown()
         })?;
-        Ok(Self { tasks: Some(task_tx), results: result_rx, thread: Some(thread) })
+        Ok(Self {
+            tasks: Some(task_tx),
+            spent: spent_rx,
+            results: result_rx,
+            waited: Cell::new(None),
+            thread: Some(thread),
+        })
     }
 
     /// Hands the runner a task batch.
@@ -66,13 +82,38 @@ impl Host {
         tasks.send(batch).map_err(|_| "the host's runner thread is gone".to_owned())
     }
 
+    /// A buffer for the next task batch: one the runner is done with, if any (a fresh
+    /// buffer of some MiB costs a page fault and a zeroed page per 4 KiB).
+    pub(crate) fn spare(&self) -> Vec<u8> {
+        self.spent.try_recv().unwrap_or_default()
+    }
+
     /// A result batch, if one is ready; `Err` if the runner failed or is gone.
     pub(crate) fn try_results(&self) -> Option<Result<Vec<u8>, String>> {
+        if let Some(r) = self.waited.take() {
+            return Some(r);
+        }
         match self.results.try_recv() {
             Ok(r) => Some(r),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => Some(Err("the host's runner thread is gone".into())),
         }
+    }
+
+    /// Waits up to `timeout` for a result batch; true if one is ready for
+    /// [`try_results`](Self::try_results) (or the runner is gone).
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        if let Some(r) = self.waited.take() {
+            self.waited.set(Some(r));
+            return true;
+        }
+        let r = match self.results.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => return false,
+            Err(RecvTimeoutError::Disconnected) => Err("the host's runner thread is gone".into()),
+        };
+        self.waited.set(Some(r));
+        true
     }
 
     /// Lets the runner finish what it has, then stops its pool.
@@ -96,22 +137,37 @@ impl Drop for Host {
 /// its position in the run (the map's `Output::index`).
 struct Run<'a> {
     tasks: &'a Receiver<Vec<u8>>,
+    spent: &'a Sender<Vec<u8>>,
     queue: VecDeque<Vec<u8>>,
-    current: Option<(Arc<Vec<u8>>, std::vec::IntoIter<Entry>)>,
+    current: Option<(Arc<Batch>, std::vec::IntoIter<Entry>)>,
     index_of: &'a RefCell<Vec<u64>>,
     malformed: Option<String>,
+}
+
+/// A task batch; once no task of it is left, its buffer goes back to the rank's main
+/// thread for the next batch it receives.
+struct Batch {
+    bytes: Vec<u8>,
+    spent: Sender<Vec<u8>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // The main thread may be gone (the job is ending): then the buffer is freed.
+        let _ = self.spent.send(std::mem::take(&mut self.bytes));
+    }
 }
 
 /// One task's bytes where they lie in their batch: the pool copies them straight into
 /// a frame, with no copy of their own on the way.
 struct Task {
-    batch: Arc<Vec<u8>>,
+    batch: Arc<Batch>,
     bytes: std::ops::Range<usize>,
 }
 
 impl AsRef<[u8]> for Task {
     fn as_ref(&self) -> &[u8] {
-        &self.batch[self.bytes.clone()]
+        &self.batch.bytes[self.bytes.clone()]
     }
 }
 
@@ -131,7 +187,10 @@ impl Iterator for Run<'_> {
             }
             let batch = self.queue.pop_front()?;
             match wire::entries(&batch, false) {
-                Ok(entries) => self.current = Some((Arc::new(batch), entries.into_iter())),
+                Ok(entries) => {
+                    let batch = Batch { bytes: batch, spent: self.spent.clone() };
+                    self.current = Some((Arc::new(batch), entries.into_iter()));
+                }
                 Err(e) => {
                     self.malformed = Some(format!("a task batch is malformed: {e}"));
                     return None;
@@ -142,12 +201,14 @@ impl Iterator for Run<'_> {
 }
 
 /// The runner: for each run of batches that are there, one unordered map over their
-/// tasks; results go back in batches of [`RESULTS_PER_BATCH`], and all of them when
+/// tasks; results go back in batches of `per_batch`, and all of them when
 /// the run ends (so a master waiting for credit never waits on a result held here).
 fn run(
     local: &Local,
+    per_batch: usize,
     tasks: &Receiver<Vec<u8>>,
     results: &Sender<Result<Vec<u8>, String>>,
+    spent: &Sender<Vec<u8>>,
 ) -> Result<(), ()> {
     let send = |r: Result<Vec<u8>, String>| results.send(r).map_err(|_| ());
     // Blocks for the first batch of each run; ends when the master's side hangs up.
@@ -155,6 +216,7 @@ fn run(
         let index_of = RefCell::new(Vec::new());
         let mut run = Run {
             tasks,
+            spent,
             queue: VecDeque::from([first]),
             current: None,
             index_of: &index_of,
@@ -177,7 +239,7 @@ fn run(
                 Err(e) => return send(Err(format!("the host's pipeline failed: {e}"))),
             }
             count += 1;
-            if count == RESULTS_PER_BATCH {
+            if count == per_batch {
                 send(Ok(std::mem::take(&mut out)))?;
                 count = 0;
             }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::pool::{Backoff, ClusterPool};
+use mpi::request::{Request, StaticScope};
+
 use super::wire::{self, Kind};
 use super::ClusterError;
 
@@ -70,6 +72,17 @@ impl Hasher for IndexHasher {
 
 type IndexSet = HashSet<u64, BuildHasherDefault<IndexHasher>>;
 
+/// Ends the process if a panic unwinds while MPI may still read a task's bytes from
+/// memory that the unwinding would free.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        eprintln!("ringpipe: a panic while MPI was reading a task from the caller's memory; aborting");
+        std::process::abort();
+    }
+}
+
 /// Results of [`ClusterPool::map`] and its siblings.
 #[must_use = "an iterator does nothing until it is consumed"]
 pub struct ClusterMap<'p, I> {
@@ -127,56 +140,130 @@ where
         }
     }
 
-    /// Sends a batch to every host with room, while tasks are left.
+    /// Sends every host the batches it has room for, one host after another, while
+    /// tasks are left. Room is counted once, here: credit that comes back while a
+    /// batch is being sent waits for the next call, so the hosts take turns and the
+    /// caller gets its results.
     fn dispatch(&mut self) {
         let limit = self.pool.batch * self.pool.credit;
         let ranks = self.outstanding.len() as i32;
         // The master's host works too if asked, or once every other host is lost.
         let everyone_lost = (1..ranks).all(|r| self.pool.is_lost(r));
         let first = usize::from(!self.pool.master_works && !everyone_lost);
-        for rank in first..self.outstanding.len() {
-            if self.pool.is_lost(rank as i32) {
-                continue;
-            }
-            while !self.exhausted && self.outstanding[rank] + self.pool.batch <= limit {
-                let mut batch = Vec::new();
-                let (mut n, mut bytes) = (0, 0);
-                while n < self.pool.batch {
+        let mut room: Vec<usize> = (0..self.outstanding.len())
+            .map(|rank| match rank < first || self.pool.is_lost(rank as i32) {
+                true => 0,
+                false => limit.saturating_sub(self.outstanding[rank]) / self.pool.batch,
+            })
+            .collect();
+        // Every batch first (the caller's iterator runs here), then every send, then
+        // the wait for those that read the caller's memory.
+        let mut batches = Vec::new();
+        while !self.exhausted && room.iter().any(|&r| r > 0) {
+            for (rank, room) in room.iter_mut().enumerate() {
+                if *room == 0 || self.exhausted {
+                    continue;
+                }
+                *room -= 1;
+                let mut tasks = Vec::with_capacity(self.pool.batch);
+                while tasks.len() < self.pool.batch {
                     let Some(task) = self.tasks.next() else {
                         self.exhausted = true;
                         break;
                     };
                     let index = self.next_index;
                     self.next_index += 1;
-                    if self.skip.contains(&index) {
-                        continue;
+                    if !self.skip.contains(&index) {
+                        tasks.push((index, task));
                     }
-                    wire::put_task(&mut batch, index, task.as_ref());
-                    if rank > 0 {
-                        self.in_flight[rank].insert(index);
-                    }
-                    n += 1;
-                    bytes += task.as_ref().len();
                 }
-                if n == 0 {
-                    break;
-                }
-                self.outstanding[rank] += n;
-                {
-                    let mut shares = self.pool.shares.borrow_mut();
-                    shares[rank].sent += n as u64;
-                    shares[rank].bytes_in += bytes as u64;
-                }
-                if rank == 0 {
-                    let host = self.pool.host.as_ref().expect("the master's host runs while mapping");
-                    if let Err(message) = host.submit(batch) {
-                        self.arrived.push_back(Err(ClusterError::Host { rank: 0, message }));
-                    }
-                } else {
-                    let world = &self.pool.cluster.world;
-                    self.pool.outbox.borrow_mut().send(world, rank as i32, Kind::Tasks, batch);
+                if !tasks.is_empty() {
+                    batches.push((rank, tasks));
                 }
             }
+        }
+        let guard = AbortOnUnwind;
+        let mut reading = Vec::new();
+        for (rank, tasks) in &batches {
+            // SAFETY: `batches` outlives the requests: they complete before it is
+            // dropped, and a panic meanwhile aborts (`guard`).
+            reading.extend(unsafe { self.send_batch(*rank, tasks) });
+        }
+        self.wait_sends(reading);
+        std::mem::forget(guard);
+        // Only now may the tasks go: no send reads them any more.
+        drop(batches);
+    }
+
+    /// Sends a batch of tasks to `rank`'s host. To another host, each task of
+    /// [`wire::OUT_OF_LINE`] bytes or more goes straight from the caller's memory; the
+    /// requests that read it are returned.
+    ///
+    /// # Safety
+    /// `tasks` must stay as they are until every returned request has completed
+    /// ([`wait_sends`](Self::wait_sends)).
+    unsafe fn send_batch(
+        &mut self,
+        rank: usize,
+        tasks: &[(u64, T)],
+    ) -> Vec<Request<'static, [u8], StaticScope>> {
+        // Each task's bytes, asked for once: the table and the sends agree on them.
+        let bytes: Vec<&[u8]> = tasks.iter().map(|(_, t)| t.as_ref()).collect();
+        let n = tasks.len();
+        self.outstanding[rank] += n;
+        {
+            let mut shares = self.pool.shares.borrow_mut();
+            shares[rank].sent += n as u64;
+            shares[rank].bytes_in += bytes.iter().map(|b| b.len() as u64).sum::<u64>();
+        }
+        if rank == 0 {
+            let host = self.pool.host.as_ref().expect("the master's host runs while mapping");
+            // A spare buffer from the host's last batch.
+            let mut batch = host.spare();
+            batch.clear();
+            for ((index, _), b) in tasks.iter().zip(&bytes) {
+                wire::put_task(&mut batch, *index, b);
+            }
+            if let Err(message) = host.submit(batch) {
+                self.arrived.push_back(Err(ClusterError::Host { rank: 0, message }));
+            }
+            return Vec::new();
+        }
+        let world = &self.pool.cluster.world;
+        let mut table = self.pool.outbox.borrow_mut().buffer();
+        for ((index, _), b) in tasks.iter().zip(&bytes) {
+            wire::put_table_entry(&mut table, *index, b);
+            self.in_flight[rank].insert(*index);
+        }
+        self.pool.outbox.borrow_mut().send(world, rank as i32, Kind::Tasks, table);
+        let mut reading = Vec::new();
+        for b in bytes.iter().filter(|b| b.len() >= wire::OUT_OF_LINE) {
+            // SAFETY: the caller keeps `tasks` as they are until these complete.
+            reading.extend(unsafe { wire::send_out_of_line(world, rank as i32, b) });
+        }
+        reading
+    }
+
+    /// Waits until MPI is done with every send that reads the caller's memory: no
+    /// send may read a task once its owner could drop it, and a map cannot keep what
+    /// it borrowed past its own life (`mem::forget`), so none is left in flight when
+    /// the map runs the caller's code or hands back a result. Results come in
+    /// meanwhile, as ever (a host may be sending them to us). A host lost meanwhile has
+    /// its tasks failed, but the wait goes on: MPI holds the bytes until it gives the
+    /// send up (with MPICH, by ending the job).
+    fn wait_sends(&mut self, mut reading: Vec<Request<'static, [u8], StaticScope>>) {
+        let mut idle = Backoff::default();
+        loop {
+            reading = reading.into_iter().filter_map(|r| r.test().err()).collect();
+            if reading.is_empty() {
+                break;
+            }
+            let came = self.collect();
+            self.pool.outbox.borrow_mut().progress();
+            if !came {
+                self.check_hosts();
+            }
+            idle.after(came, true, self.pool.host.as_ref());
         }
     }
 
@@ -189,7 +276,7 @@ where
             }
         }
         let mut heard = None;
-        while let Some(msg) = wire::try_receive(&self.pool.cluster.world) {
+        while let Some(msg) = wire::try_receive(&self.pool.cluster.world, Vec::new) {
             let now = *heard.get_or_insert_with(Instant::now);
             if let Some(t) = self.last_heard.get_mut(msg.rank as usize) {
                 *t = now;
@@ -332,7 +419,7 @@ where
             if !came {
                 self.check_hosts();
             }
-            self.idle.after(came || sending);
+            self.idle.after(came, sending, self.pool.host.as_ref());
         }
     }
 }

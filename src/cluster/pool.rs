@@ -115,8 +115,8 @@ impl<L> ClusterPoolBuilder<L> {
     /// Starts this host's runner over `local` and, on the master, learns every host's
     /// name.
     fn finish(self, cluster: &Cluster, local: Local) -> Result<ClusterPool<'_>, ClusterError> {
-        let host =
-            Host::start(local).map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
+        let host = Host::start(local, self.batch)
+            .map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
         let world = &cluster.world;
         let mut hosts = vec![cluster.host.clone()];
         if cluster.is_master() {
@@ -225,6 +225,8 @@ impl ClusterPool<'_> {
         let host = self.host.take().expect("a pool has its host until stopped");
         let mut idle = Backoff::default();
         let mut last_sent = Instant::now();
+        // The buffer the next message's bytes go into (task tables, mostly).
+        let mut table = Vec::new();
         loop {
             let mut worked = false;
             while let Some(r) = host.try_results() {
@@ -237,11 +239,17 @@ impl ClusterPool<'_> {
                 wire::send(world, 0, Kind::Alive, &[]);
                 last_sent = Instant::now();
             }
-            if let Some(msg) = wire::try_receive(world) {
+            if let Some(msg) = wire::try_receive(world, || std::mem::take(&mut table)) {
                 worked = true;
                 match msg.kind {
                     Kind::Tasks => {
-                        host.submit(msg.bytes).map_err(|message| ClusterError::Host { rank, message })?
+                        let host_error = |message| ClusterError::Host { rank, message };
+                        // The table's buffer is kept for the next; the batch goes in a
+                        // spare of the host's.
+                        let batch = wire::receive_tasks(world, 0, &msg.bytes, host.spare())
+                            .map_err(|e| host_error(format!("a task batch is malformed: {e}")))?;
+                        table = msg.bytes;
+                        host.submit(batch).map_err(host_error)?
                     }
                     Kind::Stop => break,
                     other => {
@@ -252,7 +260,7 @@ impl ClusterPool<'_> {
                     }
                 }
             }
-            idle.after(worked);
+            idle.after(worked, false, Some(&host));
         }
         host.stop();
         self.stopped = true;
@@ -344,7 +352,7 @@ impl ClusterPool<'_> {
             let mut done = Vec::new();
             let mut idle = Backoff::default();
             while !waiting.is_empty() {
-                let msg = wire::try_receive(world);
+                let msg = wire::try_receive(world, Vec::new);
                 if let Some(msg) = &msg {
                     if let Some(w) = waiting.iter_mut().find(|(r, _)| *r == msg.rank) {
                         w.1 = Instant::now();
@@ -360,7 +368,7 @@ impl ClusterPool<'_> {
                     }
                 }
                 waiting.retain(|&(rank, _)| !self.is_lost(rank));
-                idle.after(msg.is_some());
+                idle.after(msg.is_some(), false, None);
             }
             for &rank in &done {
                 outbox.send(world, rank, Kind::Done, Vec::new());
@@ -382,22 +390,30 @@ impl Drop for ClusterPool<'_> {
     }
 }
 
-/// Spins a little, then yields, then sleeps up to 200 µs between polls that found
-/// nothing: MPI offers no wait on "a message or a local result".
+/// How a rank waits when a poll found nothing. MPI offers no wait on "a message or a
+/// local result", so it polls at a [`Pace`](wire::Pace), capped at [`IDLE_WAIT`]. A wait
+/// on the host's results ends as soon as one comes, so only MPI messages can wait that
+/// long; leaders hold a few batches of credit, which covers it. While a send of the
+/// master's is in flight the cap is [`wire::PACE`]: a large `MPI_Isend` moves only
+/// while MPI is called.
+///
+/// Polling without a pause, as before, took 40% of a core from each host's workers
+/// (every poll is a system call inside MPI).
 #[derive(Default)]
-pub(super) struct Backoff(u32);
+pub(super) struct Backoff(wire::Pace);
+
+/// The longest wait between two polls.
+pub(super) const IDLE_WAIT: Duration = Duration::from_micros(200);
 
 impl Backoff {
-    pub(super) fn after(&mut self, worked: bool) {
+    /// After a poll: `worked` if it found anything; `sending` if a send is in flight;
+    /// `host` is this rank's own host, whose results end a wait.
+    pub(super) fn after(&mut self, worked: bool, sending: bool, host: Option<&Host>) {
         if worked {
-            self.0 = 0;
+            self.0.reset();
             return;
         }
-        self.0 = self.0.saturating_add(1);
-        match self.0 {
-            0..=64 => std::hint::spin_loop(),
-            65..=128 => std::thread::yield_now(),
-            n => std::thread::sleep(Duration::from_micros(u64::from((n - 128).min(200)))),
-        }
+        let cap = if sending { Duration::ZERO } else { IDLE_WAIT };
+        self.0.wait(cap, host);
     }
 }

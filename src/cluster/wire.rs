@@ -2,15 +2,26 @@
 //! and messages of any size cut into chunks MPI can count.
 //!
 //! A message is its byte count (8 bytes, little-endian) under its kind's tag, then the
-//! bytes in chunks of at most [`CHUNK`] under the kind's data tag. MPI counts elements in an `int`, and
-//! rsmpi panics past 2^31 of them; chunks keep every call under it. Headers and data
-//! have different tags, so a receive from any source matches only headers; the data
-//! then comes from that source alone, in order (MPI does not reorder messages between
-//! one pair of ranks with one tag).
+//! bytes in chunks of at most [`CHUNK`] under the kind's data tag. MPI counts elements
+//! in an `int`, and rsmpi panics past 2^31 of them; chunks keep every call under it.
+//! Headers and data have different tags, so a receive from any source matches only
+//! headers; the data then comes from that source alone, in order (MPI does not reorder
+//! messages between one pair of ranks with one tag).
+//!
+//! A task batch sent to another host is a table: each task's index and length, and its
+//! bytes if it has fewer than [`OUT_OF_LINE`]. The bytes of each larger task follow the
+//! table under the same data tag, sent from where the caller keeps them and received
+//! straight into their place in the batch.
+//!
+//! Waiting on MPI is polling, at a [`Pace`]: a blocking MPI call spins for as long as
+//! it waits (MPICH over UCX: an `epoll_wait` per turn), which takes the core from the
+//! host's workers.
+
+use std::time::Duration;
 
 use mpi::point_to_point::{Destination, Source};
-use mpi::request::{Request, StaticScope};
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::request::{Request, Scope, StaticScope};
+use mpi::topology::{Communicator, Process, SimpleCommunicator};
 use mpi::Tag;
 
 /// Most bytes in one MPI message.
@@ -49,12 +60,77 @@ impl Kind {
 
 /// Sends `bytes` to `rank` as a message of `kind`, returning once MPI is done with them
 /// (a leader's sends: the master never blocks sending, see [`Outbox`], so a leader's
-/// blocking send always finds the master receiving).
+/// send always finds the master receiving). The body's chunks are waited for at a
+/// [`Pace`].
 pub(crate) fn send(world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: &[u8]) {
     let to = world.process_at_rank(rank);
     to.send_with_tag(&(bytes.len() as u64).to_le_bytes()[..], kind.tag());
     for chunk in bytes.chunks(CHUNK) {
-        to.send_with_tag(chunk, kind.data_tag());
+        if chunk.len() < PACED {
+            to.send_with_tag(chunk, kind.data_tag());
+        } else {
+            mpi::request::scope(|scope| {
+                wait_paced(to.immediate_send_with_tag(scope, chunk, kind.data_tag()))
+            });
+        }
+    }
+}
+
+/// Messages from this size on are waited for at a [`Pace`]; smaller ones cross in a
+/// few round trips, and a blocking call is quickest.
+const PACED: usize = 256 << 10;
+
+/// Waits for `request` at a [`Pace`] capped at [`PACE`].
+fn wait_paced<'a, S: Scope<'a>>(mut request: Request<'a, [u8], S>) {
+    let mut pace = Pace::default();
+    loop {
+        match request.test() {
+            Ok(_) => return,
+            Err(r) => request = r,
+        }
+        pace.wait(PACE, None);
+    }
+}
+
+/// How often a rank polls MPI while it waits: 64 polls at once (a message often
+/// follows another, and a small one crosses in a few round trips), 64 more yielding
+/// the core between them to whatever else runs there (the host's workers), then with
+/// sleeps that grow by a microsecond per poll up to a cap.
+///
+/// Over TCP a large message moves only while both ranks call MPI, and each poll moves
+/// what the sockets hold (hundreds of KiB): a poll every few tens of µs keeps up with
+/// the wire. Measured on two emulated hosts (`benches/cluster.sh`): spinning through
+/// transfers, as blocking calls do, left zstd workers 57-72% of their cores; pacing
+/// them, 80-86%.
+#[derive(Default)]
+pub(crate) struct Pace(u32);
+
+/// The longest wait between two polls while a message of the rank's own moves.
+pub(crate) const PACE: Duration = Duration::from_micros(50);
+
+impl Pace {
+    /// Starts over: the rank found something.
+    pub(crate) fn reset(&mut self) {
+        self.0 = 0;
+    }
+
+    /// After a poll that found nothing, waits before the next (at most `cap`; a zero
+    /// `cap` yields the core and polls again as soon as it comes back).
+    pub(crate) fn wait(&mut self, cap: Duration, host: Option<&super::host::Host>) {
+        self.0 = self.0.saturating_add(1);
+        match self.0 {
+            0..=64 => std::hint::spin_loop(),
+            65..=128 => std::thread::yield_now(),
+            _ if cap.is_zero() => std::thread::yield_now(),
+            n => {
+                let wait = Duration::from_micros(u64::from(n - 128)).min(cap);
+                match host {
+                    // Its results end the wait.
+                    Some(host) => drop(host.wait(wait)),
+                    None => std::thread::sleep(wait),
+                }
+            }
+        }
     }
 }
 
@@ -65,17 +141,26 @@ pub(crate) fn send(world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: &[u
 /// sending a task batch to a leader that is sending it results. So the master only
 /// starts its sends (`MPI_Isend`) and goes on receiving; MPI needs the bytes until a
 /// send completes, so each message's buffers are owned here until then.
+///
+/// A body MPI has sent is kept as a spare (up to [`SPARES`]) for the next batch: a
+/// fresh buffer of some MiB costs a page fault and a zeroed page per 4 KiB, more than
+/// filling it.
 #[derive(Default)]
 pub(crate) struct Outbox {
     sending: Vec<Sending>,
+    spares: Vec<Vec<u8>>,
 }
+
+/// Spare buffers kept for reuse.
+pub(crate) const SPARES: usize = 8;
 
 /// One message in flight: its header and body, and the requests still using them.
 struct Sending {
-    /// Both leaked from their boxes while MPI reads them, reclaimed once `requests` is
-    /// empty (never, if the job ends first: a leak, never a use after free).
+    /// Leaked from its box while MPI reads it, reclaimed once `requests` is empty
+    /// (never, if the job ends first: a leak, never a use after free).
     header: *mut [u8; 8],
-    body: *mut [u8],
+    /// The body's vector, taken apart likewise: pointer, length, capacity.
+    body: (*mut u8, usize, usize),
     requests: Vec<Request<'static, [u8], StaticScope>>,
 }
 
@@ -84,29 +169,43 @@ impl Outbox {
     pub(crate) fn send(&mut self, world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: Vec<u8>) {
         let to = world.process_at_rank(rank);
         let header: &'static [u8; 8] = Box::leak(Box::new((bytes.len() as u64).to_le_bytes()));
-        let body: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let mut bytes = std::mem::ManuallyDrop::new(bytes);
+        let parts = (bytes.as_mut_ptr(), bytes.len(), bytes.capacity());
+        // SAFETY: the vector's buffer is never freed or written while MPI reads it: it
+        // was taken apart above and is put back together only in `progress`, once
+        // every request on it has completed.
+        let body: &'static [u8] = unsafe { std::slice::from_raw_parts(parts.0, parts.1) };
         let mut requests = vec![to.immediate_send_with_tag(StaticScope, &header[..], kind.tag())];
         for chunk in body.chunks(CHUNK) {
             requests.push(to.immediate_send_with_tag(StaticScope, chunk, kind.data_tag()));
         }
         let header = std::ptr::from_ref(header).cast_mut();
-        let body = std::ptr::from_ref(body).cast_mut();
-        self.sending.push(Sending { header, body, requests });
+        self.sending.push(Sending { header, body: parts, requests });
+    }
+
+    /// An empty buffer for the next message: a spare if there is one.
+    pub(crate) fn buffer(&mut self) -> Vec<u8> {
+        self.spares.pop().unwrap_or_default()
     }
 
     /// Frees the buffers of the messages MPI has sent; true if none is left in flight.
     pub(crate) fn progress(&mut self) -> bool {
+        let spares = &mut self.spares;
         self.sending.retain_mut(|s| {
             s.requests = std::mem::take(&mut s.requests).into_iter().filter_map(|r| r.test().err()).collect();
             if !s.requests.is_empty() {
                 return true;
             }
-            // SAFETY: both came from `Box::leak` in `send` and are freed only here, once;
-            // every request that read them has completed (`test` consumed it), so
-            // nothing refers to them any more.
-            unsafe {
+            // SAFETY: both came apart in `send` (`Box::leak`, the vector's raw parts)
+            // and are put back together only here, once; every request that read them
+            // has completed (`test` consumed it), so nothing refers to them any more.
+            let mut body = unsafe {
                 drop(Box::from_raw(s.header));
-                drop(Box::from_raw(s.body));
+                Vec::from_raw_parts(s.body.0, s.body.1, s.body.2)
+            };
+            if spares.len() < SPARES && body.capacity() > 0 {
+                body.clear();
+                spares.push(body);
             }
             false
         });
@@ -131,15 +230,28 @@ impl Drop for Outbox {
     }
 }
 
-/// Receives the rest of a message of `kind` from `rank`, whose `len` header was taken:
-/// each chunk straight into its place in the message (the sender cuts it the same way).
-fn receive_body(world: &SimpleCommunicator, rank: i32, kind: Kind, len: u64) -> Vec<u8> {
+/// Receives the rest of a message of `kind` from `rank`, whose `len` header was taken,
+/// into `bytes` (a spare buffer, or empty): each chunk straight into its place in the
+/// message (the sender cuts it the same way).
+fn receive_body(world: &SimpleCommunicator, rank: i32, kind: Kind, len: u64, mut bytes: Vec<u8>) -> Vec<u8> {
     let from = world.process_at_rank(rank);
-    let mut bytes = vec![0u8; len as usize];
+    // Zeroes only what the buffer did not hold before; MPI overwrites every byte.
+    bytes.resize(len as usize, 0);
     for chunk in bytes.chunks_mut(CHUNK) {
-        from.receive_into_with_tag(chunk, kind.data_tag());
+        receive_chunk(&from, chunk, kind);
     }
     bytes
+}
+
+/// Receives one chunk of a message of `kind` from `from` into `chunk`.
+fn receive_chunk(from: &Process<'_>, chunk: &mut [u8], kind: Kind) {
+    if chunk.len() < PACED {
+        from.receive_into_with_tag(chunk, kind.data_tag());
+    } else {
+        mpi::request::scope(|scope| {
+            wait_paced(from.immediate_receive_into_with_tag(scope, chunk, kind.data_tag()))
+        });
+    }
 }
 
 /// A message received: from whom, what, and its bytes.
@@ -149,21 +261,22 @@ pub(crate) struct Received {
     pub bytes: Vec<u8>,
 }
 
-/// The next message from anyone, if one is waiting (`None` at once otherwise).
-pub(crate) fn try_receive(world: &SimpleCommunicator) -> Option<Received> {
+/// The next message from anyone, if one is waiting (`None` at once otherwise); its
+/// bytes go into the buffer `spare` gives.
+pub(crate) fn try_receive(world: &SimpleCommunicator, spare: impl FnOnce() -> Vec<u8>) -> Option<Received> {
     let status = world.any_process().immediate_probe()?;
     let rank = status.source_rank();
     // Never a data tag: from each rank a header comes before its data, and the data is
     // taken right after the header (below), so a rank's first pending message is a header.
     let kind = Kind::from_tag(status.tag())?;
     let len = receive_len(world, rank, kind);
-    Some(Received { rank, kind, bytes: receive_body(world, rank, kind, len) })
+    Some(Received { rank, kind, bytes: receive_body(world, rank, kind, len, spare()) })
 }
 
 /// The next message of `kind` from `rank`, waiting for it.
 pub(crate) fn receive_from(world: &SimpleCommunicator, rank: i32, kind: Kind) -> Vec<u8> {
     let len = receive_len(world, rank, kind);
-    receive_body(world, rank, kind, len)
+    receive_body(world, rank, kind, len, Vec::new())
 }
 
 /// A message's header: its length.
@@ -173,11 +286,124 @@ fn receive_len(world: &SimpleCommunicator, rank: i32, kind: Kind) -> u64 {
     u64::from_le_bytes(len)
 }
 
+/// Tasks of this many bytes or more cross hosts on their own: sent straight from the
+/// caller's memory, with no copy into a batch, and received straight into their place
+/// in the batch on the other side. Smaller ones are copied into the batch's table,
+/// where one message carries many.
+pub(crate) const OUT_OF_LINE: usize = 64 << 10;
+
 /// Appends task `index` with `bytes` to a task batch.
 pub(crate) fn put_task(batch: &mut Vec<u8>, index: u64, bytes: &[u8]) {
     batch.extend_from_slice(&index.to_le_bytes());
     batch.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     batch.extend_from_slice(bytes);
+}
+
+/// Appends task `index` to the table of a task batch crossing hosts: as [`put_task`],
+/// but without its bytes if it has [`OUT_OF_LINE`] of them or more (they follow the
+/// table as messages of their own).
+pub(crate) fn put_table_entry(table: &mut Vec<u8>, index: u64, bytes: &[u8]) {
+    if bytes.len() < OUT_OF_LINE {
+        put_task(table, index, bytes);
+    } else {
+        table.extend_from_slice(&index.to_le_bytes());
+        table.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    }
+}
+
+/// Sends one out-of-line task's bytes (after its batch's table) to `rank`, from where
+/// they lie. Returns the requests, which read `bytes` until they complete.
+///
+/// # Safety
+/// `bytes` must stay valid and unchanged until every returned request has completed.
+pub(crate) unsafe fn send_out_of_line(
+    world: &SimpleCommunicator,
+    rank: i32,
+    bytes: &[u8],
+) -> Vec<Request<'static, [u8], StaticScope>> {
+    // SAFETY: the caller keeps the bytes valid until the requests complete.
+    let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+    let to = world.process_at_rank(rank);
+    bytes
+        .chunks(CHUNK)
+        .map(|chunk| to.immediate_send_with_tag(StaticScope, chunk, Kind::Tasks.data_tag()))
+        .collect()
+}
+
+/// Turns a task batch's table, received from `rank`, into the batch itself in `into`
+/// (a spare buffer, or empty): the table's small tasks copied over, the out-of-line
+/// ones received straight into their place.
+pub(crate) fn receive_tasks(
+    world: &SimpleCommunicator,
+    rank: i32,
+    table: &[u8],
+    mut into: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    // The table in full first: its size, and an error before any byte is received.
+    let (entries, size) = table_entries(table)?;
+    // Zeroes only what the buffer did not hold before; every byte is then written.
+    into.resize(size, 0);
+    // Entries in place; the out-of-line tasks' places set aside, to be received all at
+    // once (their sends are all started: one wait for them all, not one each).
+    let mut places = Vec::new();
+    let mut rest = &mut into[..];
+    for (index, len, inline) in entries {
+        let (entry, after) = std::mem::take(&mut rest).split_at_mut(16 + len);
+        rest = after;
+        let (head, place) = entry.split_at_mut(16);
+        head[..8].copy_from_slice(&index.to_le_bytes());
+        head[8..].copy_from_slice(&(len as u64).to_le_bytes());
+        match inline {
+            Some(bytes) => place.copy_from_slice(&table[bytes]),
+            None => places.extend(place.chunks_mut(CHUNK)),
+        }
+    }
+    let from = world.process_at_rank(rank);
+    mpi::request::scope(|scope| {
+        let mut receiving: Vec<_> = places
+            .into_iter()
+            .map(|place| from.immediate_receive_into_with_tag(scope, place, Kind::Tasks.data_tag()))
+            .collect();
+        let mut pace = Pace::default();
+        while !receiving.is_empty() {
+            receiving = receiving.into_iter().filter_map(|r| r.test().err()).collect();
+            if !receiving.is_empty() {
+                pace.wait(PACE, None);
+            }
+        }
+    });
+    Ok(into)
+}
+
+/// A task table's entries (index, length, and where its bytes lie in the table if
+/// they are there), and the size of the batch they make.
+type TableEntry = (u64, usize, Option<std::ops::Range<usize>>);
+
+fn table_entries(table: &[u8]) -> Result<(Vec<TableEntry>, usize), String> {
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    let mut size = 0usize;
+    while at < table.len() {
+        let word = |at: usize| -> Result<u64, String> {
+            let b = table.get(at..at + 8).ok_or_else(|| format!("task table truncated at byte {at}"))?;
+            Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let (index, len) = (word(at)?, word(at + 8)?);
+        at += 16;
+        let len = usize::try_from(len).map_err(|_| format!("task {index} of {len} bytes"))?;
+        let inline = if len < OUT_OF_LINE {
+            let end = at.checked_add(len).filter(|&e| e <= table.len());
+            let end = end.ok_or_else(|| format!("task {index} of {len} bytes overruns the table"))?;
+            let bytes = at..end;
+            at = end;
+            Some(bytes)
+        } else {
+            None
+        };
+        size = size.checked_add(16 + len).ok_or_else(|| format!("task {index} of {len} bytes"))?;
+        entries.push((index, len, inline));
+    }
+    Ok((entries, size))
 }
 
 /// Appends a result to a result batch: `ok`, or failed with `bytes` as its message.
@@ -242,7 +468,7 @@ mod tests {
         outbox.send(&world, 0, Kind::Tasks, bytes.clone());
         outbox.send(&world, 0, Kind::Stop, Vec::new());
         let got = loop {
-            if let Some(m) = try_receive(&world) {
+            if let Some(m) = try_receive(&world, Vec::new) {
                 break m;
             }
         };
@@ -252,6 +478,56 @@ mod tests {
         assert!(stop.is_empty());
         outbox.flush();
         assert!(outbox.sending.is_empty());
+        assert_eq!(outbox.spares.len(), 1, "the batch's buffer is kept for reuse");
+        let spare = outbox.buffer();
+        assert!(spare.is_empty() && spare.capacity() >= bytes.len());
+
+        // A batch of small and out-of-line tasks, to itself: the receiving side rebuilds
+        // the batch the master's own host is given, into a spare with stale bytes.
+        let small = [1u8; 10];
+        let big = vec![2u8; OUT_OF_LINE];
+        let bigger: Vec<u8> = (0..3 * OUT_OF_LINE as u32).map(|i| (i % 253) as u8).collect();
+        let tasks: [(u64, &[u8]); 5] = [(5, &small), (6, &big), (7, &[]), (9, &bigger), (10, &small)];
+        let (mut table, mut expected) = (Vec::new(), Vec::new());
+        for (index, b) in tasks {
+            put_table_entry(&mut table, index, b);
+            put_task(&mut expected, index, b);
+        }
+        assert_eq!(table.len(), 5 * 16 + 2 * small.len(), "only the small tasks' bytes are in the table");
+        outbox.send(&world, 0, Kind::Tasks, table);
+        let mut reading = Vec::new();
+        for (_, b) in tasks.iter().filter(|(_, b)| b.len() >= OUT_OF_LINE) {
+            // SAFETY: `big` and `bigger` live until every request is waited for, below.
+            reading.extend(unsafe { send_out_of_line(&world, 0, b) });
+        }
+        let got = loop {
+            if let Some(m) = try_receive(&world, Vec::new) {
+                break m;
+            }
+        };
+        assert_eq!(got.kind, Kind::Tasks);
+        let batch = receive_tasks(&world, 0, &got.bytes, vec![9; 3]).unwrap();
+        assert!(batch == expected, "the batch as the master's own host gets it");
+        for r in reading {
+            r.wait_without_status();
+        }
+        outbox.flush();
+    }
+
+    #[test]
+    fn task_tables_read_back_and_bad_ones_are_errors() {
+        let mut t = Vec::new();
+        put_table_entry(&mut t, 3, &[7; 100]);
+        put_table_entry(&mut t, 4, &vec![8; OUT_OF_LINE]);
+        let (entries, size) = table_entries(&t).unwrap();
+        assert_eq!(entries, [(3, 100, Some(16..116)), (4, OUT_OF_LINE, None)]);
+        assert_eq!(size, 16 + 100 + 16 + OUT_OF_LINE);
+        for cut in (1..t.len()).filter(|&c| c != 116) {
+            assert!(table_entries(&t[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = t.clone();
+        huge[8..16].copy_from_slice(&(OUT_OF_LINE as u64 - 1).to_le_bytes());
+        assert!(table_entries(&huge).is_err(), "a small task's bytes overrun the table");
     }
 
     #[test]
