@@ -6,10 +6,12 @@
 //! - `pool N`: `ClusterPool` with N tasks of 1 MiB, each answered with 8 bytes, every
 //!   task crossing to the other host (`master_works(false)`);
 //! - `tiny N`: N tasks of 64 bytes echoed back, tasks per second.
-//! - `zstd N`: N tasks of 1 MiB of text, each compressed with zstd level 3 (answered
-//!   with the compressed length), one worker per host and the master's host working
-//!   too; each rank pins itself and its workers to core `rank` (`sched_setaffinity`,
-//!   inherited by the workers it starts). Run on one host, then on two: the scaling.
+//! - `zstd N [CORE]`: N tasks of 1 MiB of text, each compressed with zstd level 3
+//!   (answered with the compressed length), one worker per host and the master's host
+//!   working too; each rank pins itself and its workers to core `rank`, or `CORE`
+//!   (`sched_setaffinity`, inherited by the workers it starts). Run on one host, then
+//!   on two: the scaling; and as two one-host jobs at once on cores 0 and 1, the most
+//!   two cores give with nothing crossing between them.
 //!
 //! Each prints one line `MODE value unit` on rank 0.
 
@@ -51,12 +53,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ringpipe::worker_hook();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let (Some(mode), Some(n)) = (args.first(), args.get(1).and_then(|n| n.parse::<usize>().ok())) else {
-        println!("usage (under mpiexec -n 2): cluster raw|pool|tiny N; see benches/cluster.sh");
+        println!("usage (under mpiexec -n 2): cluster raw|pool|tiny|zstd N; see benches/cluster.sh");
         return Ok(());
     };
     let cluster = Cluster::init()?;
     if mode == "zstd" {
-        pin_to_core(cluster.rank() as usize)?;
+        let core = args.get(2).and_then(|c| c.parse().ok());
+        pin_to_core(core.unwrap_or(cluster.rank() as usize))?;
     }
     match mode.as_str() {
         "raw" => raw(&cluster, n),

@@ -9,6 +9,7 @@
 //! ... mpi_pool 1000 --task-ms 5 --resume done.bin   # record finished tasks; a rerun skips them
 //! ... mpi_pool --pid-dir DIR                        # each rank writes its pid to DIR/rank-N
 //! ... mpi_pool --host-timeout-ms 2000               # a host silent this long is lost
+//! ... mpi_pool --pad-kib 96                         # tasks this much larger (zeros after the values)
 //! ```
 //!
 //! A task lost with its host (see `ClusterPool::host_timeout`) is reported by index,
@@ -66,9 +67,13 @@ impl Registered for Double {
 
 register!(Double);
 
-/// `[TASKS] [--task-ms MS] [--resume FILE] [--pid-dir DIR]`, the same on every rank.
+/// `[TASKS] [--task-ms MS] [--resume FILE] [--pid-dir DIR] [--host-timeout-ms MS]
+/// [--pad-kib N]`, the same on every rank.
 struct Args {
     tasks: usize,
+    /// Zero `f64`s after each task's values: tasks of 64 KiB or more cross hosts on
+    /// their own, straight from the master's memory.
+    pad: usize,
     task_ms: u64,
     resume: Option<PathBuf>,
     /// Each rank writes its pid to `DIR/rank-N` (tests kill a host by it).
@@ -77,10 +82,11 @@ struct Args {
 }
 
 fn args() -> Result<Args, Box<dyn std::error::Error>> {
-    let mut a = Args { tasks: 200, task_ms: 0, resume: None, pid_dir: None, host_timeout: None };
+    let mut a = Args { tasks: 200, pad: 0, task_ms: 0, resume: None, pid_dir: None, host_timeout: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--pad-kib" => a.pad = it.next().ok_or("--pad-kib takes a number")?.parse::<usize>()? << 10,
             "--task-ms" => a.task_ms = it.next().ok_or("--task-ms takes a number")?.parse()?,
             "--resume" => a.resume = Some(it.next().ok_or("--resume takes a file")?.into()),
             "--pid-dir" => a.pid_dir = Some(it.next().ok_or("--pid-dir takes a directory")?.into()),
@@ -101,7 +107,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &args.pid_dir {
         std::fs::write(dir.join(format!("rank-{}", cluster.rank())), std::process::id().to_string())?;
     }
-    let mut pool = ClusterPool::builder::<Double>(args.task_ms).workers_per_host(2).batch(8);
+    let mut pool = ClusterPool::builder::<Double>(args.task_ms)
+        .workers_per_host(2)
+        .batch(8)
+        .frame_capacity((VALUES * 8 + args.pad + 4).max(4096));
     if let Some(timeout) = args.host_timeout {
         pool = pool.host_timeout(timeout);
     }
@@ -112,11 +121,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = args.tasks;
     let tasks: Vec<[f64; VALUES]> =
         (0..n).map(|i| std::array::from_fn(|k| (i * VALUES + k) as f64 + 0.5)).collect();
+    // Each task's bytes: its values, then the padding.
+    let inputs: Vec<Vec<u8>> =
+        tasks.iter().map(|t| [bytemuck::cast_slice::<f64, u8>(t), &vec![0; args.pad]].concat()).collect();
     println!("{} hosts: {}", cluster.size(), pool.hosts().join(", "));
     let started = Instant::now();
     let mut seen = vec![false; n];
     let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
-    let inputs = tasks.iter().map(|t| bytemuck::cast_slice::<f64, u8>(t));
+    let inputs = inputs.iter().map(|t| &t[..]);
     let (done_before, results) = match &args.resume {
         Some(record) => {
             let before = std::fs::read(record).unwrap_or_default();
@@ -143,7 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let i = out.index() as usize;
         let doubled: [f64; VALUES] = out.read().ok_or("a result is shorter than its task")?;
-        let pid = u32::from_le_bytes(out[VALUES * 8..VALUES * 8 + 4].try_into()?);
+        let pid = u32::from_le_bytes(out[out.len() - 4..].try_into()?);
         assert_eq!(doubled, tasks[i].map(|v| v * 2.0), "task {i}");
         assert!(!std::mem::replace(&mut seen[i], true), "task {i} came back twice");
         *per_host.entry(format!("{} (rank {})", out.host(), out.rank())).or_default() += 1;

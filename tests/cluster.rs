@@ -220,6 +220,16 @@ fn across_three_emulated_hosts_the_pool_and_a_replicated_stage() {
     let per_rank = check_all_once(&out, 600);
     assert!(per_rank[..3].iter().all(|&n| n > 0), "every host got work: {per_rank:?}");
 
+    // Tasks of 96 KiB cross on their own, read by MPI straight from the master's
+    // memory (borrowed slices) and received straight into the leaders' batches.
+    let out = finish({
+        let mut c = across_hosts(3);
+        c.arg(example()).args(["120", "--pad-kib", "96"]);
+        c
+    });
+    let per_rank = check_all_once(&out, 120);
+    assert!(per_rank[1] + per_rank[2] > 0, "tasks crossed hosts: {per_rank:?}");
+
     // Chunks large enough to cross on their own, from the master's memory straight
     // into their batch on the leader, beside the last, smaller one.
     let shares = replicated_stage(across_hosts(3), 96);

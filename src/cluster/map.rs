@@ -85,7 +85,7 @@ impl Drop for AbortOnUnwind {
 
 /// Results of [`ClusterPool::map`] and its siblings.
 #[must_use = "an iterator does nothing until it is consumed"]
-pub struct ClusterMap<'p, I> {
+pub struct ClusterMap<'p, I: Iterator> {
     pool: &'p ClusterPool<'p>,
     tasks: I,
     ordered: bool,
@@ -105,7 +105,14 @@ pub struct ClusterMap<'p, I> {
     record: Option<File>,
     hosts: Vec<Arc<str>>,
     idle: Backoff,
+    /// Sends of tasks to hosts lost before MPI was done with them, and the tasks they
+    /// read, kept as long as the map lives (see [`Drop`]).
+    stranded: Vec<Request<'static, [u8], StaticScope>>,
+    kept: Vec<Batches<I::Item>>,
 }
+
+/// Batches of tasks by rank.
+type Batches<T> = Vec<(usize, Vec<(u64, T)>)>;
 
 impl<'p, I, T> ClusterMap<'p, I>
 where
@@ -120,6 +127,9 @@ where
         record: Option<File>,
     ) -> Self {
         assert!(pool.cluster.is_master(), "only the master (rank 0) maps; leaders serve()");
+        if pool.stranded.get() {
+            exit_stranded(pool.cluster.rank()); // a map was forgotten with them
+        }
         let ranks = pool.cluster.size() as usize;
         Self {
             pool,
@@ -137,6 +147,8 @@ where
             record,
             hosts: pool.hosts.iter().map(|h| Arc::from(h.as_str())).collect(),
             idle: Backoff::default(),
+            stranded: Vec::new(),
+            kept: Vec::new(),
         }
     }
 
@@ -189,10 +201,14 @@ where
             // dropped, and a panic meanwhile aborts (`guard`).
             reading.extend(unsafe { self.send_batch(*rank, tasks) });
         }
-        self.wait_sends(reading);
+        let stranded = self.wait_sends(reading);
         std::mem::forget(guard);
-        // Only now may the tasks go: no send reads them any more.
-        drop(batches);
+        if stranded {
+            self.kept.push(batches);
+        } else {
+            // Only now may the tasks go: no send reads them any more.
+            drop(batches);
+        }
     }
 
     /// Sends a batch of tasks to `rank`'s host. To another host, each task of
@@ -206,7 +222,7 @@ where
         &mut self,
         rank: usize,
         tasks: &[(u64, T)],
-    ) -> Vec<Request<'static, [u8], StaticScope>> {
+    ) -> Vec<(usize, Request<'static, [u8], StaticScope>)> {
         // Each task's bytes, asked for once: the table and the sends agree on them.
         let bytes: Vec<&[u8]> = tasks.iter().map(|(_, t)| t.as_ref()).collect();
         let n = tasks.len();
@@ -239,7 +255,8 @@ where
         let mut reading = Vec::new();
         for b in bytes.iter().filter(|b| b.len() >= wire::OUT_OF_LINE) {
             // SAFETY: the caller keeps `tasks` as they are until these complete.
-            reading.extend(unsafe { wire::send_out_of_line(world, rank as i32, b) });
+            let requests = unsafe { wire::send_out_of_line(world, rank as i32, b) };
+            reading.extend(requests.into_iter().map(|r| (rank, r)));
         }
         reading
     }
@@ -248,13 +265,23 @@ where
     /// send may read a task once its owner could drop it, and a map cannot keep what
     /// it borrowed past its own life (`mem::forget`), so none is left in flight when
     /// the map runs the caller's code or hands back a result. Results come in
-    /// meanwhile, as ever (a host may be sending them to us). A host lost meanwhile has
-    /// its tasks failed, but the wait goes on: MPI holds the bytes until it gives the
-    /// send up (with MPICH, by ending the job).
-    fn wait_sends(&mut self, mut reading: Vec<Request<'static, [u8], StaticScope>>) {
+    /// meanwhile, as ever (a host may be sending them to us).
+    ///
+    /// A send to a host lost meanwhile may never complete: it is kept, stranded, and
+    /// true is returned: its tasks must then be kept as long as the map lives.
+    fn wait_sends(&mut self, mut reading: Vec<(usize, Request<'static, [u8], StaticScope>)>) -> bool {
+        let stranded = self.stranded.len();
         let mut idle = Backoff::default();
         loop {
-            reading = reading.into_iter().filter_map(|r| r.test().err()).collect();
+            let mut live = Vec::new();
+            for (rank, r) in reading {
+                match r.test() {
+                    Ok(_) => {}
+                    Err(r) if self.pool.is_lost(rank as i32) => self.stranded.push(r),
+                    Err(r) => live.push((rank, r)),
+                }
+            }
+            reading = live;
             if reading.is_empty() {
                 break;
             }
@@ -265,6 +292,10 @@ where
             }
             idle.after(came, true, self.pool.host.as_ref());
         }
+        if self.stranded.len() > stranded {
+            self.pool.stranded.set(true);
+        }
+        self.stranded.len() > stranded
     }
 
     /// Takes in every result batch that is there; true if any came.
@@ -391,6 +422,35 @@ where
         }
         Ok(())
     }
+}
+
+/// A map that stranded sends to a lost host (see `wait_sends`) ends the process when
+/// it ends: MPI may still read those tasks, and whatever they borrowed goes with the
+/// map. MPI cannot finalize without the host either, so the master would end with
+/// status 1 regardless (see [`Cluster`](super::Cluster)); this is only sooner, once
+/// every result, the lost host's typed errors included, was handed over.
+impl<I: Iterator> Drop for ClusterMap<'_, I> {
+    fn drop(&mut self) {
+        self.stranded =
+            std::mem::take(&mut self.stranded).into_iter().filter_map(|r| r.test().err()).collect();
+        if self.stranded.is_empty() {
+            return;
+        }
+        exit_stranded(self.pool.cluster.rank());
+    }
+}
+
+/// Ends the process: sends of tasks to a lost host may still read memory that is about
+/// to be freed.
+pub(super) fn exit_stranded(rank: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "ringpipe: rank {rank}: tasks were on their way to a lost host, and MPI may still read \
+         them from the caller's memory; exiting, status 1"
+    );
+    // SAFETY: `_exit` ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(1) }
 }
 
 impl<I, T> Iterator for ClusterMap<'_, I>

@@ -1,6 +1,6 @@
 //! [`ClusterPool`]: its builder, the leaders' loop and the end of a job.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -143,6 +143,7 @@ impl<L> ClusterPoolBuilder<L> {
             credit: self.credit,
             master_works: self.master_works || cluster.size() == 1,
             host_timeout: self.host_timeout,
+            stranded: Cell::new(false),
             stopped: false,
         })
     }
@@ -162,6 +163,9 @@ pub struct ClusterPool<'c> {
     pub(super) credit: usize,
     pub(super) master_works: bool,
     pub(super) host_timeout: Duration,
+    /// Set while a map holds sends to a lost host that MPI may still read from the
+    /// caller's memory; only a map forgotten (`mem::forget`) leaves it set.
+    pub(super) stranded: Cell<bool>,
     stopped: bool,
 }
 
@@ -333,6 +337,9 @@ impl ClusterPool<'_> {
         if std::mem::replace(&mut self.stopped, true) {
             return None;
         }
+        if self.stranded.get() {
+            super::map::exit_stranded(self.cluster.rank()); // MPI would go on reading them
+        }
         let report = self.host.take().and_then(Host::stop);
         if self.cluster.is_master() {
             let world = &self.cluster.world;
@@ -341,7 +348,6 @@ impl ClusterPool<'_> {
             for &rank in &live {
                 outbox.send(world, rank, Kind::Stop, Vec::new());
             }
-            outbox.flush();
             // Every rank done before any finalizes: without it ranks over TCP hung in
             // MPI_Finalize. A star through the master rather than MPI_Barrier: leaders
             // never talk to each other, so they open no connections between them
@@ -368,12 +374,14 @@ impl ClusterPool<'_> {
                     }
                 }
                 waiting.retain(|&(rank, _)| !self.is_lost(rank));
-                idle.after(msg.is_some(), false, None);
+                let sending = !outbox.progress();
+                idle.after(msg.is_some(), sending, None);
             }
             for &rank in &done {
                 outbox.send(world, rank, Kind::Done, Vec::new());
             }
-            outbox.flush();
+            // What is still on its way to a lost host stays in the outbox, unsent.
+            outbox.flush(|rank| self.is_lost(rank));
             if done.len() + 1 < self.cluster.size() as usize {
                 self.cluster.lost_host.set(true); // MPI cannot finalize (see `Cluster`)
                 return report;
