@@ -8,9 +8,14 @@
 //! room (every host holds at most a few batches of credit), and yields the results
 //! tagged with their task index, in input order or as they finish. Its own host works
 //! too. Tasks and results cross hosts as their bytes, in length-prefixed batches; a
-//! message of any size is cut into chunks MPI can count (`wire.rs`). Only each rank's
-//! main thread calls MPI (`Threading::Funneled`); a host's pool runs on a thread of
-//! its own (`host.rs`).
+//! message of any size is cut into chunks MPI can count (`wire.rs`). A task of 64 KiB
+//! or more crosses on its own: MPI reads it straight from the caller's memory (no copy
+//! into a batch), and the map waits until MPI is done with it before it runs the
+//! caller's iterator again or hands back a result, so a borrowed task is never read
+//! after its borrow could end. Only each rank's main thread calls MPI
+//! (`Threading::Funneled`), and it polls at a pace rather than spinning (a blocking
+//! MPI call spins, which takes the core from the host's workers); a host's pool runs
+//! on a thread of its own (`host.rs`).
 //!
 //! ```no_run
 //! use ringpipe::cluster::{Cluster, ClusterPool};
@@ -54,7 +59,14 @@
 //!   answer from it is dropped, and the map goes on with the other hosts (the
 //!   master's own too, if every other host is lost). At the end MPI cannot finalize
 //!   without the lost rank, so the master exits with status 1 once the pool is shut
-//!   down, saying so on stderr.
+//!   down, saying so on stderr. If the host died while a task of 64 KiB or more was on
+//!   its way to it, MPI may never be done reading that task: the map keeps it (and
+//!   goes on), and the master exits with status 1 as soon as the map is dropped, once
+//!   every result was handed over, rather than let the caller free what MPI may read.
+//! - **A race MPI decides:** a send the master starts to a host that has just died,
+//!   before it is counted lost, fails in MPICH with UCX's "Endpoint timeout", which is
+//!   fatal: the master aborts (seen once in several kills with 1 MiB tasks). The job
+//!   ends; `map_resumable`'s record still holds every task finished before.
 //!
 //! Either way [`ClusterPool::map_resumable`] records each finished task's index in a
 //! file as it hands the result over, and a rerun skips them, so losing a host costs
