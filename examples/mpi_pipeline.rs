@@ -85,7 +85,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         next += 1;
         let (meta, body) = ChunkMeta::parse(&out)?;
         assert_eq!(meta.codec, CODEC_ZSTD, "chunk {} came back compressed", out.index());
+        assert_eq!(meta.seq, out.index(), "chunk {} came back as itself", out.index());
         compressed.extend_from_slice(body);
+    }
+    let chunks = data.len().div_ceil(args.chunk) as u64;
+    if next != chunks {
+        return Err(format!("{next} of {chunks} chunks came back").into());
     }
     let secs = started.elapsed().as_secs_f64();
 

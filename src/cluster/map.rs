@@ -470,7 +470,14 @@ where
             }
             self.dispatch();
             if self.exhausted && self.outstanding.iter().all(|&n| n == 0) {
-                return None;
+                // Results may have come in while dispatch waited for its sends: they are
+                // handed over before the end, even past a gap in the order.
+                return self.pop().or_else(|| self.ready.pop_first().map(|(_, r)| r)).map(|r| {
+                    match self.record(&r) {
+                        Ok(()) => r,
+                        Err(e) => Err(e),
+                    }
+                });
             }
             let came = self.collect();
             // While a send is in flight the master keeps MPI moving, as a blocking send
