@@ -7,9 +7,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::pool::{Backoff, ClusterPool};
 use mpi::request::{Request, StaticScope};
 
+use super::pool::{Backoff, ClusterPool};
 use super::wire::{self, Kind};
 use super::ClusterError;
 
@@ -194,15 +194,20 @@ where
                 }
             }
         }
+        // Each task's bytes, asked for once (the caller's `as_ref`, before any send
+        // starts): the table and the sends agree on them.
+        let bytes: Vec<Vec<&[u8]>> =
+            batches.iter().map(|(_, tasks)| tasks.iter().map(|(_, t)| t.as_ref()).collect()).collect();
         let guard = AbortOnUnwind;
         let mut reading = Vec::new();
-        for (rank, tasks) in &batches {
+        for ((rank, tasks), bytes) in batches.iter().zip(&bytes) {
             // SAFETY: `batches` outlives the requests: they complete before it is
             // dropped, and a panic meanwhile aborts (`guard`).
-            reading.extend(unsafe { self.send_batch(*rank, tasks) });
+            reading.extend(unsafe { self.send_batch(*rank, tasks, bytes) });
         }
         let stranded = self.wait_sends(reading);
         std::mem::forget(guard);
+        drop(bytes);
         if stranded {
             self.kept.push(batches);
         } else {
@@ -211,20 +216,19 @@ where
         }
     }
 
-    /// Sends a batch of tasks to `rank`'s host. To another host, each task of
-    /// [`wire::OUT_OF_LINE`] bytes or more goes straight from the caller's memory; the
-    /// requests that read it are returned.
+    /// Sends a batch of tasks, whose bytes are `bytes`, to `rank`'s host. To another
+    /// host, each task of [`wire::OUT_OF_LINE`] bytes or more goes straight from the
+    /// caller's memory; the requests that read it are returned.
     ///
     /// # Safety
-    /// `tasks` must stay as they are until every returned request has completed
-    /// ([`wait_sends`](Self::wait_sends)).
+    /// `tasks` (which `bytes` borrow) must stay as they are until every returned
+    /// request has completed ([`wait_sends`](Self::wait_sends)).
     unsafe fn send_batch(
         &mut self,
         rank: usize,
         tasks: &[(u64, T)],
+        bytes: &[&[u8]],
     ) -> Vec<(usize, Request<'static, [u8], StaticScope>)> {
-        // Each task's bytes, asked for once: the table and the sends agree on them.
-        let bytes: Vec<&[u8]> = tasks.iter().map(|(_, t)| t.as_ref()).collect();
         let n = tasks.len();
         self.outstanding[rank] += n;
         {
@@ -237,7 +241,7 @@ where
             // A spare buffer from the host's last batch.
             let mut batch = host.spare();
             batch.clear();
-            for ((index, _), b) in tasks.iter().zip(&bytes) {
+            for ((index, _), b) in tasks.iter().zip(bytes) {
                 wire::put_task(&mut batch, *index, b);
             }
             if let Err(message) = host.submit(batch) {
@@ -247,7 +251,7 @@ where
         }
         let world = &self.pool.cluster.world;
         let mut table = self.pool.outbox.borrow_mut().buffer();
-        for ((index, _), b) in tasks.iter().zip(&bytes) {
+        for ((index, _), b) in tasks.iter().zip(bytes) {
             wire::put_table_entry(&mut table, *index, b);
             self.in_flight[rank].insert(*index);
         }

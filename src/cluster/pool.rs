@@ -278,6 +278,12 @@ impl ClusterPool<'_> {
 
     /// On the master: runs `tasks` across the hosts; results in input order, each
     /// tagged with its index.
+    ///
+    /// One map at a time: a second map on the same pool while the first is alive
+    /// would take the first one's results (and report them as tasks it was not
+    /// running). A task of 64 KiB or more is sent from where `tasks` keep it, and the
+    /// map waits for MPI to be done with it before it goes on (see the
+    /// [module docs](super)).
     pub fn map<I, T>(&self, tasks: I) -> ClusterMap<'_, I::IntoIter>
     where
         I: IntoIterator<Item = T>,
