@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! ringpipe-top                  # the pipelines running here; the live view if just one
+//!                               # and standard output is a terminal
 //! ringpipe-top PID              # the live view of PID's pipeline (q quits)
 //! ringpipe-top PID --once       # one plain table, for logs
 //! ringpipe-top PID --json       # one JSON snapshot; --follow: one per interval
@@ -13,6 +14,7 @@
 
 mod render;
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use ringpipe_engine::view::{self, Snapshot, Target, View};
@@ -63,7 +65,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let targets = view::list()?;
     let target = match &args.target {
         Some(t) => pick(&targets, t)?,
-        None if targets.len() == 1 => targets[0].clone(),
+        // One pipeline: watch it, if there is a terminal to draw on; piped, the list.
+        None if targets.len() == 1 && std::io::stdout().is_terminal() => targets[0].clone(),
         None => {
             print!("{}", render::list(&targets));
             return Ok(());

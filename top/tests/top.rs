@@ -70,6 +70,7 @@ fn top(args: &[&str]) -> std::process::Output {
 fn once_json_and_the_list_show_the_pipeline() {
     let busy = Busy::start();
     let socket = busy.socket();
+    // Piped, never the live view, however many pipelines the other tests run now.
     let list = String::from_utf8(top(&[]).stdout).unwrap();
     assert!(list.contains(&socket) && list.contains("top.upper -> top.count"), "{list}");
 
