@@ -42,7 +42,7 @@ impl Local {
     }
 }
 
-/// The host's runner thread and its two channels.
+/// The host's runner thread and the channels to and from it.
 pub(crate) struct Host {
     tasks: Option<Sender<Vec<u8>>>,
     /// Task batches the runner is done with, for the next receive.
