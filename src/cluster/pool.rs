@@ -248,11 +248,11 @@ impl ClusterPool<'_> {
                 match msg.kind {
                     Kind::Tasks => {
                         let host_error = |message| ClusterError::Host { rank, message };
-                        // The table's buffer is kept for the next; the batch goes in a
-                        // spare of the host's.
-                        let batch = wire::receive_tasks(world, 0, &msg.bytes, host.spare())
+                        // One spare of the host's in, one batch out: the buffer not
+                        // used takes the next message.
+                        let (batch, unused) = wire::receive_tasks(world, 0, msg.bytes, host.spare())
                             .map_err(|e| host_error(format!("a task batch is malformed: {e}")))?;
-                        table = msg.bytes;
+                        table = unused;
                         host.submit(batch).map_err(host_error)?
                     }
                     Kind::Stop => break,

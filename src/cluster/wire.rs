@@ -70,7 +70,7 @@ pub(crate) fn send(world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: &[u
             to.send_with_tag(chunk, kind.data_tag());
         } else {
             mpi::request::scope(|scope| {
-                wait_paced(to.immediate_send_with_tag(scope, chunk, kind.data_tag()))
+                wait_paced(vec![to.immediate_send_with_tag(scope, chunk, kind.data_tag())])
             });
         }
     }
@@ -80,13 +80,13 @@ pub(crate) fn send(world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: &[u
 /// few round trips, and a blocking call is quickest.
 const PACED: usize = 256 << 10;
 
-/// Waits for `request` at a [`Pace`] capped at [`PACE`].
-fn wait_paced<'a, S: Scope<'a>>(mut request: Request<'a, [u8], S>) {
+/// Waits for every one of `requests` at a [`Pace`] capped at [`PACE`].
+fn wait_paced<'a, S: Scope<'a>>(mut requests: Vec<Request<'a, [u8], S>>) {
     let mut pace = Pace::default();
     loop {
-        match request.test() {
-            Ok(_) => return,
-            Err(r) => request = r,
+        requests = requests.into_iter().filter_map(|r| r.test().err()).collect();
+        if requests.is_empty() {
+            return;
         }
         pace.wait(PACE, None);
     }
@@ -253,7 +253,7 @@ fn receive_chunk(from: &Process<'_>, chunk: &mut [u8], kind: Kind) {
         from.receive_into_with_tag(chunk, kind.data_tag());
     } else {
         mpi::request::scope(|scope| {
-            wait_paced(from.immediate_receive_into_with_tag(scope, chunk, kind.data_tag()))
+            wait_paced(vec![from.immediate_receive_into_with_tag(scope, chunk, kind.data_tag())])
         });
     }
 }
@@ -334,17 +334,23 @@ pub(crate) unsafe fn send_out_of_line(
         .collect()
 }
 
-/// Turns a task batch's table, received from `rank`, into the batch itself in `into`
-/// (a spare buffer, or empty): the table's small tasks copied over, the out-of-line
-/// ones received straight into their place.
+/// Turns a task batch's table, received from `rank`, into the batch itself. A table
+/// that holds every task's bytes is the batch already (the layout is the same), and
+/// is handed back as it is. Otherwise the batch is built in `spare` (a spare buffer,
+/// or empty): the table's small tasks copied over, the out-of-line ones received
+/// straight into their place. Returns the batch, and the buffer it did not use.
 pub(crate) fn receive_tasks(
     world: &SimpleCommunicator,
     rank: i32,
-    table: &[u8],
-    mut into: Vec<u8>,
-) -> Result<Vec<u8>, String> {
+    table: Vec<u8>,
+    spare: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
     // The table in full first: its size, and an error before any byte is received.
-    let (entries, size) = table_entries(table)?;
+    let (entries, size) = table_entries(&table)?;
+    if entries.iter().all(|(_, _, inline)| inline.is_some()) {
+        return Ok((table, spare)); // no copy of small tasks' bytes
+    }
+    let mut into = spare;
     // Zeroes only what the buffer did not hold before; every byte is then written.
     into.resize(size, 0);
     // Entries in place; the out-of-line tasks' places set aside, to be received all at
@@ -364,19 +370,14 @@ pub(crate) fn receive_tasks(
     }
     let from = world.process_at_rank(rank);
     mpi::request::scope(|scope| {
-        let mut receiving: Vec<_> = places
-            .into_iter()
-            .map(|place| from.immediate_receive_into_with_tag(scope, place, Kind::Tasks.data_tag()))
-            .collect();
-        let mut pace = Pace::default();
-        while !receiving.is_empty() {
-            receiving = receiving.into_iter().filter_map(|r| r.test().err()).collect();
-            if !receiving.is_empty() {
-                pace.wait(PACE, None);
-            }
-        }
+        wait_paced(
+            places
+                .into_iter()
+                .map(|place| from.immediate_receive_into_with_tag(scope, place, Kind::Tasks.data_tag()))
+                .collect(),
+        )
     });
-    Ok(into)
+    Ok((into, table))
 }
 
 /// A task table's entries (index, length, and where its bytes lie in the table if
@@ -510,8 +511,15 @@ mod tests {
             }
         };
         assert_eq!(got.kind, Kind::Tasks);
-        let batch = receive_tasks(&world, 0, &got.bytes, vec![9; 3]).unwrap();
+        let (batch, unused) = receive_tasks(&world, 0, got.bytes.clone(), vec![9; 3]).unwrap();
         assert!(batch == expected, "the batch as the master's own host gets it");
+        assert!(unused == got.bytes, "the table's buffer is handed back");
+        let (small, unused) = receive_tasks(&world, 0, expected[..16 + 10].to_vec(), vec![9; 3]).unwrap();
+        assert_eq!(
+            (&small[..], &unused[..]),
+            (&expected[..16 + 10], &[9u8; 3][..]),
+            "a table of small tasks is the batch"
+        );
         for r in reading {
             r.wait_without_status();
         }
