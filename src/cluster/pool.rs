@@ -408,8 +408,8 @@ impl Drop for ClusterPool<'_> {
 /// local result", so it polls at a [`Pace`](wire::Pace), capped at [`IDLE_WAIT`]. A wait
 /// on the host's results ends as soon as one comes, so only MPI messages can wait that
 /// long; leaders hold a few batches of credit, which covers it. While a send of the
-/// master's is in flight the cap is [`wire::PACE`]: a large `MPI_Isend` moves only
-/// while MPI is called.
+/// master's is in flight it only yields between polls, never sleeps: a large
+/// `MPI_Isend` moves only while MPI is called, and every host waits on the master.
 ///
 /// Polling without a pause, as before, took 40% of a core from each host's workers
 /// (every poll is a system call inside MPI).
