@@ -50,6 +50,8 @@ pub(crate) struct Host {
     results: Receiver<Result<Vec<u8>, String>>,
     /// A result batch [`wait`](Host::wait) took off the channel, for `try_results`.
     waited: Cell<Option<Result<Vec<u8>, String>>>,
+    /// Set once the runner is found gone (and said so, once).
+    gone: Cell<bool>,
     thread: Option<JoinHandle<ShutdownReport>>,
 }
 
@@ -72,6 +74,7 @@ impl Host {
             spent: spent_rx,
             results: result_rx,
             waited: Cell::new(None),
+            gone: Cell::new(false),
             thread: Some(thread),
         })
     }
@@ -88,32 +91,65 @@ impl Host {
         self.spent.try_recv().unwrap_or_default()
     }
 
-    /// A result batch, if one is ready; `Err` if the runner failed or is gone.
+    /// A result batch, if one is ready; `Err` if the runner failed, or once when it is
+    /// found gone (then `None` for good: a caller that drains this in a loop ends).
     pub(crate) fn try_results(&self) -> Option<Result<Vec<u8>, String>> {
         if let Some(r) = self.waited.take() {
             return Some(r);
         }
+        if self.gone.get() {
+            return None;
+        }
         match self.results.try_recv() {
             Ok(r) => Some(r),
             Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some(Err("the host's runner thread is gone".into())),
+            Err(TryRecvError::Disconnected) => Some(self.found_gone()),
         }
     }
 
     /// Waits up to `timeout` for a result batch; true if one is ready for
-    /// [`try_results`](Self::try_results) (or the runner is gone).
+    /// [`try_results`](Self::try_results) (or the runner was just found gone). Once it
+    /// is gone, this only sleeps: a wait is a rank's pause between polls.
     pub(crate) fn wait(&self, timeout: Duration) -> bool {
         if let Some(r) = self.waited.take() {
             self.waited.set(Some(r));
             return true;
         }
+        if self.gone.get() {
+            std::thread::sleep(timeout);
+            return false;
+        }
         let r = match self.results.recv_timeout(timeout) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => return false,
-            Err(RecvTimeoutError::Disconnected) => Err("the host's runner thread is gone".into()),
+            Err(RecvTimeoutError::Disconnected) => self.found_gone(),
         };
         self.waited.set(Some(r));
         true
+    }
+
+    /// A host whose runner is gone, with `queued` result batches still on its channel.
+    #[cfg(test)]
+    pub(crate) fn gone_for_tests(queued: &[&[u8]]) -> Self {
+        let (task_tx, _) = channel();
+        let (result_tx, result_rx) = channel();
+        let (_, spent_rx) = channel();
+        for batch in queued {
+            result_tx.send(Ok(batch.to_vec())).expect("the receiver is here");
+        }
+        Self {
+            tasks: Some(task_tx),
+            spent: spent_rx,
+            results: result_rx,
+            waited: Cell::new(None),
+            gone: Cell::new(false),
+            thread: None,
+        }
+    }
+
+    fn found_gone(&self) -> Result<Vec<u8>, String> {
+        self.gone.set(true);
+        Err("the host's runner thread is gone".into())
     }
 
     /// Lets the runner finish what it has, then stops its pool.
@@ -229,7 +265,7 @@ fn run(
             match result {
                 // The result's bytes go from its frame into the batch: one copy.
                 Ok(o) => wire::put_result(&mut out, task(o.index()), true, &o),
-                Err(ItemError::Stage { failure, output }) => {
+                Err(ItemError::Stage { failure, output } | ItemError::Poison { failure, output }) => {
                     wire::put_result(&mut out, task(output.index()), false, failure.to_string().as_bytes())
                 }
                 Err(ItemError::TooLarge { index, requested, capacity }) => {
@@ -252,4 +288,28 @@ fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The master drains a host's results in a loop; a runner that ended must end that
+    /// loop, not feed it an error forever.
+    #[test]
+    fn a_gone_runner_is_reported_once_after_its_results() {
+        let host = Host::gone_for_tests(&[b"a", b"b"]);
+        let drained: Vec<_> = std::iter::from_fn(|| host.try_results()).take(10).collect();
+        assert_eq!(
+            drained,
+            [Ok(b"a".to_vec()), Ok(b"b".to_vec()), Err("the host's runner thread is gone".to_owned())]
+        );
+        assert!(!host.wait(Duration::from_millis(1)), "a wait on a gone runner only pauses");
+        assert_eq!(host.try_results(), None);
+
+        let host = Host::gone_for_tests(&[]);
+        assert!(host.wait(Duration::from_secs(60)), "found gone at once, not after the timeout");
+        assert!(host.try_results().is_some_and(|r| r.is_err()));
+        assert_eq!(host.try_results(), None);
+    }
 }
