@@ -10,6 +10,7 @@
 //! ... mpi_pool --pid-dir DIR                        # each rank writes its pid to DIR/rank-N
 //! ... mpi_pool --host-timeout-ms 2000               # a host silent this long is lost
 //! ... mpi_pool --pad-kib 96                         # tasks this much larger (zeros after the values)
+//! ... mpi_pool --abandon 3                          # first a map of other tasks, dropped after 3 results
 //! ```
 //!
 //! A task lost with its host (see `ClusterPool::host_timeout`) is reported by index,
@@ -68,7 +69,7 @@ impl Registered for Double {
 register!(Double);
 
 /// `[TASKS] [--task-ms MS] [--resume FILE] [--pid-dir DIR] [--host-timeout-ms MS]
-/// [--pad-kib N]`, the same on every rank.
+/// [--pad-kib N] [--abandon K]`, the same on every rank.
 struct Args {
     tasks: usize,
     /// Zero `f64`s after each task's values: tasks of 64 KiB or more cross hosts on
@@ -79,13 +80,26 @@ struct Args {
     /// Each rank writes its pid to `DIR/rank-N` (tests kill a host by it).
     pid_dir: Option<PathBuf>,
     host_timeout: Option<Duration>,
+    /// Before the real run, a map of the same tasks negated is dropped after this many
+    /// results, as a `?` on a failed task would drop it: none of its results may turn
+    /// up in the real run (whose every result is checked against its own task).
+    abandon: Option<usize>,
 }
 
 fn args() -> Result<Args, Box<dyn std::error::Error>> {
-    let mut a = Args { tasks: 200, pad: 0, task_ms: 0, resume: None, pid_dir: None, host_timeout: None };
+    let mut a = Args {
+        tasks: 200,
+        pad: 0,
+        task_ms: 0,
+        resume: None,
+        pid_dir: None,
+        host_timeout: None,
+        abandon: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--abandon" => a.abandon = Some(it.next().ok_or("--abandon takes a number")?.parse()?),
             "--pad-kib" => a.pad = it.next().ok_or("--pad-kib takes a number")?.parse::<usize>()? << 10,
             "--task-ms" => a.task_ms = it.next().ok_or("--task-ms takes a number")?.parse()?,
             "--resume" => a.resume = Some(it.next().ok_or("--resume takes a file")?.into()),
@@ -125,6 +139,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inputs: Vec<Vec<u8>> =
         tasks.iter().map(|t| [bytemuck::cast_slice::<f64, u8>(t), &vec![0; args.pad]].concat()).collect();
     println!("{} hosts: {}", cluster.size(), pool.hosts().join(", "));
+    if let Some(k) = args.abandon {
+        let negated: Vec<Vec<u8>> = inputs
+            .iter()
+            .map(|t| {
+                t.chunks_exact(8)
+                    .flat_map(|v| (-f64::from_le_bytes(v.try_into().unwrap())).to_le_bytes())
+                    .collect()
+            })
+            .collect();
+        let taken = pool.map_unordered(negated.iter().map(|t| &t[..])).take(k).count();
+        println!("abandoned a map after {taken} results");
+    }
     let started = Instant::now();
     let mut seen = vec![false; n];
     let mut per_host: BTreeMap<String, usize> = BTreeMap::new();

@@ -131,6 +131,21 @@ fn one_host_without_mpiexec_runs_every_task_once() {
     assert_eq!(check_all_once(&out, 50)[0], 50);
 }
 
+/// A map dropped after a few results, with tasks still out on every host, leaves
+/// none of them to the next map: the example checks every result of its real run
+/// against its own task (the abandoned map's tasks are the same ones negated).
+#[test]
+fn a_map_dropped_early_leaves_nothing_to_the_next() {
+    let _one = one_job();
+    let out = finish({
+        let mut c = mpiexec(3);
+        c.arg(example()).args(["300", "--abandon", "3"]);
+        c
+    });
+    assert!(String::from_utf8_lossy(&out.stdout).contains("abandoned a map after 3 results"));
+    check_all_once(&out, 300);
+}
+
 #[test]
 fn three_ranks_share_the_tasks_each_once() {
     let _one = one_job();

@@ -44,6 +44,18 @@ impl ClusterOutput {
     }
 }
 
+/// Its index, host and length: not its bytes, which may be megabytes.
+impl std::fmt::Debug for ClusterOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOutput")
+            .field("index", &self.index)
+            .field("rank", &self.rank)
+            .field("host", &self.host)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
 impl std::ops::Deref for ClusterOutput {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -93,7 +105,8 @@ pub struct ClusterMap<'p, I: Iterator> {
     next_index: u64,
     /// Tasks each rank holds now.
     outstanding: Vec<usize>,
-    /// Their indices, for the ranks of other hosts: failed by name if the host is lost.
+    /// Their indices: failed by name if the host is lost (or, on the master's host,
+    /// if its runner ends).
     in_flight: Vec<IndexSet>,
     /// When each rank was last heard from.
     last_heard: Vec<Instant>,
@@ -130,6 +143,12 @@ where
         if pool.stranded.get() {
             exit_stranded(pool.cluster.rank()); // a map was forgotten with them
         }
+        // A second map would take the first one's results as its own (indices start
+        // at 0 in both): refused, like a second `RefCell::borrow_mut`.
+        assert!(
+            !pool.mapping.replace(true),
+            "one map at a time per ClusterPool: another map of this pool is still alive, or was forgotten"
+        );
         let ranks = pool.cluster.size() as usize;
         Self {
             pool,
@@ -237,6 +256,7 @@ where
             shares[rank].bytes_in += bytes.iter().map(|b| b.len() as u64).sum::<u64>();
         }
         if rank == 0 {
+            self.in_flight[0].extend(tasks.iter().map(|(index, _)| *index));
             let host = self.pool.host.as_ref().expect("the master's host runs while mapping");
             // A spare buffer from the host's last batch.
             let mut batch = host.spare();
@@ -302,6 +322,32 @@ where
         self.stranded.len() > stranded
     }
 
+    fn pop(&mut self) -> Option<Result<ClusterOutput, ClusterError>> {
+        if let Some(r) = self.arrived.pop_front() {
+            return Some(r);
+        }
+        if self.ordered {
+            while self.skip.contains(&self.next_out) {
+                self.next_out += 1;
+            }
+            if let Some(r) = self.ready.remove(&self.next_out) {
+                self.next_out += 1;
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn record(&mut self, result: &Result<ClusterOutput, ClusterError>) -> Result<(), ClusterError> {
+        if let (Some(file), Ok(out)) = (self.record.as_mut(), result) {
+            file.write_all(&out.index.to_le_bytes()).map_err(ClusterError::Resume)?;
+        }
+        Ok(())
+    }
+}
+
+/// What needs nothing of the tasks: taking results in, and losing hosts.
+impl<I: Iterator> ClusterMap<'_, I> {
     /// Takes in every result batch that is there; true if any came.
     fn collect(&mut self) -> bool {
         let mut batches = Vec::new();
@@ -336,6 +382,8 @@ where
         let host_error = |message| Err(ClusterError::Host { rank, message });
         let batch = match batch {
             Ok(b) => Arc::new(b),
+            // The master's runner ended: its tasks will not come back.
+            Err(message) if rank == 0 => return self.lose_own_host(message),
             Err(message) => return self.arrived.push_back(host_error(message)),
         };
         let entries = match wire::entries(&batch, true) {
@@ -350,7 +398,7 @@ where
             share.bytes_out += entries.iter().filter(|e| e.ok).map(|e| e.bytes.len() as u64).sum::<u64>();
         }
         for e in entries {
-            if rank > 0 && !self.in_flight[rank as usize].remove(&e.index) {
+            if !self.in_flight[rank as usize].remove(&e.index) {
                 let message = format!("a result for task {}, which it was not running", e.index);
                 self.arrived.push_back(host_error(message));
                 continue;
@@ -388,43 +436,58 @@ where
             if self.in_flight[rank].is_empty() || silent <= self.pool.host_timeout {
                 continue;
             }
-            self.pool.shares.borrow_mut()[rank].lost = true;
-            self.outstanding[rank] = 0;
             let host = self.hosts[rank].to_string();
-            let mut lost: Vec<u64> = self.in_flight[rank].drain().collect();
-            lost.sort_unstable();
-            for index in lost {
-                let e = ClusterError::HostLost { index, rank: rank as i32, host: host.clone(), silent };
-                if self.ordered {
-                    self.ready.insert(index, Err(e));
-                } else {
-                    self.arrived.push_back(Err(e));
-                }
+            self.lose(rank, |index| ClusterError::HostLost {
+                index,
+                rank: rank as i32,
+                host: host.clone(),
+                silent,
+            });
+        }
+    }
+
+    /// The master's own host failed (its runner ended, saying `message`): its tasks
+    /// fail, each by index, and the map goes on with the other hosts.
+    fn lose_own_host(&mut self, message: String) {
+        let host = self.hosts[0].to_string();
+        let message = format!("this host failed: {message}");
+        self.lose(0, |index| ClusterError::Task {
+            index,
+            rank: 0,
+            host: host.clone(),
+            message: message.clone(),
+        });
+    }
+
+    /// Marks `rank` lost and fails every task it holds with `error(index)`.
+    fn lose(&mut self, rank: usize, error: impl Fn(u64) -> ClusterError) {
+        self.pool.shares.borrow_mut()[rank].lost = true;
+        self.outstanding[rank] = 0;
+        let mut lost: Vec<u64> = self.in_flight[rank].drain().collect();
+        lost.sort_unstable();
+        for index in lost {
+            if self.ordered {
+                self.ready.insert(index, Err(error(index)));
+            } else {
+                self.arrived.push_back(Err(error(index)));
             }
         }
     }
 
-    fn pop(&mut self) -> Option<Result<ClusterOutput, ClusterError>> {
-        if let Some(r) = self.arrived.pop_front() {
-            return Some(r);
-        }
-        if self.ordered {
-            while self.skip.contains(&self.next_out) {
-                self.next_out += 1;
+    /// Waits for every task a live host still holds, dropping the results: a map
+    /// dropped early (a `?` on a failed task, a `break`) must not leave them to the
+    /// pool's next map, which would take them as its own. Bounded: a host that holds
+    /// tasks answers, or goes silent and is lost after the host timeout.
+    fn drain(&mut self) {
+        let mut idle = Backoff::default();
+        while (0..self.outstanding.len()).any(|r| self.outstanding[r] > 0 && !self.pool.is_lost(r as i32)) {
+            let came = self.collect();
+            let sending = !self.pool.outbox.borrow_mut().progress();
+            if !came {
+                self.check_hosts();
             }
-            if let Some(r) = self.ready.remove(&self.next_out) {
-                self.next_out += 1;
-                return Some(r);
-            }
+            idle.after(came, sending, self.pool.host.as_ref());
         }
-        None
-    }
-
-    fn record(&mut self, result: &Result<ClusterOutput, ClusterError>) -> Result<(), ClusterError> {
-        if let (Some(file), Ok(out)) = (self.record.as_mut(), result) {
-            file.write_all(&out.index.to_le_bytes()).map_err(ClusterError::Resume)?;
-        }
-        Ok(())
     }
 }
 
@@ -435,6 +498,8 @@ where
 /// every result, the lost host's typed errors included, was handed over.
 impl<I: Iterator> Drop for ClusterMap<'_, I> {
     fn drop(&mut self) {
+        self.drain();
+        self.pool.mapping.set(false);
         self.stranded =
             std::mem::take(&mut self.stranded).into_iter().filter_map(|r| r.test().err()).collect();
         if self.stranded.is_empty() {
@@ -473,6 +538,13 @@ where
                 });
             }
             self.dispatch();
+            if !self.exhausted && (0..self.outstanding.len()).all(|r| self.pool.is_lost(r as i32)) {
+                // No host is left to run the rest: they are not taken from the caller.
+                self.exhausted = true;
+                let message = "every host is lost or failed; the tasks not yet sent were not run".into();
+                self.arrived.push_back(Err(ClusterError::Host { rank: 0, message }));
+                continue;
+            }
             if self.exhausted && self.outstanding.iter().all(|&n| n == 0) {
                 // Results may have come in while dispatch waited for its sends: they are
                 // handed over before the end, even past a gap in the order.
@@ -492,5 +564,98 @@ where
             }
             self.idle.after(came, sending, self.pool.host.as_ref());
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::cluster::{host::Host, Cluster};
+    use crate::{BoxError, Frame, Pipeline, Registered, Stage, StageSpec};
+
+    /// Adds one to every byte, on a thread of the host (no worker process to start).
+    struct AddOne;
+
+    impl Stage for AddOne {
+        fn process(&mut self, f: &mut Frame<'_>) -> Result<(), BoxError> {
+            f.bytes_mut().iter_mut().for_each(|b| *b = b.wrapping_add(1));
+            Ok(())
+        }
+    }
+
+    impl Registered for AddOne {
+        const NAME: &'static str = "test.cluster.add_one";
+        type Params = ();
+        fn from_params((): ()) -> Result<Self, BoxError> {
+            Ok(AddOne)
+        }
+    }
+
+    crate::register!(AddOne);
+
+    fn tasks(n: usize, first: u8) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![first.wrapping_add(i as u8); 16]).collect()
+    }
+
+    /// Every result is its own task's, each task once.
+    fn assert_own_results(results: Vec<Result<ClusterOutput, ClusterError>>, tasks: &[Vec<u8>]) {
+        let mut seen = vec![false; tasks.len()];
+        for r in results {
+            let out = r.expect("no task fails");
+            let i = out.index() as usize;
+            let expected: Vec<u8> = tasks[i].iter().map(|b| b.wrapping_add(1)).collect();
+            assert_eq!(&out[..], &expected[..], "task {i}'s result");
+            assert!(!std::mem::replace(&mut seen[i], true), "task {i} came back twice");
+        }
+        assert!(seen.iter().all(|&s| s), "every task came back");
+    }
+
+    /// Run by `wire`'s test, which starts MPI (once per process): a one-rank job.
+    pub(crate) fn maps_on_one_rank(cluster: &Cluster) {
+        let mut pool = ClusterPool::pipeline(Pipeline::builder().stage(StageSpec::thread::<AddOne>(())))
+            .batch(4)
+            .credit(2)
+            .build(cluster)
+            .expect("a one-rank pool of a thread stage");
+
+        // A map dropped after 3 results, with tasks still out on the host, leaves none
+        // of them to the next map (whose indices start at 0 too).
+        let abandoned = tasks(100, 0);
+        assert_eq!(pool.map_unordered(abandoned.iter()).take(3).count(), 3);
+        let next = tasks(100, 100);
+        assert_own_results(pool.map_unordered(next.iter()).collect(), &next);
+        assert_eq!(pool.map(abandoned.iter()).take(5).count(), 5);
+        assert_own_results(pool.map(next.iter()).collect(), &next);
+
+        // One map at a time: a second one while the first is alive is refused.
+        let alive = pool.map(next.iter());
+        let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(pool.map(next.iter()))));
+        assert!(second.is_err(), "a second map while one is alive panics");
+        drop(alive);
+        assert_own_results(pool.map(next.iter()).collect(), &next);
+
+        // The master's own host fails (its runner is gone): the tasks it was given fail
+        // by index, and with no host left the map ends with an error, never hangs.
+        let host = pool.host.replace(Host::gone_for_tests(&[])).expect("the pool's host");
+        host.stop();
+        let results: Vec<_> = pool.map(next.iter()).collect();
+        let mut failed = HashSet::new();
+        for r in &results {
+            match r {
+                Err(ClusterError::Task { index, rank: 0, message, .. }) => {
+                    assert!(message.contains("this host failed"), "{message}");
+                    assert!(failed.insert(*index), "task {index} failed twice");
+                }
+                Err(ClusterError::Host { rank: 0, .. }) => {}
+                other => panic!("expected the host's failure, got {other:?}"),
+            }
+        }
+        assert_eq!(failed.len(), 2 * 4, "the tasks of the two batches of credit it was given");
+        let last = results.iter().rev().find_map(|r| match r {
+            Err(ClusterError::Host { message, .. }) if message.contains("every host") => Some(message),
+            _ => None,
+        });
+        assert!(last.is_some(), "the map says no host is left: {results:?}");
+        assert!(pool.is_lost(0));
     }
 }

@@ -176,6 +176,18 @@ impl Cluster {
         })
     }
 
+    /// A cluster on MPI started elsewhere (unit tests: MPI starts once per process).
+    #[cfg(test)]
+    pub(crate) fn from_universe(universe: mpi::environment::Universe) -> Self {
+        Self {
+            world: universe.world(),
+            host: "test".into(),
+            synced: std::cell::Cell::new(false),
+            lost_host: std::cell::Cell::new(false),
+            universe: std::mem::ManuallyDrop::new(universe),
+        }
+    }
+
     /// This rank (0 is the master).
     pub fn rank(&self) -> i32 {
         self.world.rank()

@@ -144,6 +144,7 @@ impl<L> ClusterPoolBuilder<L> {
             master_works: self.master_works || cluster.size() == 1,
             host_timeout: self.host_timeout,
             stranded: Cell::new(false),
+            mapping: Cell::new(false),
             stopped: false,
         })
     }
@@ -166,6 +167,8 @@ pub struct ClusterPool<'c> {
     /// Set while a map holds sends to a lost host that MPI may still read from the
     /// caller's memory; only a map forgotten (`mem::forget`) leaves it set.
     pub(super) stranded: Cell<bool>,
+    /// Set while a map of this pool is alive (one at a time: see [`map`](Self::map)).
+    pub(super) mapping: Cell<bool>,
     stopped: bool,
 }
 
@@ -279,11 +282,17 @@ impl ClusterPool<'_> {
     /// On the master: runs `tasks` across the hosts; results in input order, each
     /// tagged with its index.
     ///
-    /// One map at a time: a second map on the same pool while the first is alive
-    /// would take the first one's results (and report them as tasks it was not
-    /// running). A task of 64 KiB or more is sent from where `tasks` keep it, and the
-    /// map waits for MPI to be done with it before it goes on (see the
-    /// [module docs](super)).
+    /// One map at a time: creating a second map of the same pool while the first is
+    /// alive (or was forgotten with `mem::forget`) panics, since the second would take
+    /// the first one's results as its own. A map dropped early (a `?` on a failed
+    /// task, a `break`) first waits for the tasks the hosts still hold and drops their
+    /// results; tasks not yet sent are not run. A task of 64 KiB or more is sent from
+    /// where `tasks` keep it, and the map waits for MPI to be done with it before it
+    /// goes on (see the [module docs](super)).
+    ///
+    /// If the master's own host fails (its runner ends), the tasks it holds fail with
+    /// [`ClusterError::Task`] and the rest go to the other hosts; with no host left,
+    /// the map ends with a [`ClusterError::Host`].
     pub fn map<I, T>(&self, tasks: I) -> ClusterMap<'_, I::IntoIter>
     where
         I: IntoIterator<Item = T>,

@@ -524,6 +524,9 @@ mod tests {
             r.wait_without_status();
         }
         outbox.flush(|_| false);
+
+        // MPI starts once per process: the map's checks run here, on a one-rank job.
+        super::super::map::tests::maps_on_one_rank(&super::super::Cluster::from_universe(universe));
     }
 
     #[test]
