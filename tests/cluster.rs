@@ -3,7 +3,8 @@
 //! (network namespaces, `tests/mpi/hosts.sh`; root only), and a host killed mid-job: no
 //! hang; under a plain `mpiexec` the job ends, under `-disable-auto-cleanup` the lost
 //! host's tasks fail with a typed error and the rest finish; a rerun resumes from the
-//! record of finished tasks.
+//! record of finished tasks. The master killed ends the job with nothing left running,
+//! and a map dropped early leaves nothing to the next.
 //!
 //! Run: `cargo build --features mpi --example mpi_pool --example mpi_pipeline && cargo
 //! test --features mpi --test cluster` (MPICH's `mpiexec` on the PATH; the emulated
@@ -292,7 +293,50 @@ fn kill_rank_mid_job(
         if let Some(status) = first.try_wait().unwrap() {
             return status;
         }
-        assert!(killed.elapsed() < HANG, "the master hung after losing a host");
+        assert!(killed.elapsed() < HANG, "the job hung after rank {victim} was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes still running `exe` (zombies, which run nothing, left out).
+fn live_processes_of(exe: &Path) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let runs_exe = std::fs::read_link(entry.path().join("exe")).is_ok_and(|e| e == exe);
+        // The state follows the parenthesised command name in `stat`.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if runs_exe && !zombie {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// The master (rank 0) SIGKILLed mid-job, even where MPI lets the other ranks live on
+/// (`-disable-auto-cleanup`): the job ends, never hangs, and no process of it is left,
+/// no leader and no worker of any host (workers end with their leader's lifeline).
+#[test]
+fn the_master_killed_mid_job_ends_it_and_leaves_no_process() {
+    let _one = one_job();
+    let scratch = Scratch::new();
+    let dir = scratch.0.clone();
+    let record = dir.join("done.bin");
+    let mut cmd = mpiexec(3);
+    cmd.arg("-disable-auto-cleanup")
+        .arg(example())
+        .args(["1000", "--task-ms", "20", "--resume"])
+        .arg(&record);
+    let status = kill_rank_mid_job(cmd, &dir, &record, 0, 20);
+    assert!(!status.success(), "the job fails without its master");
+    let deadline = Instant::now() + HANG;
+    loop {
+        let live = live_processes_of(&example());
+        if live.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes {live:?} outlived the job");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
