@@ -63,7 +63,7 @@ fn replicated_stage(mut cmd: Command, chunk_kib: usize) -> Vec<(String, u64)> {
 /// Runs `cmd` to its end, reading its output meanwhile, failing the test if it takes
 /// longer than [`HANG`].
 fn finish(mut cmd: Command) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output()));
@@ -76,21 +76,34 @@ fn finish(mut cmd: Command) -> Output {
     }
 }
 
-/// The job succeeded, or its only fault was MPI's: with MPICH 4.0.2 over UCX and TCP,
-/// `MPI_Finalize` sometimes never returns after all work is done, `Cluster` cuts it
-/// off after `FINALIZE_GRACE` with a message, and `mpiexec` may then report a failure.
-/// The caller checks that the work itself is complete and right.
+/// The job succeeded, or its only fault was MPI's. The caller checks that the work
+/// itself is complete and right. Two faults of MPICH 4.0.2's are let through:
+/// - over UCX and TCP, `MPI_Finalize` sometimes never returns after all work is done;
+///   `Cluster` cuts it off after `FINALIZE_GRACE` with a message, and `mpiexec` then
+///   reports a failure;
+/// - `mpiexec` itself (Hydra, launching through `tests/mpi/enter` as through rsh)
+///   once died of SIGPIPE after the master had printed every result, with nothing on
+///   stderr: a write of its own to a proxy that was gone (in about 40 runs of the
+///   emulated-host tests with every core busy; pmodels/mpich#1042 reports a broken
+///   pipe at the end of rsh/ssh-launched jobs). No rank of ours writes to a pipe of
+///   mpiexec's, and a rank killed by a signal is reported by mpiexec's exit code, not
+///   as its own death.
 fn assert_job_ended_well(out: &Output) {
+    use std::os::unix::process::ExitStatusExt;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         return;
     }
-    let finalize = stderr.contains("MPI_Finalize has not returned")
-        && !stderr.contains("panicked")
-        && !stderr.contains("Error:");
+    let clean = !stderr.contains("panicked") && !stderr.contains("Error:");
+    let finalize = stderr.contains("MPI_Finalize has not returned");
+    let hydra_pipe = out.status.signal() == Some(libc::SIGPIPE) && stderr.trim().is_empty();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(finalize, "the job failed ({}):\n{stdout}\n{stderr}", out.status);
-    eprintln!("note: the job's work was done, but MPI_Finalize hung and was cut off:\n{stderr}");
+    assert!(clean && (finalize || hydra_pipe), "the job failed ({}):\n{stdout}\n{stderr}", out.status);
+    if finalize {
+        eprintln!("note: the job's work was done, but MPI_Finalize hung and was cut off:\n{stderr}");
+    } else {
+        eprintln!("note: the job's work was done, but mpiexec died of SIGPIPE at its end");
+    }
 }
 
 /// Task indices the master printed, and how many ran on each rank.
@@ -268,7 +281,8 @@ fn kill_rank_mid_job(
 ) -> std::process::ExitStatus {
     let out = std::fs::File::create(dir.join("first.out")).unwrap();
     let err = std::fs::File::create(dir.join("first.err")).unwrap();
-    let mut first = job.arg("--pid-dir").arg(dir).stdout(out).stderr(err).spawn().unwrap();
+    let mut first =
+        job.arg("--pid-dir").arg(dir).stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap();
     let pid_file = dir.join(format!("rank-{victim}"));
     let deadline = Instant::now() + HANG;
     let pid: i32 = loop {
