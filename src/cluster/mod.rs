@@ -111,8 +111,9 @@ pub struct Cluster {
     host: String,
     /// Set once every rank has passed a [`ClusterPool`]'s last synchronisation.
     synced: std::cell::Cell<bool>,
-    /// Set on the master once a pool ended without some host (see
-    /// [`ClusterPoolBuilder::host_timeout`]): MPI cannot finalize without it.
+    /// Set once a pool ended without some rank: on the master a lost host, on a leader
+    /// the master (see [`ClusterPoolBuilder::host_timeout`]). MPI cannot finalize
+    /// without it.
     lost_host: std::cell::Cell<bool>,
     universe: std::mem::ManuallyDrop<mpi::environment::Universe>,
 }
@@ -123,7 +124,7 @@ impl Drop for Cluster {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             eprintln!(
-                "ringpipe: rank {}: a host was lost; MPI cannot finalize without it: exiting, status 1",
+                "ringpipe: rank {}: a rank was lost (a host, or the master); MPI cannot finalize without it: exiting, status 1",
                 self.rank()
             );
             // SAFETY: `_exit` ends the process at once; nothing runs after it.

@@ -107,6 +107,13 @@ impl<L> ClusterPoolBuilder<L> {
     /// (default 10 s; leaders send a heartbeat every [`HEARTBEAT`](super::HEARTBEAT)).
     /// Its tasks then fail with [`ClusterError::HostLost`] and the job goes on with
     /// the other hosts, as far as the MPI library lets it (see the module docs).
+    ///
+    /// It bounds a leader's wait on the master too: a message the master does not take
+    /// within it (a heartbeat, results) means the master is gone, and
+    /// [`serve`](ClusterPool::serve) returns [`ClusterError::Host`] for rank 0 instead
+    /// of waiting for good; dropping the [`Cluster`] then exits with status 1. A master
+    /// that is alive takes a small message at once, but a large result batch only when
+    /// it next calls into the pool: keep the time between two results under this.
     pub fn host_timeout(mut self, timeout: Duration) -> Self {
         self.host_timeout = timeout.max(super::HEARTBEAT * 2);
         self
@@ -125,8 +132,16 @@ impl<L> ClusterPoolBuilder<L> {
                     String::from_utf8_lossy(&wire::receive_from(world, rank, Kind::Hello)).into_owned(),
                 );
             }
-        } else {
-            wire::send(world, 0, Kind::Hello, cluster.host.as_bytes());
+        } else if wire::send_within(
+            world,
+            0,
+            Kind::Hello,
+            cluster.host.as_bytes().to_vec(),
+            self.host_timeout,
+        )
+        .is_err()
+        {
+            return Err(master_gone(cluster, self.host_timeout));
         }
         let shares = hosts
             .iter()
@@ -236,14 +251,19 @@ impl ClusterPool<'_> {
         let mut table = Vec::new();
         loop {
             let mut worked = false;
+            // A send the master does not take within the host timeout: it is gone.
+            let send = |kind, bytes| {
+                wire::send_within(world, 0, kind, bytes, self.host_timeout)
+                    .map_err(|()| master_gone(self.cluster, self.host_timeout))
+            };
             while let Some(r) = host.try_results() {
                 let batch = r.map_err(|message| ClusterError::Host { rank, message })?;
-                wire::send(world, 0, Kind::Results, &batch);
+                send(Kind::Results, batch)?;
                 last_sent = Instant::now();
                 worked = true;
             }
             if last_sent.elapsed() >= HEARTBEAT {
-                wire::send(world, 0, Kind::Alive, &[]);
+                send(Kind::Alive, Vec::new())?;
                 last_sent = Instant::now();
             }
             if let Some(msg) = wire::try_receive(world, || std::mem::take(&mut table)) {
@@ -272,9 +292,11 @@ impl ClusterPool<'_> {
         host.stop();
         self.stopped = true;
         // The last synchronisation before MPI_Finalize, through the master only (see
-        // `stop`).
-        wire::send(world, 0, Kind::Done, &[]);
-        wire::receive_from(world, 0, Kind::Done);
+        // `stop`). The master answers once every leader is done or lost, each within a
+        // host timeout of its last word.
+        let gone = || master_gone(self.cluster, self.host_timeout);
+        wire::send_within(world, 0, Kind::Done, Vec::new(), self.host_timeout).map_err(|()| gone())?;
+        wire::receive_from_within(world, 0, Kind::Done, 2 * self.host_timeout).ok_or_else(gone)?;
         self.cluster.synced.set(true);
         Ok(())
     }
@@ -439,4 +461,12 @@ impl Backoff {
         let cap = if sending { Duration::ZERO } else { IDLE_WAIT };
         self.0.wait(cap, host);
     }
+}
+
+/// On a leader whose master took no message for `timeout`: the error, and MPI marked
+/// unable to finalize (a rank that died never answers), so that dropping the
+/// [`Cluster`] exits at once.
+fn master_gone(cluster: &Cluster, timeout: Duration) -> ClusterError {
+    cluster.lost_host.set(true);
+    ClusterError::Host { rank: 0, message: format!("the master took no message for {timeout:?}; it is gone") }
 }

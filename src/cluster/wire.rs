@@ -58,22 +58,50 @@ impl Kind {
     }
 }
 
-/// Sends `bytes` to `rank` as a message of `kind`, returning once MPI is done with them
-/// (a leader's sends: the master never blocks sending, see [`Outbox`], so a leader's
-/// send always finds the master receiving). The body's chunks are waited for at a
-/// [`Pace`].
-pub(crate) fn send(world: &SimpleCommunicator, rank: i32, kind: Kind, bytes: &[u8]) {
-    let to = world.process_at_rank(rank);
-    to.send_with_tag(&(bytes.len() as u64).to_le_bytes()[..], kind.tag());
-    for chunk in bytes.chunks(CHUNK) {
-        if chunk.len() < PACED {
-            to.send_with_tag(chunk, kind.data_tag());
-        } else {
-            mpi::request::scope(|scope| {
-                wait_paced(vec![to.immediate_send_with_tag(scope, chunk, kind.data_tag())])
-            });
+/// Sends `bytes` to `rank` as a message of `kind` and waits at a [`Pace`] until MPI is
+/// done with it, for at most `within`; `Err` if it was not: a send to a rank that died
+/// never completes (MPICH over UCX spins in it for good). The message is then left
+/// with MPI, its buffers leaked, never freed while MPI may read them.
+///
+/// A leader's sends go this way: a master that is alive takes a small message at once
+/// (MPI buffers it), and a large one as soon as it polls.
+pub(crate) fn send_within(
+    world: &SimpleCommunicator,
+    rank: i32,
+    kind: Kind,
+    bytes: Vec<u8>,
+    within: Duration,
+) -> Result<(), ()> {
+    let mut outbox = Outbox::default();
+    outbox.send(world, rank, kind, bytes);
+    let started = std::time::Instant::now();
+    let mut pace = Pace::default();
+    while !outbox.progress() {
+        if started.elapsed() > within {
+            return Err(()); // the outbox's drop leaks what MPI still holds
         }
+        pace.wait(PACE, None);
     }
+    Ok(())
+}
+
+/// The next message of `kind` from `rank`, if it begins within `within` (polled at a
+/// [`Pace`]); `None` if it does not.
+pub(crate) fn receive_from_within(
+    world: &SimpleCommunicator,
+    rank: i32,
+    kind: Kind,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    let started = std::time::Instant::now();
+    let mut pace = Pace::default();
+    while world.process_at_rank(rank).immediate_probe_with_tag(kind.tag()).is_none() {
+        if started.elapsed() > within {
+            return None;
+        }
+        pace.wait(PACE, None);
+    }
+    Some(receive_from(world, rank, kind))
 }
 
 /// Messages from this size on are waited for at a [`Pace`]; smaller ones cross in a
