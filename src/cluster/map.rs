@@ -5,7 +5,7 @@ use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mpi::request::{Request, StaticScope};
 
@@ -357,7 +357,15 @@ impl<I: Iterator> ClusterMap<'_, I> {
             }
         }
         let mut heard = None;
-        while let Some(msg) = wire::try_receive(&self.pool.cluster.world, Vec::new) {
+        while let Some(msg) = wire::try_receive(&self.pool.cluster.world, Vec::new, self.pool.host_timeout) {
+            let msg = match msg {
+                Ok(msg) => msg,
+                // It sent a message's start, then nothing for the host timeout.
+                Err(stalled) => {
+                    self.lose_silent(stalled.rank as usize, stalled.waited);
+                    continue;
+                }
+            };
             let now = *heard.get_or_insert_with(Instant::now);
             if let Some(t) = self.last_heard.get_mut(msg.rank as usize) {
                 *t = now;
@@ -436,14 +444,14 @@ impl<I: Iterator> ClusterMap<'_, I> {
             if self.in_flight[rank].is_empty() || silent <= self.pool.host_timeout {
                 continue;
             }
-            let host = self.hosts[rank].to_string();
-            self.lose(rank, |index| ClusterError::HostLost {
-                index,
-                rank: rank as i32,
-                host: host.clone(),
-                silent,
-            });
+            self.lose_silent(rank, silent);
         }
+    }
+
+    /// Counts host `rank` lost after it was `silent` so long: its tasks fail.
+    fn lose_silent(&mut self, rank: usize, silent: Duration) {
+        let host = self.hosts[rank].to_string();
+        self.lose(rank, |index| ClusterError::HostLost { index, rank: rank as i32, host: host.clone(), silent });
     }
 
     /// The master's own host failed (its runner ended, saying `message`): its tasks

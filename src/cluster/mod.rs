@@ -53,8 +53,9 @@
 //! - **`mpiexec -disable-auto-cleanup`:** the other ranks live on, and MPI never tells
 //!   the master. ringpipe does: every leader sends a heartbeat each [`HEARTBEAT`] when
 //!   it has sent nothing else, and a host that holds tasks and stays silent for the
-//!   pool's [`host_timeout`](ClusterPoolBuilder::host_timeout) is counted lost. Each
-//!   task it held fails with [`ClusterError::HostLost`], naming the task, the rank and
+//!   pool's [`host_timeout`](ClusterPoolBuilder::host_timeout) is counted lost; so is
+//!   one that sends the start of a message and then nothing of it for that long, or
+//!   says nothing at all while the pool is built. Each task it held fails with [`ClusterError::HostLost`], naming the task, the rank and
 //!   the host; nothing more is sent to it (MPI would fail that send, fatally), a late
 //!   answer from it is dropped, and the map goes on with the other hosts (the
 //!   master's own too, if every other host is lost). At the end MPI cannot finalize
@@ -63,6 +64,10 @@
 //!   its way to it, MPI may never be done reading that task: the map keeps it (and
 //!   goes on), and the master exits with status 1 as soon as the map is dropped, once
 //!   every result was handed over, rather than let the caller free what MPI may read.
+//!   The other way round, a leader whose master takes or sends nothing for the host
+//!   timeout (a message stopped midway included) counts it gone: [`ClusterPool::serve`]
+//!   returns [`ClusterError::Host`] for rank 0 and the leader exits with status 1. No
+//!   rank waits on MPI without such a bound.
 //! - **A race MPI decides:** a send the master starts to a host that has just died,
 //!   before it is counted lost, fails in MPICH with UCX's "Endpoint timeout", which is
 //!   fatal: the master aborts (seen once in several kills with 1 MiB tasks). The job

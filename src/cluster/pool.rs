@@ -12,7 +12,7 @@ use ringpipe_engine::{Builder, Params, Pool, Registered, ShutdownReport, Stage};
 use super::host::{Host, Local};
 use super::map::ClusterMap;
 use super::stats::{ClusterStats, HostShare};
-use super::wire::{self, Kind};
+use super::wire::{self, BatchError, Kind};
 use super::{Cluster, ClusterError, HEARTBEAT};
 
 /// [`ClusterPoolBuilder::host_timeout`]'s default.
@@ -126,11 +126,17 @@ impl<L> ClusterPoolBuilder<L> {
             .map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
         let world = &cluster.world;
         let mut hosts = vec![cluster.host.clone()];
+        // A leader that says nothing within the host timeout is lost from the start.
+        let mut silent = Vec::new();
         if cluster.is_master() {
             for rank in 1..cluster.size() {
-                hosts.push(
-                    String::from_utf8_lossy(&wire::receive_from(world, rank, Kind::Hello)).into_owned(),
-                );
+                match wire::receive_from_within(world, rank, Kind::Hello, self.host_timeout) {
+                    Ok(name) => hosts.push(String::from_utf8_lossy(&name).into_owned()),
+                    Err(_) => {
+                        hosts.push(format!("rank {rank}, silent"));
+                        silent.push(rank);
+                    }
+                }
             }
         } else if wire::send_within(
             world,
@@ -146,7 +152,12 @@ impl<L> ClusterPoolBuilder<L> {
         let shares = hosts
             .iter()
             .enumerate()
-            .map(|(rank, host)| HostShare { rank: rank as i32, host: host.clone(), ..HostShare::default() })
+            .map(|(rank, host)| HostShare {
+                rank: rank as i32,
+                host: host.clone(),
+                lost: silent.contains(&(rank as i32)),
+                ..HostShare::default()
+            })
             .collect();
         Ok(ClusterPool {
             cluster,
@@ -252,10 +263,8 @@ impl ClusterPool<'_> {
         loop {
             let mut worked = false;
             // A send the master does not take within the host timeout: it is gone.
-            let send = |kind, bytes| {
-                wire::send_within(world, 0, kind, bytes, self.host_timeout)
-                    .map_err(|()| master_gone(self.cluster, self.host_timeout))
-            };
+            let gone = |_| master_gone(self.cluster, self.host_timeout);
+            let send = |kind, bytes| wire::send_within(world, 0, kind, bytes, self.host_timeout).map_err(gone);
             while let Some(r) = host.try_results() {
                 let batch = r.map_err(|message| ClusterError::Host { rank, message })?;
                 send(Kind::Results, batch)?;
@@ -266,15 +275,20 @@ impl ClusterPool<'_> {
                 send(Kind::Alive, Vec::new())?;
                 last_sent = Instant::now();
             }
-            if let Some(msg) = wire::try_receive(world, || std::mem::take(&mut table)) {
+            if let Some(msg) = wire::try_receive(world, || std::mem::take(&mut table), self.host_timeout) {
+                let msg = msg.map_err(gone)?;
                 worked = true;
                 match msg.kind {
                     Kind::Tasks => {
                         let host_error = |message| ClusterError::Host { rank, message };
                         // One spare of the host's in, one batch out: the buffer not
                         // used takes the next message.
-                        let (batch, unused) = wire::receive_tasks(world, 0, msg.bytes, host.spare())
-                            .map_err(|e| host_error(format!("a task batch is malformed: {e}")))?;
+                        let (batch, unused) =
+                            wire::receive_tasks(world, 0, msg.bytes, host.spare(), self.host_timeout)
+                                .map_err(|e| match e {
+                                    BatchError::Malformed(e) => host_error(format!("a task batch is malformed: {e}")),
+                                    BatchError::Stalled(s) => gone(s),
+                                })?;
                         table = unused;
                         host.submit(batch).map_err(host_error)?
                     }
@@ -294,9 +308,9 @@ impl ClusterPool<'_> {
         // The last synchronisation before MPI_Finalize, through the master only (see
         // `stop`). The master answers once every leader is done or lost, each within a
         // host timeout of its last word.
-        let gone = || master_gone(self.cluster, self.host_timeout);
-        wire::send_within(world, 0, Kind::Done, Vec::new(), self.host_timeout).map_err(|()| gone())?;
-        wire::receive_from_within(world, 0, Kind::Done, 2 * self.host_timeout).ok_or_else(gone)?;
+        let gone = |_| master_gone(self.cluster, self.host_timeout);
+        wire::send_within(world, 0, Kind::Done, Vec::new(), self.host_timeout).map_err(gone)?;
+        wire::receive_from_within(world, 0, Kind::Done, 2 * self.host_timeout).map_err(gone)?;
         self.cluster.synced.set(true);
         Ok(())
     }
@@ -395,7 +409,13 @@ impl ClusterPool<'_> {
             let mut done = Vec::new();
             let mut idle = Backoff::default();
             while !waiting.is_empty() {
-                let msg = wire::try_receive(world, Vec::new);
+                let msg = match wire::try_receive(world, Vec::new, self.host_timeout) {
+                    Some(Err(stalled)) => {
+                        self.shares.borrow_mut()[stalled.rank as usize].lost = true;
+                        None
+                    }
+                    msg => msg.and_then(Result::ok),
+                };
                 if let Some(msg) = &msg {
                     if let Some(w) = waiting.iter_mut().find(|(r, _)| *r == msg.rank) {
                         w.1 = Instant::now();

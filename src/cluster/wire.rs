@@ -3,7 +3,8 @@
 //!
 //! A message is its byte count (8 bytes, little-endian) under its kind's tag, then the
 //! bytes in chunks of at most [`CHUNK`] under the kind's data tag. MPI counts elements
-//! in an `int`, and rsmpi panics past 2^31 of them; chunks keep every call under it.
+//! in an `int`, and rsmpi panics past 2^31 of them; chunks keep every call under it,
+//! and let a receive tell a message that is slow from one that stopped coming.
 //! Headers and data have different tags, so a receive from any source matches only
 //! headers; the data then comes from that source alone, in order (MPI does not reorder
 //! messages between one pair of ranks with one tag).
@@ -15,17 +16,30 @@
 //!
 //! Waiting on MPI is polling, at a [`Pace`]: a blocking MPI call spins for as long as
 //! it waits (MPICH over UCX: an `epoll_wait` per turn), which takes the core from the
-//! host's workers.
+//! host's workers. No wait is unbounded: a send or receive that moves no chunk for a
+//! given time ends with [`Stalled`], since one to or from a rank that died never
+//! completes, and MPI offers no way to cancel it. What MPI still holds then (the
+//! request, and the buffer it reads or writes) is leaked, never freed while MPI may
+//! use it; the caller counts that rank lost.
 
 use std::time::Duration;
 
 use mpi::point_to_point::{Destination, Source};
-use mpi::request::{Request, Scope, StaticScope};
-use mpi::topology::{Communicator, Process, SimpleCommunicator};
+use mpi::request::{Request, StaticScope};
+use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Tag;
 
-/// Most bytes in one MPI message.
-pub(crate) const CHUNK: usize = 1 << 30;
+/// Most bytes in one MPI message: well under MPI's 2^31 count, and small enough that a
+/// chunk crosses a 1 Gb/s link in under a second, far inside any host timeout.
+pub(crate) const CHUNK: usize = 64 << 20;
+
+/// A message that stopped moving: no chunk of it went to or came from `rank` for
+/// `waited`. The rank died, or is too slow to count on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stalled {
+    pub rank: i32,
+    pub waited: Duration,
+}
 
 /// What a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +73,9 @@ impl Kind {
 }
 
 /// Sends `bytes` to `rank` as a message of `kind` and waits at a [`Pace`] until MPI is
-/// done with it, for at most `within`; `Err` if it was not: a send to a rank that died
-/// never completes (MPICH over UCX spins in it for good). The message is then left
-/// with MPI, its buffers leaked, never freed while MPI may read them.
+/// done with it; [`Stalled`] if no chunk of it went for `within`: a send to a rank
+/// that died never completes (MPICH over UCX spins in it for good). The message is
+/// then left with MPI, its buffers leaked, never freed while MPI may read them.
 ///
 /// A leader's sends go this way: a master that is alive takes a small message at once
 /// (MPI buffers it), and a large one as soon as it polls.
@@ -71,54 +85,63 @@ pub(crate) fn send_within(
     kind: Kind,
     bytes: Vec<u8>,
     within: Duration,
-) -> Result<(), ()> {
+) -> Result<(), Stalled> {
     let mut outbox = Outbox::default();
     outbox.send(world, rank, kind, bytes);
-    let started = std::time::Instant::now();
+    let mut watch = Watch::new(within);
     let mut pace = Pace::default();
     while !outbox.progress() {
-        if started.elapsed() > within {
-            return Err(()); // the outbox's drop leaks what MPI still holds
-        }
+        // The outbox's drop leaks what MPI still holds.
+        watch.check(outbox.pending(), rank)?;
         pace.wait(PACE, None);
     }
     Ok(())
 }
 
 /// The next message of `kind` from `rank`, if it begins within `within` (polled at a
-/// [`Pace`]); `None` if it does not.
+/// [`Pace`]) and none of its chunks stalls for as long.
 pub(crate) fn receive_from_within(
     world: &SimpleCommunicator,
     rank: i32,
     kind: Kind,
     within: Duration,
-) -> Option<Vec<u8>> {
-    let started = std::time::Instant::now();
+) -> Result<Vec<u8>, Stalled> {
+    let mut watch = Watch::new(within);
     let mut pace = Pace::default();
     while world.process_at_rank(rank).immediate_probe_with_tag(kind.tag()).is_none() {
-        if started.elapsed() > within {
-            return None;
-        }
+        watch.check(1, rank)?;
         pace.wait(PACE, None);
     }
-    Some(receive_from(world, rank, kind))
+    let len = receive_len(world, rank, kind);
+    receive_body(world, rank, kind, len, Vec::new(), within)
 }
 
-/// Messages from this size on are waited for at a [`Pace`]; smaller ones cross in a
-/// few round trips, and a blocking call is quickest.
-const PACED: usize = 256 << 10;
+/// A deadline that moves on whenever a wait makes progress: `within` after the last
+/// time fewer requests were left.
+struct Watch {
+    within: Duration,
+    since: std::time::Instant,
+    left: usize,
+}
 
-/// Waits for every one of `requests` at a [`Pace`] capped at [`PACE`].
-fn wait_paced<'a, S: Scope<'a>>(mut requests: Vec<Request<'a, [u8], S>>) {
-    let mut pace = Pace::default();
-    loop {
-        requests = requests.into_iter().filter_map(|r| r.test().err()).collect();
-        if requests.is_empty() {
-            return;
+impl Watch {
+    fn new(within: Duration) -> Self {
+        Self { within, since: std::time::Instant::now(), left: usize::MAX }
+    }
+
+    /// With `left` requests still pending on `rank`: [`Stalled`] if none completed for
+    /// `within`.
+    fn check(&mut self, left: usize, rank: i32) -> Result<(), Stalled> {
+        if left < self.left {
+            self.left = left;
+            self.since = std::time::Instant::now();
+        } else if self.since.elapsed() > self.within {
+            return Err(Stalled { rank, waited: self.within });
         }
-        pace.wait(PACE, None);
+        Ok(())
     }
 }
+
 
 /// How often a rank polls MPI while it waits: 64 polls at once (a message often
 /// follows another, and a small one crosses in a few round trips), 64 more yielding
@@ -218,6 +241,11 @@ impl Outbox {
         self.spares.pop().unwrap_or_default()
     }
 
+    /// Requests still in flight.
+    fn pending(&self) -> usize {
+        self.sending.iter().map(|s| s.requests.len()).sum()
+    }
+
     /// Frees the buffers of the messages MPI has sent; true if none is left in flight.
     pub(crate) fn progress(&mut self) -> bool {
         let spares = &mut self.spares;
@@ -265,24 +293,64 @@ impl Drop for Outbox {
 /// Receives the rest of a message of `kind` from `rank`, whose `len` header was taken,
 /// into `bytes` (a spare buffer, or empty): each chunk straight into its place in the
 /// message (the sender cuts it the same way).
-fn receive_body(world: &SimpleCommunicator, rank: i32, kind: Kind, len: u64, mut bytes: Vec<u8>) -> Vec<u8> {
-    let from = world.process_at_rank(rank);
+fn receive_body(
+    world: &SimpleCommunicator,
+    rank: i32,
+    kind: Kind,
+    len: u64,
+    mut bytes: Vec<u8>,
+    within: Duration,
+) -> Result<Vec<u8>, Stalled> {
     // Zeroes only what the buffer did not hold before; MPI overwrites every byte.
     bytes.resize(len as usize, 0);
-    for chunk in bytes.chunks_mut(CHUNK) {
-        receive_chunk(&from, chunk, kind);
-    }
-    bytes
+    let places: Vec<_> = (0..bytes.len()).step_by(CHUNK).map(|at| at..bytes.len().min(at + CHUNK)).collect();
+    receive_into(world, rank, kind, bytes, &places, within)
 }
 
-/// Receives one chunk of a message of `kind` from `from` into `chunk`.
-fn receive_chunk(from: &Process<'_>, chunk: &mut [u8], kind: Kind) {
-    if chunk.len() < PACED {
-        from.receive_into_with_tag(chunk, kind.data_tag());
-    } else {
-        mpi::request::scope(|scope| {
-            wait_paced(vec![from.immediate_receive_into_with_tag(scope, chunk, kind.data_tag())])
-        });
+/// Receives the data of a message of `kind` from `rank` into `places` of `buffer`
+/// (disjoint ranges, one chunk each, in the order they were sent), polling at a
+/// [`Pace`]. If no chunk comes for `within`, the receives are left posted and the
+/// buffer leaked: MPI may write into it for as long as the job lives.
+fn receive_into(
+    world: &SimpleCommunicator,
+    rank: i32,
+    kind: Kind,
+    buffer: Vec<u8>,
+    places: &[std::ops::Range<usize>],
+    within: Duration,
+) -> Result<Vec<u8>, Stalled> {
+    if places.is_empty() {
+        return Ok(buffer);
+    }
+    let from = world.process_at_rank(rank);
+    let mut buffer = std::mem::ManuallyDrop::new(buffer);
+    let base = buffer.as_mut_ptr();
+    let mut requests: Vec<Request<'static, [u8], StaticScope>> = places
+        .iter()
+        .map(|place| {
+            assert!(place.start <= place.end && place.end <= buffer.len(), "a place outside the buffer");
+            // SAFETY: each place lies inside the buffer (checked above), and no two
+            // overlap (the caller's word); the buffer is neither read, moved nor freed
+            // until every request writing into it has completed: it is put back
+            // together below only then, and leaked otherwise.
+            let chunk: &'static mut [u8] =
+                unsafe { std::slice::from_raw_parts_mut(base.add(place.start), place.len()) };
+            from.immediate_receive_into_with_tag(StaticScope, chunk, kind.data_tag())
+        })
+        .collect();
+    let mut watch = Watch::new(within);
+    let mut pace = Pace::default();
+    loop {
+        requests = requests.into_iter().filter_map(|r| r.test().err()).collect();
+        if requests.is_empty() {
+            return Ok(std::mem::ManuallyDrop::into_inner(buffer));
+        }
+        if let Err(stalled) = watch.check(requests.len(), rank) {
+            // Still posted: MPI may write into the buffer, which is never freed.
+            std::mem::forget(requests);
+            return Err(stalled);
+        }
+        pace.wait(PACE, None);
     }
 }
 
@@ -294,24 +362,23 @@ pub(crate) struct Received {
 }
 
 /// The next message from anyone, if one is waiting (`None` at once otherwise); its
-/// bytes go into the buffer `spare` gives.
-pub(crate) fn try_receive(world: &SimpleCommunicator, spare: impl FnOnce() -> Vec<u8>) -> Option<Received> {
+/// bytes go into the buffer `spare` gives. [`Stalled`] if its sender stopped sending
+/// it for `within`.
+pub(crate) fn try_receive(
+    world: &SimpleCommunicator,
+    spare: impl FnOnce() -> Vec<u8>,
+    within: Duration,
+) -> Option<Result<Received, Stalled>> {
     let status = world.any_process().immediate_probe()?;
     let rank = status.source_rank();
     // Never a data tag: from each rank a header comes before its data, and the data is
     // taken right after the header (below), so a rank's first pending message is a header.
     let kind = Kind::from_tag(status.tag())?;
     let len = receive_len(world, rank, kind);
-    Some(Received { rank, kind, bytes: receive_body(world, rank, kind, len, spare()) })
+    Some(receive_body(world, rank, kind, len, spare(), within).map(|bytes| Received { rank, kind, bytes }))
 }
 
-/// The next message of `kind` from `rank`, waiting for it.
-pub(crate) fn receive_from(world: &SimpleCommunicator, rank: i32, kind: Kind) -> Vec<u8> {
-    let len = receive_len(world, rank, kind);
-    receive_body(world, rank, kind, len, Vec::new())
-}
-
-/// A message's header: its length.
+/// A message's header: its length. Only for a header a probe has seen: it is there.
 fn receive_len(world: &SimpleCommunicator, rank: i32, kind: Kind) -> u64 {
     let mut len = [0u8; 8];
     world.process_at_rank(rank).receive_into_with_tag(&mut len[..], kind.tag());
@@ -362,19 +429,30 @@ pub(crate) unsafe fn send_out_of_line(
         .collect()
 }
 
+/// Why a task batch could not be received.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BatchError {
+    /// Its table does not read back; nothing was received.
+    Malformed(String),
+    /// Its out-of-line tasks stopped coming.
+    Stalled(Stalled),
+}
+
 /// Turns a task batch's table, received from `rank`, into the batch itself. A table
 /// that holds every task's bytes is the batch already (the layout is the same), and
 /// is handed back as it is. Otherwise the batch is built in `spare` (a spare buffer,
 /// or empty): the table's small tasks copied over, the out-of-line ones received
-/// straight into their place. Returns the batch, and the buffer it did not use.
+/// straight into their place, each within `within` of the last. Returns the batch,
+/// and the buffer it did not use.
 pub(crate) fn receive_tasks(
     world: &SimpleCommunicator,
     rank: i32,
     table: Vec<u8>,
     spare: Vec<u8>,
-) -> Result<(Vec<u8>, Vec<u8>), String> {
+    within: Duration,
+) -> Result<(Vec<u8>, Vec<u8>), BatchError> {
     // The table in full first: its size, and an error before any byte is received.
-    let (entries, size) = table_entries(&table)?;
+    let (entries, size) = table_entries(&table).map_err(BatchError::Malformed)?;
     if entries.iter().all(|(_, _, inline)| inline.is_some()) {
         return Ok((table, spare)); // no copy of small tasks' bytes
     }
@@ -384,28 +462,19 @@ pub(crate) fn receive_tasks(
     // Entries in place; the out-of-line tasks' places set aside, to be received all at
     // once (their sends are all started: one wait for them all, not one each).
     let mut places = Vec::new();
-    let mut rest = &mut into[..];
+    let mut at = 0;
     for (index, len, inline) in entries {
-        let (entry, after) = std::mem::take(&mut rest).split_at_mut(16 + len);
-        rest = after;
-        let (head, place) = entry.split_at_mut(16);
-        head[..8].copy_from_slice(&index.to_le_bytes());
-        head[8..].copy_from_slice(&(len as u64).to_le_bytes());
+        into[at..at + 8].copy_from_slice(&index.to_le_bytes());
+        into[at + 8..at + 16].copy_from_slice(&(len as u64).to_le_bytes());
+        let place = at + 16..at + 16 + len;
         match inline {
-            Some(bytes) => place.copy_from_slice(&table[bytes]),
-            None => places.extend(place.chunks_mut(CHUNK)),
+            Some(bytes) => into[place].copy_from_slice(&table[bytes]),
+            None => places.extend(place.clone().step_by(CHUNK).map(|c| c..place.end.min(c + CHUNK))),
         }
+        at += 16 + len;
     }
-    let from = world.process_at_rank(rank);
-    mpi::request::scope(|scope| {
-        wait_paced(
-            places
-                .into_iter()
-                .map(|place| from.immediate_receive_into_with_tag(scope, place, Kind::Tasks.data_tag()))
-                .collect(),
-        )
-    });
-    Ok((into, table))
+    let batch = receive_into(world, rank, Kind::Tasks, into, &places, within).map_err(BatchError::Stalled)?;
+    Ok((batch, table))
 }
 
 /// A task table's entries (index, length, and where its bytes lie in the table if
@@ -501,13 +570,13 @@ mod tests {
         outbox.send(&world, 0, Kind::Tasks, bytes.clone());
         outbox.send(&world, 0, Kind::Stop, Vec::new());
         let got = loop {
-            if let Some(m) = try_receive(&world, Vec::new) {
-                break m;
+            if let Some(m) = try_receive(&world, Vec::new, WITHIN) {
+                break m.unwrap();
             }
         };
         assert_eq!((got.rank, got.kind, got.bytes.len()), (0, Kind::Tasks, bytes.len()));
         assert!(got.bytes == bytes);
-        let stop = receive_from(&world, 0, Kind::Stop);
+        let stop = receive_from_within(&world, 0, Kind::Stop, WITHIN).unwrap();
         assert!(stop.is_empty());
         outbox.flush(|_| false);
         assert!(outbox.sending.is_empty());
@@ -534,15 +603,15 @@ mod tests {
             reading.extend(unsafe { send_out_of_line(&world, 0, b) });
         }
         let got = loop {
-            if let Some(m) = try_receive(&world, Vec::new) {
-                break m;
+            if let Some(m) = try_receive(&world, Vec::new, WITHIN) {
+                break m.unwrap();
             }
         };
         assert_eq!(got.kind, Kind::Tasks);
-        let (batch, unused) = receive_tasks(&world, 0, got.bytes.clone(), vec![9; 3]).unwrap();
+        let (batch, unused) = receive_tasks(&world, 0, got.bytes.clone(), vec![9; 3], WITHIN).unwrap();
         assert!(batch == expected, "the batch as the master's own host gets it");
         assert!(unused == got.bytes, "the table's buffer is handed back");
-        let (small, unused) = receive_tasks(&world, 0, expected[..16 + 10].to_vec(), vec![9; 3]).unwrap();
+        let (small, unused) = receive_tasks(&world, 0, expected[..16 + 10].to_vec(), vec![9; 3], WITHIN).unwrap();
         assert_eq!(
             (&small[..], &unused[..]),
             (&expected[..16 + 10], &[9u8; 3][..]),
@@ -554,7 +623,59 @@ mod tests {
         outbox.flush(|_| false);
 
         // MPI starts once per process: the map's checks run here, on a one-rank job.
-        super::super::map::tests::maps_on_one_rank(&super::super::Cluster::from_universe(universe));
+        let cluster = super::super::Cluster::from_universe(universe);
+        super::super::map::tests::maps_on_one_rank(&cluster);
+
+        // Last, since each leaves a receive posted for good: messages that stop coming.
+        stalls_end_every_wait(cluster.world());
+    }
+
+    /// No wait in the test above is meant to come near this.
+    const WITHIN: Duration = Duration::from_secs(60);
+
+    /// A sender that dies mid-message leaves a header with no body, or a task table
+    /// with no out-of-line bytes after it: each receive ends with `Stalled` after the
+    /// wait it was given, rather than waiting for good.
+    fn stalls_end_every_wait(world: &SimpleCommunicator) {
+        let short = Duration::from_millis(200);
+        // A header promising 1000 bytes, and no body (`Alive`: its data tag is used by
+        // nothing else here, so the receive left posted takes nothing later).
+        // Sent without blocking: a blocking send to oneself waits for the receive.
+        let header: &'static [u8; 8] = Box::leak(Box::new(1000u64.to_le_bytes()));
+        let sent = world.process_at_rank(0).immediate_send_with_tag(StaticScope, &header[..], Kind::Alive.tag());
+        let started = std::time::Instant::now();
+        let got = loop {
+            if let Some(m) = try_receive(world, Vec::new, short) {
+                break m;
+            }
+        };
+        assert_eq!(got.err(), Some(Stalled { rank: 0, waited: short }));
+        assert!(started.elapsed() >= short, "not before the wait it was given");
+        sent.wait_without_status();
+
+        // A message that never begins.
+        assert_eq!(receive_from_within(world, 0, Kind::Hello, short), Err(Stalled { rank: 0, waited: short }));
+
+        // A task table naming an out-of-line task whose bytes never come.
+        let mut table = Vec::new();
+        put_table_entry(&mut table, 3, &[1; 10]);
+        put_table_entry(&mut table, 4, &vec![2; OUT_OF_LINE]);
+        assert_eq!(
+            receive_tasks(world, 0, table, Vec::new(), short).err(),
+            Some(BatchError::Stalled(Stalled { rank: 0, waited: short }))
+        );
+    }
+
+    /// A wait is cut short by no progress for its whole span, never by its length.
+    #[test]
+    fn a_watch_moves_on_with_progress() {
+        let within = Duration::from_millis(100);
+        let mut watch = Watch::new(within);
+        assert_eq!(watch.check(3, 1), Ok(()));
+        std::thread::sleep(within + within / 2);
+        assert_eq!(watch.check(2, 1), Ok(()), "a request completed: the wait goes on");
+        std::thread::sleep(within + within / 2);
+        assert_eq!(watch.check(2, 1), Err(Stalled { rank: 1, waited: within }));
     }
 
     #[test]
