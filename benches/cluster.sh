@@ -26,6 +26,9 @@ run1() { # HOST CMD...
   shift
   mpiexec -launcher rsh -launcher-exec "$PWD/tests/mpi/enter" -iface rpbr0 -hosts "$host" -n 1 "$@"
 }
+# UCX's own TCP segment sizes (8 KiB to send, 64 KiB to receive) for one run, instead
+# of the 1 MiB `Cluster::init` sets: what the setting is worth, in the same round.
+ucx_segments() { UCX_TCP_TX_SEG_SIZE=8kb UCX_TCP_RX_SEG_SIZE=64kb "$@"; }
 # The figure of a run's `MODE value unit` line; MPI's own complaints go to stderr.
 figure() { awk -v m="$1" '$1 == m {print $2}'; }
 py=$(python3 -c 'import mpi4py' 2>/dev/null && echo yes || echo no)
@@ -34,6 +37,8 @@ for round in $(seq "$rounds"); do
   {
     echo "raw $(run "$bin" raw "$big" | figure raw)"
     echo "pool $(run "$bin" pool "$big" | figure pool)"
+    # The same with UCX's own TCP segment sizes, not ringpipe's (`UCX_TCP_SEGMENTS`).
+    echo "pool_ucx $(ucx_segments run "$bin" pool "$big" | figure pool)"
     echo "tiny $(run "$bin" tiny "$tiny" | figure tiny)"
     if [ "$py" = yes ]; then
       echo "mpi4py_256 $(run python3 -m mpi4py.futures benches/cluster_mpi4py.py $((tiny / 10)) 256 | figure mpi4py)"
@@ -41,6 +46,7 @@ for round in $(seq "$rounds"); do
     fi
     echo "one $(run1 10.77.0.1 "$bin" zstd "$zstd" | figure zstd)"
     echo "two $(run "$bin" zstd "$zstd" | figure zstd)"
+    echo "two_ucx $(ucx_segments run "$bin" zstd "$zstd" | figure zstd)"
     # Two one-host jobs at once, on cores 0 and 1: what two cores give when nothing
     # crosses between hosts (half the tasks each), over the span from the first start
     # to the last end (the two never start at quite the same moment).
@@ -63,6 +69,7 @@ awk '
     printf "medians of %d rounds\n", split(all["raw"], x, " ")
     printf "1 MiB tasks: ringpipe %.0f MB/s, raw rsmpi point-to-point %.0f MB/s: %.2f of raw\n",
       median("pool"), median("raw"), median("pool") / median("raw")
+    printf "  (UCX default TCP segments: ringpipe %.0f MB/s, %.2f of raw)\n", median("pool_ucx"), median("pool_ucx") / median("raw")
     if ("mpi4py_256" in all) {
       printf "64-byte tasks: ringpipe %.0f tasks/s; mpi4py.futures chunksize=256 %.0f tasks/s: %.1fx;",
         median("tiny"), median("mpi4py_256"), median("tiny") / median("mpi4py_256")
@@ -72,6 +79,7 @@ awk '
     }
     printf "zstd-3 on 1 MiB text tasks: one host on core 0 %.1f MB/s, two hosts on cores 0 and 1 %.1f MB/s: %.2fx\n",
       median("one"), median("two"), median("two") / median("one")
+    printf "  (UCX default TCP segments: two hosts %.1f MB/s, %.2fx)\n", median("two_ucx"), median("two_ucx") / median("one")
     printf "  (two one-host jobs at once on cores 0 and 1, nothing crossing: %.1f MB/s together, %.2fx)\n",
       median("apart"), median("apart") / median("one")
   }' "$results"

@@ -172,6 +172,20 @@ fn three_ranks_share_the_tasks_each_once() {
     assert!(per_rank[..3].iter().all(|&n| n > 0), "every host got work: {per_rank:?}");
 }
 
+/// `Cluster::init` sets UCX's TCP segment sizes both or not at all: a user's receive
+/// segment of 32 KiB beside ringpipe's 1 MiB send segment would make UCX refuse to
+/// start (a send segment may not exceed the receive one).
+#[test]
+fn a_ucx_segment_size_the_user_set_is_left_alone() {
+    let _one = one_job();
+    let out = finish({
+        let mut c = mpiexec(2);
+        c.env("UCX_TCP_RX_SEG_SIZE", "32kb").arg(example()).arg("100");
+        c
+    });
+    check_all_once(&out, 100);
+}
+
 #[test]
 fn a_replicated_stage_spans_three_ranks_in_submission_order() {
     let _one = one_job();
