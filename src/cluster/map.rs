@@ -522,10 +522,10 @@ impl<I: Iterator> Drop for ClusterMap<'_, I> {
 pub(super) fn exit_stranded(rank: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    eprintln!(
+    super::say(format!(
         "ringpipe: rank {rank}: tasks were on their way to a lost host, and MPI may still read \
          them from the caller's memory; exiting, status 1"
-    );
+    ));
     // SAFETY: `_exit` ends the process at once; nothing runs after it.
     unsafe { libc::_exit(1) }
 }

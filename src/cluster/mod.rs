@@ -131,22 +131,28 @@ pub struct Cluster {
     host: String,
     /// Set once every rank has passed a [`ClusterPool`]'s last synchronisation.
     synced: std::cell::Cell<bool>,
-    /// Set once a pool ended without some rank: on the master a lost host, on a leader
-    /// the master (see [`ClusterPoolBuilder::host_timeout`]). MPI cannot finalize
-    /// without it.
-    lost_host: std::cell::Cell<bool>,
+    /// Set once a pool ended without some rank, saying which: on the master a lost
+    /// host, on a leader the master (see [`ClusterPoolBuilder::host_timeout`]). MPI
+    /// cannot finalize without it.
+    lost_host: std::cell::RefCell<Option<String>>,
     universe: std::mem::ManuallyDrop<mpi::environment::Universe>,
+}
+
+/// Writes `line` to stderr in one write, so that the lines of a job's ranks, which
+/// share a stderr, never cut into each other (`eprintln!` writes piece by piece).
+pub(crate) fn say(mut line: String) {
+    use std::io::Write;
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.lost_host.get() {
+        if let Some(why) = self.lost_host.take() {
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            eprintln!(
-                "ringpipe: rank {}: a rank was lost (a host, or the master); MPI cannot finalize without it: exiting, status 1",
-                self.rank()
-            );
+            // The error `main` may return is never printed: this exit comes first.
+            say(format!("ringpipe: rank {}: {why}; MPI cannot finalize without it: exiting, status 1", self.rank()));
             // SAFETY: `_exit` ends the process at once; nothing runs after it.
             unsafe { libc::_exit(1) }
         }
@@ -159,10 +165,10 @@ impl Drop for Cluster {
         };
         let watchdog = std::thread::Builder::new().name("ringpipe-finalize".into()).spawn(move || {
             if wait.recv_timeout(FINALIZE_GRACE) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                eprintln!(
+                say(format!(
                     "ringpipe: rank {rank}: MPI_Finalize has not returned in {FINALIZE_GRACE:?} \
                      ({state}); exiting without it, status 1"
-                );
+                ));
                 // SAFETY: `_exit` ends the process at once; nothing runs after it.
                 unsafe { libc::_exit(1) }
             }
@@ -199,7 +205,7 @@ impl Cluster {
             world: universe.world(),
             host,
             synced: std::cell::Cell::new(false),
-            lost_host: std::cell::Cell::new(false),
+            lost_host: std::cell::RefCell::new(None),
             universe: std::mem::ManuallyDrop::new(universe),
         })
     }
@@ -211,7 +217,7 @@ impl Cluster {
             world: universe.world(),
             host: "test".into(),
             synced: std::cell::Cell::new(false),
-            lost_host: std::cell::Cell::new(false),
+            lost_host: std::cell::RefCell::new(None),
             universe: std::mem::ManuallyDrop::new(universe),
         }
     }

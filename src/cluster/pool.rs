@@ -440,7 +440,12 @@ impl ClusterPool<'_> {
             // What is still on its way to a lost host stays in the outbox, unsent.
             outbox.flush(|rank| self.is_lost(rank));
             if done.len() + 1 < self.cluster.size() as usize {
-                self.cluster.lost_host.set(true); // MPI cannot finalize (see `Cluster`)
+                // MPI cannot finalize (see `Cluster`).
+                let lost: Vec<String> = (1..self.cluster.size())
+                    .filter(|r| !done.contains(r))
+                    .map(|r| format!("{r} ({})", self.hosts[r as usize]))
+                    .collect();
+                *self.cluster.lost_host.borrow_mut() = Some(format!("lost rank {}", lost.join(", ")));
                 return report;
             }
             self.cluster.synced.set(true);
@@ -483,10 +488,11 @@ impl Backoff {
     }
 }
 
-/// On a leader whose master took no message for `timeout`: the error, and MPI marked
-/// unable to finalize (a rank that died never answers), so that dropping the
-/// [`Cluster`] exits at once.
+/// On a leader whose master took or sent nothing for `timeout` while it had to: the
+/// error, and MPI marked unable to finalize (a rank that died never answers), so that
+/// dropping the [`Cluster`] exits at once, saying so.
 fn master_gone(cluster: &Cluster, timeout: Duration) -> ClusterError {
-    cluster.lost_host.set(true);
-    ClusterError::Host { rank: 0, message: format!("the master took no message for {timeout:?}; it is gone") }
+    let message = format!("the master took or sent nothing for {timeout:?}; it is gone");
+    *cluster.lost_host.borrow_mut() = Some(format!("rank 0 (the master): {message}"));
+    ClusterError::Host { rank: 0, message }
 }
