@@ -55,8 +55,9 @@
 //!   it has sent nothing else, and a host that holds tasks and stays silent for the
 //!   pool's [`host_timeout`](ClusterPoolBuilder::host_timeout) is counted lost; so is
 //!   one that sends the start of a message and then nothing of it for that long, or
-//!   says nothing at all while the pool is built. Each task it held fails with [`ClusterError::HostLost`], naming the task, the rank and
-//!   the host; nothing more is sent to it (MPI would fail that send, fatally), a late
+//!   says nothing for a minute (or the host timeout, if longer) while the pool is
+//!   built. Each task it held fails with [`ClusterError::HostLost`], naming the task,
+//!   the rank and the host; nothing more is sent to it (MPI would fail that send, fatally), a late
 //!   answer from it is dropped, and the map goes on with the other hosts (the
 //!   master's own too, if every other host is lost). At the end MPI cannot finalize
 //!   without the lost rank, so the master exits with status 1 once the pool is shut

@@ -18,6 +18,11 @@ use super::{Cluster, ClusterError, HEARTBEAT};
 /// [`ClusterPoolBuilder::host_timeout`]'s default.
 const HOST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The least time ranks are given to find each other while the pool is built (the
+/// host timeout, if longer): ranks start unevenly, the more so on a loaded machine,
+/// and a host counted lost at the start is lost for the whole job.
+const STARTUP: Duration = Duration::from_secs(60);
+
 /// Configures a [`ClusterPool`]; every rank builds the same one. `L` is what each host
 /// runs: a [`TaskPool`] ([`ClusterPool::builder`]) or a pipeline [`Builder`]
 /// ([`ClusterPool::pipeline`]).
@@ -128,9 +133,10 @@ impl<L> ClusterPoolBuilder<L> {
         let mut hosts = vec![cluster.host.clone()];
         // A leader that says nothing within the host timeout is lost from the start.
         let mut silent = Vec::new();
+        let startup = self.host_timeout.max(STARTUP);
         if cluster.is_master() {
             for rank in 1..cluster.size() {
-                match wire::receive_from_within(world, rank, Kind::Hello, self.host_timeout) {
+                match wire::receive_from_within(world, rank, Kind::Hello, startup) {
                     Ok(name) => hosts.push(String::from_utf8_lossy(&name).into_owned()),
                     Err(_) => {
                         hosts.push(format!("rank {rank}, silent"));
@@ -143,11 +149,11 @@ impl<L> ClusterPoolBuilder<L> {
             0,
             Kind::Hello,
             cluster.host.as_bytes().to_vec(),
-            self.host_timeout,
+            startup,
         )
         .is_err()
         {
-            return Err(master_gone(cluster, self.host_timeout));
+            return Err(master_gone(cluster, startup));
         }
         let shares = hosts
             .iter()
