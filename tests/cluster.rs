@@ -435,7 +435,10 @@ fn without_auto_cleanup_a_lost_hosts_tasks_fail_typed_and_the_rest_finish() {
     let stdout = std::fs::read_to_string(dir.join("first.out")).unwrap();
     let stderr = std::fs::read_to_string(dir.join("first.err")).unwrap();
     // (A leader may abort in MPI_Finalize meanwhile: its lines come between.)
-    assert!(stderr.contains("ringpipe: rank 0: lost rank 2 (h3); MPI cannot finalize"), "the exit says why:\n{stderr}");
+    assert!(
+        stderr.contains("ringpipe: rank 0: lost rank 2 (h3); MPI cannot finalize"),
+        "the exit says why:\n{stderr}"
+    );
     let (done, per_rank) = tasks_printed(&stdout);
     let lost: Vec<usize> = stdout
         .lines()

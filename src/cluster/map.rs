@@ -451,7 +451,12 @@ impl<I: Iterator> ClusterMap<'_, I> {
     /// Counts host `rank` lost after it was `silent` so long: its tasks fail.
     fn lose_silent(&mut self, rank: usize, silent: Duration) {
         let host = self.hosts[rank].to_string();
-        self.lose(rank, |index| ClusterError::HostLost { index, rank: rank as i32, host: host.clone(), silent });
+        self.lose(rank, |index| ClusterError::HostLost {
+            index,
+            rank: rank as i32,
+            host: host.clone(),
+            silent,
+        });
     }
 
     /// The master's own host failed (its runner ended, saying `message`): its tasks

@@ -114,7 +114,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// tasks no slower. UCX refuses a send segment larger than the receive one, so the two
 /// are set together or not at all. Other transports (InfiniBand, shared memory) do not
 /// read them.
-pub const UCX_TCP_SEGMENTS: [(&str, &str); 2] = [("UCX_TCP_RX_SEG_SIZE", "1mb"), ("UCX_TCP_TX_SEG_SIZE", "1mb")];
+pub const UCX_TCP_SEGMENTS: [(&str, &str); 2] =
+    [("UCX_TCP_RX_SEG_SIZE", "1mb"), ("UCX_TCP_TX_SEG_SIZE", "1mb")];
 
 /// This process's place in the MPI job. Dropping it finalizes MPI.
 ///
@@ -153,7 +154,10 @@ impl Drop for Cluster {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             // The error `main` may return is never printed: this exit comes first.
-            say(format!("ringpipe: rank {}: {why}; MPI cannot finalize without it: exiting, status 1", self.rank()));
+            say(format!(
+                "ringpipe: rank {}: {why}; MPI cannot finalize without it: exiting, status 1",
+                self.rank()
+            ));
             // SAFETY: `_exit` ends the process at once; nothing runs after it.
             unsafe { libc::_exit(1) }
         }

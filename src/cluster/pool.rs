@@ -144,14 +144,7 @@ impl<L> ClusterPoolBuilder<L> {
                     }
                 }
             }
-        } else if wire::send_within(
-            world,
-            0,
-            Kind::Hello,
-            cluster.host.as_bytes().to_vec(),
-            startup,
-        )
-        .is_err()
+        } else if wire::send_within(world, 0, Kind::Hello, cluster.host.as_bytes().to_vec(), startup).is_err()
         {
             return Err(master_gone(cluster, startup));
         }
@@ -270,7 +263,8 @@ impl ClusterPool<'_> {
             let mut worked = false;
             // A send the master does not take within the host timeout: it is gone.
             let gone = |_| master_gone(self.cluster, self.host_timeout);
-            let send = |kind, bytes| wire::send_within(world, 0, kind, bytes, self.host_timeout).map_err(gone);
+            let send =
+                |kind, bytes| wire::send_within(world, 0, kind, bytes, self.host_timeout).map_err(gone);
             while let Some(r) = host.try_results() {
                 let batch = r.map_err(|message| ClusterError::Host { rank, message })?;
                 send(Kind::Results, batch)?;
@@ -292,7 +286,9 @@ impl ClusterPool<'_> {
                         let (batch, unused) =
                             wire::receive_tasks(world, 0, msg.bytes, host.spare(), self.host_timeout)
                                 .map_err(|e| match e {
-                                    BatchError::Malformed(e) => host_error(format!("a task batch is malformed: {e}")),
+                                    BatchError::Malformed(e) => {
+                                        host_error(format!("a task batch is malformed: {e}"))
+                                    }
                                     BatchError::Stalled(s) => gone(s),
                                 })?;
                         table = unused;

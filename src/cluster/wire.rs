@@ -142,7 +142,6 @@ impl Watch {
     }
 }
 
-
 /// How often a rank polls MPI while it waits: 64 polls at once (a message often
 /// follows another, and a small one crosses in a few round trips), 64 more yielding
 /// the core between them to whatever else runs there (the host's workers), then with
@@ -611,7 +610,8 @@ mod tests {
         let (batch, unused) = receive_tasks(&world, 0, got.bytes.clone(), vec![9; 3], WITHIN).unwrap();
         assert!(batch == expected, "the batch as the master's own host gets it");
         assert!(unused == got.bytes, "the table's buffer is handed back");
-        let (small, unused) = receive_tasks(&world, 0, expected[..16 + 10].to_vec(), vec![9; 3], WITHIN).unwrap();
+        let (small, unused) =
+            receive_tasks(&world, 0, expected[..16 + 10].to_vec(), vec![9; 3], WITHIN).unwrap();
         assert_eq!(
             (&small[..], &unused[..]),
             (&expected[..16 + 10], &[9u8; 3][..]),
@@ -642,7 +642,8 @@ mod tests {
         // nothing else here, so the receive left posted takes nothing later).
         // Sent without blocking: a blocking send to oneself waits for the receive.
         let header: &'static [u8; 8] = Box::leak(Box::new(1000u64.to_le_bytes()));
-        let sent = world.process_at_rank(0).immediate_send_with_tag(StaticScope, &header[..], Kind::Alive.tag());
+        let sent =
+            world.process_at_rank(0).immediate_send_with_tag(StaticScope, &header[..], Kind::Alive.tag());
         let started = std::time::Instant::now();
         let got = loop {
             if let Some(m) = try_receive(world, Vec::new, short) {
@@ -654,7 +655,10 @@ mod tests {
         sent.wait_without_status();
 
         // A message that never begins.
-        assert_eq!(receive_from_within(world, 0, Kind::Hello, short), Err(Stalled { rank: 0, waited: short }));
+        assert_eq!(
+            receive_from_within(world, 0, Kind::Hello, short),
+            Err(Stalled { rank: 0, waited: short })
+        );
 
         // A task table naming an out-of-line task whose bytes never come.
         let mut table = Vec::new();
