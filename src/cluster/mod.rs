@@ -107,11 +107,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 ///
 /// Over TCP a large message moves only while both ranks call MPI, and the master's
 /// MPI thread shares a core with the host's workers: when it yields, a worker may
-/// keep the core until the scheduler's next tick (4 ms on the test VM), and each call
-/// then moved at most one receive segment. With 1 MiB segments one call moves a 1 MiB
-/// task. Measured on two emulated hosts (`benches/cluster.sh`): zstd on two hosts
-/// against one, 1.38-1.47x before and 1.65-1.86x after; 1 MiB tasks 28% faster; 64-byte
-/// tasks no slower. UCX refuses a send segment larger than the receive one, so the two
+/// keep the core until the scheduler's next tick (4 ms on the test VM). UCX reads and
+/// writes its sockets a segment at a time, and with small segments those rare calls
+/// moved too little to keep the other host fed. Measured on two emulated hosts
+/// (`benches/cluster.sh`): zstd on two hosts against one, 1.38-1.47x before and
+/// 1.65-1.86x after; 1 MiB tasks 16-28% faster; 64-byte tasks no slower. UCX refuses a send segment larger than the receive one, so the two
 /// are set together or not at all. Other transports (InfiniBand, shared memory) do not
 /// read them.
 pub const UCX_TCP_SEGMENTS: [(&str, &str); 2] =
