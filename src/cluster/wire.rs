@@ -328,10 +328,11 @@ fn receive_into(
         .iter()
         .map(|place| {
             assert!(place.start <= place.end && place.end <= buffer.len(), "a place outside the buffer");
-            // SAFETY: each place lies inside the buffer (checked above), and no two
-            // overlap (the caller's word); the buffer is neither read, moved nor freed
-            // until every request writing into it has completed: it is put back
-            // together below only then, and leaked otherwise.
+            // The buffer is neither read, moved nor freed until every request writing
+            // into it has completed: it is put back together below only then, and
+            // leaked otherwise.
+            // SAFETY: each place lies inside the buffer (checked above); no two overlap
+            // (the caller's word).
             let chunk: &'static mut [u8] =
                 unsafe { std::slice::from_raw_parts_mut(base.add(place.start), place.len()) };
             from.immediate_receive_into_with_tag(StaticScope, chunk, kind.data_tag())
