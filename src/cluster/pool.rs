@@ -131,7 +131,7 @@ impl<L> ClusterPoolBuilder<L> {
             .map_err(|e| ClusterError::Init(format!("cannot start a thread: {e}")))?;
         let world = &cluster.world;
         let mut hosts = vec![cluster.host.clone()];
-        // A leader that says nothing within the host timeout is lost from the start.
+        // A leader that says nothing while ranks find each other is lost from the start.
         let mut silent = Vec::new();
         let startup = self.host_timeout.max(STARTUP);
         if cluster.is_master() {
@@ -261,7 +261,8 @@ impl ClusterPool<'_> {
         let mut table = Vec::new();
         loop {
             let mut worked = false;
-            // A send the master does not take within the host timeout: it is gone.
+            // Nothing of a message moving to or from the master for the host timeout:
+            // it is gone.
             let gone = |_| master_gone(self.cluster, self.host_timeout);
             let send =
                 |kind, bytes| wire::send_within(world, 0, kind, bytes, self.host_timeout).map_err(gone);
